@@ -1,0 +1,306 @@
+//! The CPU backend: the oracle every CUDA kernel is checked against, and a usable engine for small models.
+//!
+//! f32 throughout, plain loops a reader can hold against HF `modeling_gpt_neox.py`, parallel across rows
+//! with rayon. Matrix products use the `gemm` crate (blocked, SIMD, multi-threaded).
+
+use super::{AttnShape, Backend, BatchLayout, Tensor2, TokenScore};
+use crate::checkpoint::HostTensor;
+use crate::error::{Error, Result};
+use rayon::prelude::*;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct CpuTensor {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Vec<f32>,
+}
+
+impl CpuTensor {
+    pub fn new(rows: usize, cols: usize, data: Vec<f32>) -> Self {
+        assert_eq!(rows * cols, data.len(), "CpuTensor [{rows}, {cols}] needs {} values", rows * cols);
+        CpuTensor { rows, cols, data }
+    }
+    pub fn row(&self, r: usize) -> &[f32] {
+        &self.data[r * self.cols..(r + 1) * self.cols]
+    }
+}
+
+impl Tensor2 for CpuTensor {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+    fn cols(&self) -> usize {
+        self.cols
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Cpu;
+
+
+fn check_same_shape(what: &str, a: &CpuTensor, b: &CpuTensor) -> Result<()> {
+    if (a.rows, a.cols) != (b.rows, b.cols) {
+        return Err(Error::invalid(format!("{what}: shapes [{}, {}] and [{}, {}] differ", a.rows, a.cols, b.rows, b.cols)));
+    }
+    Ok(())
+}
+
+/// 1 / base^(2j / R) for j in 0..R/2, computed in f32 exactly as HF does (never the stored fp16 inv_freq).
+pub fn rotary_inv_freq(rotary_ndims: usize, base: f32) -> Vec<f32> {
+    (0..rotary_ndims / 2).map(|j| 1.0f32 / base.powf((2 * j) as f32 / rotary_ndims as f32)).collect()
+}
+
+/// Exact GELU, 0.5 x (1 + erf(x / sqrt 2)), as torch.nn.functional.gelu.
+pub fn gelu_erf(x: f32) -> f32 {
+    (0.5 * x as f64 * (1.0 + libm::erf(x as f64 / std::f64::consts::SQRT_2))) as f32
+}
+
+impl Backend for Cpu {
+    type Tensor = CpuTensor;
+    type Layout = BatchLayout;
+
+    fn describe(&self) -> String {
+        format!("cpu f32 ({} threads)", rayon::current_num_threads())
+    }
+
+    fn upload(&self, t: &HostTensor) -> Result<CpuTensor> {
+        let values = t.to_f32()?;
+        let (rows, cols) = match t.shape.as_slice() {
+            [n] => (1, *n),
+            [r, c] => (*r, *c),
+            other => return Err(Error::tensor(&t.name, format!("has shape {other:?}, expected 1-D or 2-D"))),
+        };
+        Ok(CpuTensor::new(rows, cols, values))
+    }
+
+    fn from_host(&self, rows: usize, cols: usize, values: &[f32]) -> Result<CpuTensor> {
+        if rows * cols != values.len() {
+            return Err(Error::invalid(format!("from_host: {} values for [{rows}, {cols}]", values.len())));
+        }
+        Ok(CpuTensor::new(rows, cols, values.to_vec()))
+    }
+
+    fn to_host(&self, t: &CpuTensor) -> Result<Vec<f32>> {
+        Ok(t.data.clone())
+    }
+
+    fn prepare(&self, layout: &BatchLayout) -> Result<BatchLayout> {
+        Ok(layout.clone())
+    }
+
+    fn embedding(&self, table: &CpuTensor, ids: &[u32]) -> Result<CpuTensor> {
+        let h = table.cols;
+        let mut out = vec![0f32; ids.len() * h];
+        for (dst, &id) in out.chunks_mut(h).zip(ids) {
+            if id as usize >= table.rows {
+                return Err(Error::invalid(format!("token id {id} is outside the embedding table of {} rows", table.rows)));
+            }
+            dst.copy_from_slice(table.row(id as usize));
+        }
+        Ok(CpuTensor::new(ids.len(), h, out))
+    }
+
+    fn layernorm(&self, x: &CpuTensor, w: &CpuTensor, b: &CpuTensor, eps: f32) -> Result<CpuTensor> {
+        let c = x.cols;
+        let mut out = vec![0f32; x.data.len()];
+        out.par_chunks_mut(c).zip(x.data.par_chunks(c)).for_each(|(y, x)| {
+            let mean = x.iter().sum::<f32>() / c as f32;
+            let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / c as f32;
+            let inv = 1.0 / (var + eps).sqrt();
+            for i in 0..c {
+                y[i] = (x[i] - mean) * inv * w.data[i] + b.data[i];
+            }
+        });
+        Ok(CpuTensor::new(x.rows, c, out))
+    }
+
+    fn linear(&self, x: &CpuTensor, w: &CpuTensor, b: Option<&CpuTensor>) -> Result<CpuTensor> {
+        let (m, k, n) = (x.rows, x.cols, w.rows);
+        if w.cols != k {
+            return Err(Error::invalid(format!("linear: input has {k} features, weight [{}, {}] expects {}", w.rows, w.cols, w.cols)));
+        }
+        // Start from the broadcast bias so the GEMM accumulates onto it (dst = 1*dst + x w^T).
+        let mut out = match b {
+            Some(b) => b.data.iter().copied().cycle().take(m * n).collect(),
+            None => vec![0f32; m * n],
+        };
+        if m > 0 {
+            // SAFETY: pointers and strides describe the three row-major buffers above, which outlive the call.
+            unsafe {
+                gemm::gemm(
+                    m, n, k,
+                    out.as_mut_ptr(), 1, n as isize,
+                    b.is_some(),
+                    x.data.as_ptr(), 1, k as isize,
+                    w.data.as_ptr(), k as isize, 1, // rhs = w^T: element (kk, j) = w[j, kk]
+                    1.0, 1.0,
+                    false, false, false,
+                    gemm::Parallelism::Rayon(0),
+                );
+            }
+        }
+        Ok(CpuTensor::new(m, n, out))
+    }
+
+    fn bias_gelu(&self, x: &mut CpuTensor, b: &CpuTensor) -> Result<()> {
+        let c = x.cols;
+        x.data.par_chunks_mut(c).for_each(|row| {
+            for (v, bias) in row.iter_mut().zip(&b.data) {
+                *v = gelu_erf(*v + bias);
+            }
+        });
+        Ok(())
+    }
+
+    fn rotary(&self, qkv: &mut CpuTensor, layout: &BatchLayout, s: AttnShape) -> Result<()> {
+        let (hd, r) = (s.head_dim, s.rotary_ndims);
+        let half = r / 2;
+        let inv_freq = rotary_inv_freq(r, s.rotary_base);
+        let cols = qkv.cols;
+        qkv.data.par_chunks_mut(cols).zip(&layout.positions).for_each(|(row, &pos)| {
+            let (cos, sin): (Vec<f32>, Vec<f32>) = inv_freq.iter().map(|f| (pos as f32 * f).sin_cos()).map(|(s, c)| (c, s)).unzip();
+            for head in 0..s.heads {
+                for part in 0..2 {
+                    // q at offset 0, k at offset hd inside the head's [q | k | v] block
+                    let x = &mut row[head * 3 * hd + part * hd..][..r];
+                    for i in 0..half {
+                        let (x1, x2) = (x[i], x[i + half]);
+                        x[i] = x1 * cos[i] - x2 * sin[i];
+                        x[i + half] = x2 * cos[i] + x1 * sin[i];
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
+    fn attention(&self, qkv: &CpuTensor, past: Option<&CpuTensor>, layout: &BatchLayout, s: AttnShape) -> Result<CpuTensor> {
+        let (heads, hd) = (s.heads, s.head_dim);
+        let h = heads * hd;
+        let p = layout.past_len;
+        if past.map_or(0, |t| t.rows) != p {
+            return Err(Error::invalid(format!("attention: layout expects {p} cached rows, cache holds {}", past.map_or(0, |t| t.rows))));
+        }
+        let key_row = |i: usize| -> &[f32] {
+            if i < p {
+                past.unwrap().row(i)
+            } else {
+                qkv.row(i - p)
+            }
+        };
+        let scale = 1.0 / (hd as f32).sqrt();
+        // One task per (batch row, head): rows are independent.
+        let mut out = vec![0f32; qkv.rows * h];
+        let mut seg_of_row: Vec<Option<&crate::backend::AttnSegment>> = vec![None; qkv.rows];
+        for seg in &layout.segments {
+            for i in seg.q_start as usize..(seg.q_start + seg.q_len) as usize {
+                match seg_of_row.get_mut(i) {
+                    Some(slot @ None) => *slot = Some(seg),
+                    _ => return Err(Error::invalid(format!("attention: row {i} is outside the batch or in two segments"))),
+                }
+            }
+        }
+        if seg_of_row.iter().any(|s| s.is_none()) {
+            return Err(Error::invalid("attention: segments do not cover every row of the batch"));
+        }
+        out.par_chunks_mut(h).enumerate().for_each(|(row, o)| {
+            let seg = seg_of_row[row].unwrap();
+            let own_start = p + seg.q_start as usize;
+            let keys: Vec<usize> = seg
+                .ancestors
+                .iter()
+                .flat_map(|&(start, len)| start as usize..(start + len) as usize)
+                .chain(own_start..=p + row)
+                .collect();
+            let q_row = qkv.row(row);
+            let mut scores = vec![0f32; keys.len()];
+            for head in 0..heads {
+                let q = &q_row[head * 3 * hd..][..hd];
+                for (sc, &k) in scores.iter_mut().zip(&keys) {
+                    let kv = &key_row(k)[head * 3 * hd + hd..][..hd];
+                    *sc = q.iter().zip(kv).map(|(a, b)| a * b).sum::<f32>() * scale;
+                }
+                let max = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                let mut denom = 0f32;
+                for sc in scores.iter_mut() {
+                    *sc = (*sc - max).exp();
+                    denom += *sc;
+                }
+                let o = &mut o[head * hd..][..hd];
+                for (sc, &k) in scores.iter().zip(&keys) {
+                    let v = &key_row(k)[head * 3 * hd + 2 * hd..][..hd];
+                    let wgt = sc / denom;
+                    for d in 0..hd {
+                        o[d] += wgt * v[d];
+                    }
+                }
+            }
+        });
+        Ok(CpuTensor::new(qkv.rows, h, out))
+    }
+
+    fn residual_add(&self, x: &mut CpuTensor, a: &CpuTensor, b: Option<&CpuTensor>) -> Result<()> {
+        check_same_shape("residual_add", x, a)?;
+        match b {
+            Some(b) => {
+                check_same_shape("residual_add", x, b)?;
+                x.data.par_iter_mut().zip(&a.data).zip(&b.data).for_each(|((x, a), b)| *x += a + b);
+            }
+            None => x.data.par_iter_mut().zip(&a.data).for_each(|(x, a)| *x += a),
+        }
+        Ok(())
+    }
+
+    fn gather_rows(&self, x: &CpuTensor, rows: &[u32]) -> Result<CpuTensor> {
+        let mut out = Vec::with_capacity(rows.len() * x.cols);
+        for &r in rows {
+            if r as usize >= x.rows {
+                return Err(Error::invalid(format!("gather_rows: row {r} of a {}-row tensor", x.rows)));
+            }
+            out.extend_from_slice(x.row(r as usize));
+        }
+        Ok(CpuTensor::new(rows.len(), x.cols, out))
+    }
+
+    fn concat_rows(&self, a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
+        if a.cols != b.cols {
+            return Err(Error::invalid(format!("concat_rows: {} and {} columns", a.cols, b.cols)));
+        }
+        let mut data = a.data.clone();
+        data.extend_from_slice(&b.data);
+        Ok(CpuTensor::new(a.rows + b.rows, a.cols, data))
+    }
+
+    fn lm_head(&self, x: &CpuTensor, w: &CpuTensor) -> Result<CpuTensor> {
+        self.linear(x, w, None)
+    }
+
+    fn logsoftmax_gather(&self, logits: &CpuTensor, targets: &[(u32, u32)]) -> Result<Vec<TokenScore>> {
+        // Per row: logsumexp (f64 accumulation) and the first maximum.
+        let stats: Vec<(f64, usize)> = logits
+            .data
+            .par_chunks(logits.cols)
+            .map(|row| {
+                let (mut arg, mut max) = (0usize, f32::NEG_INFINITY);
+                for (i, &v) in row.iter().enumerate() {
+                    if v > max {
+                        (arg, max) = (i, v);
+                    }
+                }
+                let sum: f64 = row.iter().map(|&v| ((v - max) as f64).exp()).sum();
+                (max as f64 + sum.ln(), arg)
+            })
+            .collect();
+        targets
+            .iter()
+            .map(|&(row, tok)| {
+                let (row, tok) = (row as usize, tok as usize);
+                if row >= logits.rows || tok >= logits.cols {
+                    return Err(Error::invalid(format!("logsoftmax_gather: target ({row}, {tok}) outside logits [{}, {}]", logits.rows, logits.cols)));
+                }
+                let (lse, arg) = stats[row];
+                Ok(TokenScore { logprob: (logits.data[row * logits.cols + tok] as f64 - lse) as f32, is_greedy: arg == tok })
+            })
+            .collect()
+    }
+}

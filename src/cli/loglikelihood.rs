@@ -1,0 +1,173 @@
+//! `lmscore loglikelihood`: the standalone scoring binary. JSONL in, JSONL out, rows in input order.
+
+use lmscore::checkpoint::Checkpoint;
+use lmscore::engine::{token_progress, Device, Engine, EngineOptions};
+use lmscore::error::{Error, Result};
+use lmscore::plan::Request;
+use lmscore::tokenizer::{PairEncoding, Tokenizer};
+use serde_json::{json, Value};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Hugging Face model directory (config.json, weights, tokenizer.json for text input).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// JSONL: {"id", "context", "continuation"} or {"id", "context_ids", "continuation_ids"} per line.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// JSONL written in input order: {"id", "logprob", "is_greedy", "n_tokens"}.
+    #[arg(long)]
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// Flags shared by every command that runs a model.
+#[derive(clap::Args, Debug, Clone)]
+pub struct EngineArgs {
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: Device,
+    /// Compute precision: f16, bf16 or f32 (default: the checkpoint's stored dtype; CPU is always f32).
+    #[arg(long)]
+    pub dtype: Option<String>,
+    /// Token budget of one packed batch (default: 2048 on CPU, more on CUDA).
+    #[arg(long)]
+    pub max_batch_tokens: Option<usize>,
+    /// Context window; longer sequences are truncated from the left as lm-eval does (default: the model's).
+    #[arg(long)]
+    pub max_length: Option<usize>,
+    /// Compute every request on its own instead of sharing common prefixes (for comparisons).
+    #[arg(long)]
+    pub no_sharing: bool,
+}
+
+impl EngineArgs {
+    pub fn options(&self) -> Result<EngineOptions> {
+        use lmscore::checkpoint::DType;
+        let dtype = match self.dtype.as_deref() {
+            None => None,
+            Some("f16") | Some("fp16") | Some("float16") => Some(DType::F16),
+            Some("bf16") | Some("bfloat16") => Some(DType::BF16),
+            Some("f32") | Some("fp32") | Some("float32") => Some(DType::F32),
+            Some(other) => return Err(Error::invalid(format!("--dtype {other}: expected f16, bf16 or f32"))),
+        };
+        Ok(EngineOptions {
+            device: self.device,
+            dtype,
+            max_batch_tokens: self.max_batch_tokens,
+            max_length: self.max_length,
+            sharing: !self.no_sharing,
+        })
+    }
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let opts = args.engine.options()?;
+    let ckpt = Checkpoint::open(&args.model)?;
+    let rows = read_rows(&args.input)?;
+    let needs_tokenizer = rows.iter().any(|r| matches!(r.input, RowInput::Text { .. }));
+    let tokenizer = if needs_tokenizer { Some(Tokenizer::from_file(&ckpt.tokenizer_path())?) } else { None };
+    let vocab = ckpt.config.vocab_size;
+    let max_len = opts.max_length.unwrap_or(ckpt.config.max_positions);
+    let mut requests = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let (context, continuation) = match &r.input {
+            RowInput::Text { context, continuation } => tokenizer.as_ref().unwrap().encode_pair(context, continuation, PairEncoding::Joint)?,
+            RowInput::Ids { context, continuation } => (context.clone(), continuation.clone()),
+        };
+        let bad = |msg: String| Error::row(&args.input, r.line, msg);
+        if let Some(id) = context.iter().chain(&continuation).find(|&&id| id as usize >= vocab) {
+            return Err(bad(format!("token id {id} is outside the model's vocabulary of {vocab}")));
+        }
+        let request = Request { context, continuation };
+        lmscore::plan::model_input(&request, max_len).map_err(|e| bad(e.to_string()))?;
+        requests.push(request);
+    }
+    let engine = Engine::load(&ckpt, &opts)?;
+    let bar = token_progress(0, "scoring");
+    let (scores, stats) = engine
+        .score(&requests, &opts, |tokens, total| {
+            bar.set_length(total as u64);
+            bar.inc(tokens as u64);
+        })?;
+    bar.finish_and_clear();
+    let mut out = String::new();
+    for (r, s) in rows.iter().zip(&scores) {
+        let v = json!({"id": r.id, "logprob": s.logprob, "is_greedy": s.is_greedy, "n_tokens": s.n_tokens});
+        out.push_str(&v.to_string());
+        out.push('\n');
+    }
+    write_atomically(&args.output, out.as_bytes())?;
+    eprintln!(
+        "scored {} requests on {}: {} tokens requested, {} computed (sharing x{:.2}), {:.0} tokens/s",
+        requests.len(),
+        engine.describe(),
+        stats.naive_tokens,
+        stats.computed_tokens,
+        stats.sharing_ratio(),
+        stats.tokens_per_second()
+    );
+    Ok(())
+}
+
+struct Row {
+    line: usize,
+    id: Value,
+    input: RowInput,
+}
+
+enum RowInput {
+    Text { context: String, continuation: String },
+    Ids { context: Vec<u32>, continuation: Vec<u32> },
+}
+
+fn read_rows(path: &Path) -> Result<Vec<Row>> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut rows = Vec::new();
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line_no = i + 1;
+        let line = line.map_err(|e| Error::row(path, line_no, format!("unreadable: {e}")))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |msg: String| Error::row(path, line_no, msg);
+        let v: Value = serde_json::from_str(&line).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        let obj = v.as_object().ok_or_else(|| bad("expected a JSON object".into()))?;
+        let id = obj.get("id").cloned().unwrap_or(Value::from(rows.len()));
+        let text = |k: &str| obj.get(k).map(|x| x.as_str().map(str::to_string).ok_or_else(|| bad(format!("`{k}` must be a string"))));
+        let ids = |k: &str| {
+            obj.get(k).map(|x| {
+                x.as_array()
+                    .and_then(|a| a.iter().map(|t| t.as_u64().filter(|&n| n <= u32::MAX as u64).map(|n| n as u32)).collect::<Option<Vec<u32>>>())
+                    .ok_or_else(|| bad(format!("`{k}` must be an array of non-negative token ids")))
+            })
+        };
+        let input = match (text("context"), text("continuation"), ids("context_ids"), ids("continuation_ids")) {
+            (Some(c), Some(k), None, None) => RowInput::Text { context: c?, continuation: k? },
+            (None, None, Some(c), Some(k)) => RowInput::Ids { context: c?, continuation: k? },
+            _ => {
+                return Err(bad(
+                    "expected either \"context\" and \"continuation\" (strings) or \"context_ids\" and \"continuation_ids\" (token id arrays)".into(),
+                ))
+            }
+        };
+        if let RowInput::Text { continuation, .. } = &input {
+            if continuation.is_empty() {
+                return Err(bad("empty continuation: there is nothing to score".into()));
+            }
+        }
+        rows.push(Row { line: line_no, id, input });
+    }
+    Ok(rows)
+}
+
+/// Write to a temporary file beside `path`, then rename: a crash never leaves a half-written output.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp-lmscore");
+    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
+    f.sync_all().map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}

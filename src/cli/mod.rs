@@ -1,0 +1,3 @@
+//! Subcommand implementations: argument structs and the glue from arguments to library calls.
+
+pub mod loglikelihood;

@@ -1,0 +1,129 @@
+//! A loaded model on a chosen device, and the one call every front end uses: score these requests.
+
+use crate::backend::cpu::Cpu;
+use crate::backend::Backend;
+use crate::checkpoint::{Checkpoint, DType};
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::plan::{self, Request};
+use crate::score::{run_plan, RequestScore};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Device {
+    Cpu,
+    Cuda,
+}
+
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    pub device: Device,
+    /// Compute precision; None = the checkpoint's stored dtype (CPU always computes in f32).
+    pub dtype: Option<DType>,
+    /// Token budget of one packed batch; None = the device default.
+    pub max_batch_tokens: Option<usize>,
+    /// Context window; None = `max_position_embeddings`.
+    pub max_length: Option<usize>,
+    /// Share common prefixes between requests (the prefix tree). Off = each request computed on its own.
+    pub sharing: bool,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions { device: Device::Cpu, dtype: None, max_batch_tokens: None, max_length: None, sharing: true }
+    }
+}
+
+pub enum Engine {
+    Cpu(Cpu, Model<Cpu>),
+}
+
+/// What a scoring call did, for reports.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct PlanStats {
+    pub naive_tokens: usize,
+    pub computed_tokens: usize,
+    pub scored_rows: usize,
+    pub batches: usize,
+    pub seconds: f64,
+}
+
+impl PlanStats {
+    pub fn sharing_ratio(&self) -> f64 {
+        self.naive_tokens as f64 / self.computed_tokens.max(1) as f64
+    }
+    /// Requested tokens per second of wall time (naive tokens: the figure comparable with per-request engines).
+    pub fn tokens_per_second(&self) -> f64 {
+        self.naive_tokens as f64 / self.seconds.max(1e-9)
+    }
+}
+
+impl Engine {
+    pub fn load(ckpt: &Checkpoint, opts: &EngineOptions) -> Result<Self> {
+        match opts.device {
+            Device::Cpu => {
+                if matches!(opts.dtype, Some(DType::F16) | Some(DType::BF16)) {
+                    return Err(Error::invalid("the CPU backend computes in f32 only; use --dtype f32 or --device cuda"));
+                }
+                Ok(Engine::Cpu(Cpu, Model::load(&Cpu, ckpt)?))
+            }
+            Device::Cuda => Err(crate::backend::cuda::check_available().unwrap_err()),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Engine::Cpu(b, _) => b.describe(),
+        }
+    }
+
+    pub fn config(&self) -> &crate::config::ModelConfig {
+        match self {
+            Engine::Cpu(_, m) => &m.config,
+        }
+    }
+
+    pub fn default_batch_tokens(&self) -> usize {
+        match self {
+            Engine::Cpu(..) => 2048,
+        }
+    }
+
+    /// Plan and score `requests`; results in request order. `on_progress(batch_tokens, total_tokens)` after
+    /// each batch, counting computed tokens.
+    pub fn score(&self, requests: &[Request], opts: &EngineOptions, mut on_progress: impl FnMut(usize, usize)) -> Result<(Vec<RequestScore>, PlanStats)> {
+        let max_len = opts.max_length.unwrap_or(self.config().max_positions);
+        if max_len > self.config().max_positions {
+            return Err(Error::invalid(format!(
+                "--max-length {max_len} exceeds the model's max_position_embeddings {}",
+                self.config().max_positions
+            )));
+        }
+        let budget = opts.max_batch_tokens.unwrap_or_else(|| self.default_batch_tokens());
+        let plan = plan::build(requests, max_len, budget, opts.sharing)?;
+        let start = std::time::Instant::now();
+        let total = plan.computed_tokens;
+        let on_batch = |tokens| on_progress(tokens, total);
+        let scores = match self {
+            Engine::Cpu(b, m) => run_plan(b, m, &plan, on_batch)?,
+        };
+        let stats = PlanStats {
+            naive_tokens: plan.naive_tokens,
+            computed_tokens: plan.computed_tokens,
+            scored_rows: plan.scored_rows,
+            batches: plan.batches.len(),
+            seconds: start.elapsed().as_secs_f64(),
+        };
+        Ok((scores, stats))
+    }
+}
+
+/// A progress bar over `total` computed tokens on stderr; hidden when stderr is not a terminal.
+pub fn token_progress(total: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::with_draw_target(Some(total), indicatif::ProgressDrawTarget::stderr());
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} tokens [{elapsed} < {eta}, {per_sec}]")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(what.to_string());
+    bar
+}

@@ -1,0 +1,18 @@
+//! lmscore: teacher-forced multiple-choice scoring of Pythia / GPT-NeoX checkpoints.
+//!
+//! Data flow (one direction, one module per stage):
+//! checkpoint -> model (weights on a backend) -> tasks/protocol -> requests -> plan (prefix tree, packed
+//! batches) -> forward over each batch -> fused log-softmax gather on scored rows -> per-request scores
+//! -> metrics -> results store and reports.
+
+pub mod backend;
+pub mod checkpoint;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod model;
+pub mod plan;
+pub mod score;
+pub mod tokenizer;
+
+pub use error::{Error, Result};

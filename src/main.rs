@@ -1,0 +1,33 @@
+//! The `lmscore` command line. Each subcommand is a thin shell over a library module.
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+mod cli;
+
+#[derive(Parser)]
+#[command(name = "lmscore", version, about = "Fast, exact multiple-choice log-likelihood scoring of Pythia / GPT-NeoX checkpoints")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Score (context, continuation) pairs from a JSONL file: one output row per input row.
+    Loglikelihood(cli::loglikelihood::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Loglikelihood(args) => cli::loglikelihood::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
