@@ -13,6 +13,7 @@ pub mod error;
 pub mod model;
 pub mod plan;
 pub mod score;
+pub mod tasks;
 pub mod tokenizer;
 
 pub use error::{Error, Result};
