@@ -12,8 +12,10 @@ pub mod engine;
 pub mod error;
 pub mod model;
 pub mod plan;
+pub mod report;
 pub mod score;
 pub mod tasks;
+pub mod stats;
 pub mod tokenizer;
 
 pub use error::{Error, Result};

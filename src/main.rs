@@ -16,12 +16,15 @@ struct Cli {
 enum Command {
     /// Score (context, continuation) pairs from a JSONL file: one output row per input row.
     Loglikelihood(cli::loglikelihood::Args),
+    /// Tables, per-run JSON, Figure 1, the paper's statistics and trend flags from a results table.
+    Report(cli::report::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Loglikelihood(args) => cli::loglikelihood::run(args),
+        Command::Report(args) => cli::report::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

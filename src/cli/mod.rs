@@ -1,3 +1,4 @@
 //! Subcommand implementations: argument structs and the glue from arguments to library calls.
 
 pub mod loglikelihood;
+pub mod report;

@@ -1,0 +1,50 @@
+//! `lmscore report`: tables, per-run JSON, Figure 1, the paper's statistics and trend flags from a
+//! results table.
+
+use lmscore::error::{Error, Result};
+use lmscore::report;
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Results table with the columns of the paper's all_results.tsv
+    /// (ModelName, ModelRevision, Task, Accuracy, Accuracy_SE).
+    #[arg(long, conflicts_with = "db", required_unless_present = "db")]
+    pub tsv: Option<PathBuf>,
+    /// SQLite results store to report on (instead of --tsv).
+    #[arg(long)]
+    pub db: Option<PathBuf>,
+    /// Output directory (created if missing).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let rows = match (&args.tsv, &args.db) {
+        (Some(tsv), _) => report::read_tsv(tsv)?,
+        (None, Some(db)) => {
+            return Err(Error::invalid(format!(
+                "--db {}: reading results from the SQLite store is not supported yet; export them to a TSV and use --tsv",
+                db.display()
+            )))
+        }
+        (None, None) => return Err(Error::invalid("give the results to report with --tsv FILE")),
+    };
+    let summary = report::write_all(&rows, &args.out)?;
+    for w in &summary.warnings {
+        eprintln!("warning: {w}");
+    }
+    print!("{}", report::format_tests_table(&summary.tests));
+    let inverse = summary.trends.iter().filter(|t| t.inverse_scaling).count();
+    let shaped = summary.trends.iter().filter(|t| matches!(t.shape, report::Shape::U | report::Shape::InvertedU)).count();
+    eprintln!(
+        "{} results, {} runs, {} tasks; trend flags (p < {}): {inverse} inverse scaling over training, {shaped} U-shaped or inverted-U of {} (task, model) pairs",
+        summary.rows,
+        summary.runs,
+        summary.tasks.len(),
+        report::ALPHA,
+        summary.trends.len()
+    );
+    eprintln!("wrote {} files to {}", summary.files.len(), args.out.display());
+    Ok(())
+}
