@@ -16,6 +16,8 @@ struct Cli {
 enum Command {
     /// Score (context, continuation) pairs from a JSONL file: one output row per input row.
     Loglikelihood(cli::loglikelihood::Args),
+    /// Evaluate a checkpoint on the study's tasks (or your own multiple-choice JSONL): acc, acc_norm, mc1, mc2.
+    Score(cli::score::Args),
     /// Tables, per-run JSON, Figure 1, the paper's statistics and trend flags from a results table.
     Report(cli::report::Args),
 }
@@ -24,6 +26,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Loglikelihood(args) => cli::loglikelihood::run(args),
+        Command::Score(args) => cli::score::run(args),
         Command::Report(args) => cli::report::run(args),
     };
     match result {

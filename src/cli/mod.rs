@@ -2,3 +2,4 @@
 
 pub mod loglikelihood;
 pub mod report;
+pub mod score;
