@@ -3,97 +3,39 @@
 //! and the same greedy decisions. Also checks the planner's structural invariants and, on the real
 //! TruthfulQA requests, the sharing ratio target (naive / computed tokens >= 8).
 
-use lmscore::backend::cpu::{Cpu, CpuTensor};
+use lmscore::backend::cpu::Cpu;
 use lmscore::config::ModelConfig;
-use lmscore::model::{Layer, Model};
+use lmscore::model::Model;
 use lmscore::plan::{self, Plan, Request};
 use lmscore::score::{run_plan, RequestScore};
-
-/// xorshift64*: a few lines, deterministic, no dependency.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545F4914F6CDD1D)
-    }
-    fn uniform(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn tokens(&mut self, n: usize) -> Vec<u32> {
-        (0..n).map(|_| self.below(97) as u32).collect()
-    }
-    /// Between 1 and `max` tokens.
-    fn some_tokens(&mut self, max: usize) -> Vec<u32> {
-        let n = 1 + self.below(max);
-        self.tokens(n)
-    }
-    fn tensor(&mut self, rows: usize, cols: usize, scale: f32) -> CpuTensor {
-        CpuTensor::new(rows, cols, (0..rows * cols).map(|_| self.uniform() * scale).collect())
-    }
-}
+use lmscore::testing::{pythia_like, Rng};
 
 fn random_model(seed: u64, parallel_residual: bool) -> Model<Cpu> {
-    let config = ModelConfig {
-        hidden_size: 48,
-        num_layers: 2,
-        num_heads: 3,
-        intermediate_size: 96,
-        vocab_size: 97,
-        max_positions: 96,
-        layer_norm_eps: 1e-5,
-        rotary_pct: 0.25,
-        rotary_base: 10000.0,
-        parallel_residual,
-        torch_dtype: None,
-    };
-    let mut r = Rng(seed);
-    let (h, f, v) = (48, 96, 97);
-    let layers = (0..2)
-        .map(|_| Layer {
-            ln1_w: r.tensor(1, h, 1.0),
-            ln1_b: r.tensor(1, h, 0.2),
-            ln2_w: r.tensor(1, h, 1.0),
-            ln2_b: r.tensor(1, h, 0.2),
-            qkv_w: r.tensor(3 * h, h, 0.3),
-            qkv_b: r.tensor(1, 3 * h, 2.0),
-            dense_w: r.tensor(h, h, 0.3),
-            dense_b: r.tensor(1, h, 0.1),
-            fc1_w: r.tensor(f, h, 0.3),
-            fc1_b: r.tensor(1, f, 0.1),
-            fc2_w: r.tensor(h, f, 0.3),
-            fc2_b: r.tensor(1, h, 0.1),
-        })
-        .collect();
-    Model {
-        config,
-        embed_in: r.tensor(v, h, 1.0),
-        layers,
-        final_ln_w: r.tensor(1, h, 1.0),
-        final_ln_b: r.tensor(1, h, 0.1),
-        embed_out: r.tensor(v, h, 0.5),
-    }
+    let config = ModelConfig { parallel_residual, ..pythia_like(48, 2, 3, 97, 96) };
+    lmscore::testing::random_model(&Cpu, &config, seed).unwrap()
+}
+
+/// Between 1 and `max` tokens.
+fn some_tokens(r: &mut Rng, max: usize) -> Vec<u32> {
+    let n = 1 + r.below(max);
+    r.tokens(n, 97)
 }
 
 /// Questions with several choices each, a primer shared by all, choices that are prefixes of each other,
 /// duplicates, and one request longer than the window (left truncation).
 fn requests(seed: u64) -> Vec<Request> {
     let mut r = Rng(seed);
-    let primer = r.tokens(20);
+    let primer = r.tokens(20, 97);
     let mut out = vec![];
     for q in 0..6 {
         let mut context = primer.clone();
-        context.extend(r.some_tokens(15));
-        let first_choice = r.some_tokens(6);
+        context.extend(some_tokens(&mut r, 15));
+        let first_choice = some_tokens(&mut r, 6);
         for c in 0..4 {
             let continuation = match c {
                 0 => first_choice.clone(),
-                1 => [first_choice.clone(), r.tokens(2)].concat(), // extends choice 0
-                _ => r.some_tokens(6),
+                1 => [first_choice.clone(), r.tokens(2, 97)].concat(), // extends choice 0
+                _ => some_tokens(&mut r, 6),
             };
             out.push(Request { context: context.clone(), continuation });
         }
@@ -101,8 +43,8 @@ fn requests(seed: u64) -> Vec<Request> {
             out.push(out[out.len() - 1].clone()); // an exact duplicate
         }
     }
-    out.push(Request { context: r.tokens(120), continuation: r.tokens(5) }); // truncated on the left
-    out.push(Request { context: vec![5], continuation: r.tokens(30) });
+    out.push(Request { context: r.tokens(120, 97), continuation: r.tokens(5, 97) }); // truncated on the left
+    out.push(Request { context: vec![5], continuation: r.tokens(30, 97) });
     out
 }
 
