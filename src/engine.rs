@@ -1,6 +1,7 @@
 //! A loaded model on a chosen device, and the one call every front end uses: score these requests.
 
 use crate::backend::cpu::Cpu;
+use crate::backend::cuda::CudaBackend;
 use crate::backend::Backend;
 use crate::checkpoint::{Checkpoint, DType};
 use crate::error::{Error, Result};
@@ -35,6 +36,7 @@ impl Default for EngineOptions {
 
 pub enum Engine {
     Cpu(Cpu, Model<Cpu>),
+    Cuda(CudaBackend, Model<CudaBackend>),
 }
 
 /// What a scoring call did, for reports.
@@ -66,25 +68,39 @@ impl Engine {
                 }
                 Ok(Engine::Cpu(Cpu, Model::load(&Cpu, ckpt)?))
             }
-            Device::Cuda => Err(crate::backend::cuda::check_available().unwrap_err()),
+            Device::Cuda => {
+                // Device first: without one, the error is "no CUDA driver/device found ...".
+                crate::backend::cuda::check_available()?;
+                let dtype = match opts.dtype {
+                    Some(d) => d,
+                    None => ckpt.stored_dtype()?,
+                };
+                let b = CudaBackend::new(0, dtype)?;
+                let m = Model::load(&b, ckpt)?;
+                Ok(Engine::Cuda(b, m))
+            }
         }
     }
 
     pub fn describe(&self) -> String {
         match self {
             Engine::Cpu(b, _) => b.describe(),
+            Engine::Cuda(b, _) => b.describe(),
         }
     }
 
     pub fn config(&self) -> &crate::config::ModelConfig {
         match self {
             Engine::Cpu(_, m) => &m.config,
+            Engine::Cuda(_, m) => &m.config,
         }
     }
 
     pub fn default_batch_tokens(&self) -> usize {
         match self {
             Engine::Cpu(..) => 2048,
+            // No [T, T] buffer anywhere (flash attention), so the budget only bounds activations.
+            Engine::Cuda(..) => 8192,
         }
     }
 
@@ -105,6 +121,7 @@ impl Engine {
         let on_batch = |tokens| on_progress(tokens, total);
         let scores = match self {
             Engine::Cpu(b, m) => run_plan(b, m, &plan, on_batch)?,
+            Engine::Cuda(b, m) => run_plan(b, m, &plan, on_batch)?,
         };
         let stats = PlanStats {
             naive_tokens: plan.naive_tokens,

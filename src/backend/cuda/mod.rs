@@ -1,0 +1,792 @@
+//! The CUDA backend: hand-written kernels from `kernels/*.cu` compiled at run time with NVRTC for the
+//! device's architecture, cuBLAS for the matrix products, all through cudarc with dynamic loading (the
+//! crate builds and runs without CUDA; `CudaBackend::new` returns an error where there is none).
+//!
+//! Precision policy (docs/gpu.md):
+//! - weights and GEMM inputs in the compute dtype (f16, bf16 or f32; default the checkpoint's stored dtype);
+//!   cuBLAS `gemm_ex` with f32 compute (tensor cores for f16/bf16), bias added in the GEMM's f32 epilogue;
+//! - 1-D parameters (LayerNorm weights, biases) are kept in f32; the residual stream is f32 (embedding
+//!   output, residual adds), so only GEMM inputs/outputs and attention inputs/outputs are rounded;
+//! - LayerNorm statistics, rotary angles, attention scores / softmax / accumulation, GELU: f32;
+//! - the LM head writes f32 logits (f16 x f16 -> f32 C) and the fused log-softmax gather works in f32.
+//!
+//! Tensors are untyped device buffers (`CudaSlice<u8>`) tagged with a dtype; kernels are picked by name
+//! from the dtypes (`layernorm_f32_f16`, ...). One stream, no cross-stream events.
+
+pub mod kernels;
+pub mod layout;
+
+use super::{AttnShape, Backend, BatchLayout, Tensor2, TokenScore};
+use crate::checkpoint::{DType, HostTensor};
+use crate::error::{Error, Result};
+use cudarc::cublas::{result as blas_result, sys as blas_sys, CudaBlas};
+use cudarc::driver::{sys as cu_sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DriverError, LaunchConfig, PushKernelArg};
+use half::{bf16, f16};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+/// Whether a CUDA driver can be loaded on this machine (never panics).
+pub fn driver_present() -> bool {
+    // SAFETY: only probes for the shared library.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
+pub fn unavailable() -> Error {
+    Error::Cuda("no CUDA driver/device found (libcuda.so could not be loaded); use --device cpu".into())
+}
+
+/// Number of CUDA devices, or an error saying why there are none. Never panics.
+pub fn device_count() -> Result<usize> {
+    if !driver_present() {
+        return Err(unavailable());
+    }
+    match CudaContext::device_count() {
+        Ok(n) if n > 0 => Ok(n as usize),
+        Ok(_) => Err(Error::Cuda("no CUDA driver/device found (the driver reports 0 devices); use --device cpu".into())),
+        Err(e) => Err(Error::Cuda(format!("no CUDA driver/device found (cuInit/cuDeviceGetCount: {e}); use --device cpu"))),
+    }
+}
+
+/// Ok when a device is usable by `CudaBackend::new` (driver, device, cuBLAS and NVRTC all present).
+pub fn check_available() -> Result<()> {
+    device_count()?;
+    // SAFETY: only probes for the shared library.
+    if !unsafe { blas_sys::is_culib_present() } {
+        return Err(Error::Cuda(
+            "cuBLAS not found: libcublas.so.13 could not be loaded (put its directory on LD_LIBRARY_PATH)".into(),
+        ));
+    }
+    if !kernels::nvrtc_present() {
+        return Err(kernels::nvrtc_missing());
+    }
+    Ok(())
+}
+
+/// Every (kernel file, function) the backend may launch: the compile test checks each is in the PTX, so a
+/// name that drifts between a `.cu` file and this module fails on CPU-only CI rather than on a GPU.
+pub fn entry_points() -> Vec<(&'static str, String)> {
+    let types = [DType::F32, DType::F16, DType::BF16];
+    let mut v: Vec<(&'static str, String)> = vec![];
+    for a in types {
+        v.push(("embedding", format!("embedding_{}", suffix(a))));
+        v.push(("rotary", format!("rotary_{}", suffix(a))));
+        for dpl in [1, 2, 3, 4, 8] {
+            v.push(("attention", format!("attention_{}_d{dpl}", suffix(a))));
+        }
+        for b in types {
+            for op in ["layernorm", "bias_gelu", "residual_add", "cast", "broadcast_rows"] {
+                v.push((op, format!("{op}_{}_{}", suffix(a), suffix(b))));
+            }
+        }
+    }
+    for f in ["gather_rows_u16", "gather_rows_u32"] {
+        v.push(("gather_rows", f.to_string()));
+    }
+    for f in ["logsoftmax_stats", "logsoftmax_targets"] {
+        v.push(("logsoftmax_gather", f.to_string()));
+    }
+    v
+}
+
+fn suffix(dt: DType) -> &'static str {
+    match dt {
+        DType::F32 => "f32",
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
+        DType::U8 | DType::Other => "unsupported",
+    }
+}
+
+fn cuda_dtype(dt: DType) -> blas_sys::cudaDataType {
+    match dt {
+        DType::F16 => blas_sys::cudaDataType::CUDA_R_16F,
+        DType::BF16 => blas_sys::cudaDataType::CUDA_R_16BF,
+        _ => blas_sys::cudaDataType::CUDA_R_32F,
+    }
+}
+
+/// A 2-D row-major tensor on the device: raw bytes plus a dtype (F32, F16 or BF16).
+pub struct CudaTensor {
+    pub rows: usize,
+    pub cols: usize,
+    pub dtype: DType,
+    /// At least one byte long (zero-size allocations are avoided); holds rows * cols * dtype.size() bytes.
+    buf: CudaSlice<u8>,
+}
+
+impl CudaTensor {
+    pub fn bytes(&self) -> usize {
+        self.rows * self.cols * self.dtype.size()
+    }
+    pub fn numel(&self) -> usize {
+        self.rows * self.cols
+    }
+}
+
+impl Tensor2 for CudaTensor {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+    fn cols(&self) -> usize {
+        self.cols
+    }
+}
+
+/// A `BatchLayout` on the device: row positions and the attention work tables, uploaded once per batch.
+pub struct CudaLayout {
+    pub tokens: usize,
+    pub past_len: usize,
+    pub num_tiles: usize,
+    positions: CudaSlice<u32>,
+    tiles: CudaSlice<u32>,
+    seg_off: CudaSlice<u32>,
+    ranges: CudaSlice<u32>,
+}
+
+pub struct CudaBackend {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    dtype: DType,
+    ordinal: usize,
+    device_name: String,
+    compute_capability: (i32, i32),
+    /// Largest dynamic shared memory a block may opt into.
+    max_smem_optin: usize,
+    modules: HashMap<&'static str, Arc<CudaModule>>,
+    functions: Mutex<HashMap<String, CudaFunction>>,
+    /// Functions whose dynamic shared-memory limit was raised (CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES).
+    smem_raised: Mutex<HashSet<String>>,
+}
+
+impl CudaBackend {
+    /// Open device `ordinal` computing in `dtype` (F16, BF16 or F32) and compile every kernel for it.
+    /// Without a driver or device this is `Error::Cuda("no CUDA driver/device found ...")`, never a panic.
+    pub fn new(ordinal: usize, dtype: DType) -> Result<Self> {
+        let count = device_count()?;
+        if ordinal >= count {
+            return Err(Error::Cuda(format!("no CUDA driver/device found: device {ordinal} asked for, {count} present")));
+        }
+        check_available()?;
+        if !matches!(dtype, DType::F16 | DType::BF16 | DType::F32) {
+            return Err(Error::invalid(format!("the CUDA backend computes in f16, bf16 or f32, not {}", dtype.name())));
+        }
+        let drv = |what: &str, e: DriverError| Error::Cuda(format!("{what}: {e}"));
+        let ctx = CudaContext::new(ordinal).map_err(|e| drv("creating the CUDA context", e))?;
+        // One stream and no cross-stream sharing: cudarc's per-buffer event tracking would only add cost.
+        // SAFETY: called before any buffer is allocated.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(|e| drv("creating a CUDA stream", e))?;
+        let blas = CudaBlas::new(stream.clone()).map_err(|e| Error::Cuda(format!("creating the cuBLAS handle: {e}")))?;
+        let compute_capability = ctx.compute_capability().map_err(|e| drv("reading the compute capability", e))?;
+        let device_name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        let max_smem_optin = ctx
+            .attribute(cu_sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+            .map(|v| v as usize)
+            .unwrap_or(48 * 1024);
+        keep_pool_memory(&ctx);
+
+        // Compile (or fetch from the disk cache) every op file in parallel, then load the cubins.
+        let names = kernels::op_names();
+        let cubins: Vec<Result<Vec<u8>>> = std::thread::scope(|s| {
+            let handles: Vec<_> = names.iter().map(|&n| s.spawn(move || kernels::cubin_for(n, compute_capability))).collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(Error::Cuda("kernel compilation thread panicked".into())))).collect()
+        });
+        let mut modules = HashMap::new();
+        for (name, cubin) in names.iter().zip(cubins) {
+            let module = ctx
+                .load_module(cudarc::nvrtc::Ptx::from_binary(cubin?))
+                .map_err(|e| Error::Cuda(format!("loading the compiled kernels/{name}.cu for sm_{}{}: {e}", compute_capability.0, compute_capability.1)))?;
+            modules.insert(*name, module);
+        }
+        Ok(CudaBackend {
+            ctx,
+            stream,
+            blas,
+            dtype,
+            ordinal,
+            device_name,
+            compute_capability,
+            max_smem_optin,
+            modules,
+            functions: Mutex::new(HashMap::new()),
+            smem_raised: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// The compute dtype (GEMM inputs, attention inputs and outputs).
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    pub fn device_name(&self) -> &str {
+        &self.device_name
+    }
+    pub fn compute_capability(&self) -> (i32, i32) {
+        self.compute_capability
+    }
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+    /// Host f32 values as a device tensor of `dtype` (F32, F16 or BF16): tests and benches use it to feed
+    /// an op the dtype it sees in the forward pass (e.g. the f32 residual stream into layernorm).
+    pub fn from_host_as(&self, rows: usize, cols: usize, values: &[f32], dtype: DType) -> Result<CudaTensor> {
+        if rows * cols != values.len() {
+            return Err(Error::invalid(format!("from_host: {} values for [{rows}, {cols}]", values.len())));
+        }
+        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+            return Err(Error::invalid(format!("from_host: dtype {} is not f32, f16 or bf16", dtype.name())));
+        }
+        let mut out = self.alloc("from_host", rows, cols, dtype)?;
+        if !values.is_empty() {
+            self.stream.memcpy_htod(&encode(values, dtype), &mut out.buf).map_err(|e| Error::Cuda(format!("from_host: {e}")))?;
+        }
+        Ok(out)
+    }
+
+    /// Wait for all queued work (benches; every read back already synchronises).
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(|e| Error::Cuda(format!("synchronize: {e}")))
+    }
+
+    fn func(&self, module: &str, name: &str) -> Result<CudaFunction> {
+        let mut cache = self.functions.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = cache.get(name) {
+            return Ok(f.clone());
+        }
+        let m = self.modules.get(module).ok_or_else(|| Error::Cuda(format!("kernel module {module} is not loaded")))?;
+        let f = m.load_function(name).map_err(|e| Error::Cuda(format!("kernel {name} not found in kernels/{module}.cu: {e}")))?;
+        cache.insert(name.to_string(), f.clone());
+        Ok(f)
+    }
+
+    /// Allocate an uninitialised [rows, cols] tensor. Out of memory is an `Error::Cuda` naming the op.
+    fn alloc(&self, op: &str, rows: usize, cols: usize, dtype: DType) -> Result<CudaTensor> {
+        let bytes = rows * cols * dtype.size();
+        let buf = self.alloc_raw::<u8>(op, bytes.max(1), &format!("[{rows}, {cols}] {}", dtype.name()))?;
+        Ok(CudaTensor { rows, cols, dtype, buf })
+    }
+
+    fn alloc_raw<T: cudarc::driver::DeviceRepr>(&self, op: &str, len: usize, what: &str) -> Result<CudaSlice<T>> {
+        let bytes = len * std::mem::size_of::<T>();
+        // SAFETY: every caller writes the buffer (kernel, copy or GEMM) before it is read.
+        unsafe { self.stream.alloc::<T>(len.max(1)) }.map_err(|e| oom_or(op, bytes, what, e))
+    }
+
+    fn upload_u32(&self, op: &str, values: &[u32]) -> Result<CudaSlice<u32>> {
+        let mut dst = self.alloc_raw::<u32>(op, values.len().max(1), "u32 table")?;
+        if !values.is_empty() {
+            self.stream.memcpy_htod(values, &mut dst).map_err(|e| Error::Cuda(format!("{op}: upload of {} u32: {e}", values.len())))?;
+        }
+        Ok(dst)
+    }
+
+    fn launch_err(op: &str, kernel: &str, e: DriverError) -> Error {
+        Error::Cuda(format!("{op}: launching {kernel} failed: {e}"))
+    }
+
+    /// `t` in dtype `dt`: borrowed when it already is, else converted on the device.
+    fn as_dtype<'a>(&self, op: &str, t: &'a CudaTensor, dt: DType) -> Result<Converted<'a>> {
+        if t.dtype == dt {
+            return Ok(Converted::Borrowed(t));
+        }
+        let mut out = self.alloc(op, t.rows, t.cols, dt)?;
+        let name = format!("cast_{}_{}", suffix(t.dtype), suffix(dt));
+        let f = self.func("cast", &name)?;
+        let n = t.numel() as u64;
+        if n > 0 {
+            let (grid, block) = layout::grid_1d(n);
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&t.buf).arg(&mut out.buf).arg(&n);
+            unsafe { b.launch(cfg(grid, block, 0)) }.map_err(|e| Self::launch_err(op, &name, e))?;
+        }
+        Ok(Converted::Owned(out))
+    }
+
+    fn check_float(op: &str, t: &CudaTensor) -> Result<()> {
+        match t.dtype {
+            DType::F32 | DType::F16 | DType::BF16 => Ok(()),
+            other => Err(Error::invalid(format!("{op}: tensor of dtype {} (expected f32, f16 or bf16)", other.name()))),
+        }
+    }
+
+    /// Row-major Y[M, N] (+)= X[M, K] . W[N, K]^T with f32 compute. cuBLAS is column-major, so this is the
+    /// column-major product Y^T = W . X^T: gemm(transa = T, transb = N, m = N, n = M, k = K, A = W (lda K),
+    /// B = X (ldb K), C = Y (ldc N)). `beta` = 1 accumulates onto Y (the pre-filled bias).
+    fn gemm(&self, op: &str, x: &CudaTensor, w: &CudaTensor, y: &mut CudaTensor, beta: f32) -> Result<()> {
+        let (m, k, n) = (x.rows, x.cols, w.rows);
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        let too_big = |v: usize| v > i32::MAX as usize;
+        if too_big(m) || too_big(k) || too_big(n) {
+            return Err(Error::invalid(format!("{op}: GEMM of [{m}, {k}] x [{n}, {k}]^T exceeds 32-bit dimensions")));
+        }
+        let alpha = 1.0f32;
+        let (wp, _gw) = w.buf.device_ptr(&self.stream);
+        let (xp, _gx) = x.buf.device_ptr(&self.stream);
+        let (yp, _gy) = y.buf.device_ptr_mut(&self.stream);
+        // SAFETY: the three buffers hold at least N*K, M*K and M*N elements of the dtypes named here.
+        unsafe {
+            blas_result::gemm_ex(
+                *self.blas.handle(),
+                blas_sys::cublasOperation_t::CUBLAS_OP_T,
+                blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                n as i32,
+                m as i32,
+                k as i32,
+                &alpha as *const f32 as *const _,
+                wp as *const _,
+                cuda_dtype(w.dtype),
+                k as i32,
+                xp as *const _,
+                cuda_dtype(x.dtype),
+                k as i32,
+                &beta as *const f32 as *const _,
+                yp as *mut _,
+                cuda_dtype(y.dtype),
+                n as i32,
+                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DFALT,
+            )
+        }
+        .map_err(|e| Error::Cuda(format!("{op}: cuBLAS gemm_ex [{m}, {k}] x [{n}, {k}]^T ({} -> {}) failed: {e}", w.dtype.name(), y.dtype.name())))
+    }
+
+    /// Raise a kernel's dynamic shared-memory limit once, when it needs more than the default 48 KB.
+    fn ensure_smem(&self, f: &CudaFunction, name: &str, bytes: usize) -> Result<()> {
+        if bytes <= 48 * 1024 {
+            return Ok(());
+        }
+        if bytes > self.max_smem_optin {
+            return Err(Error::Cuda(format!("{name} needs {bytes} bytes of shared memory, the device allows {}", self.max_smem_optin)));
+        }
+        let mut raised = self.smem_raised.lock().unwrap_or_else(|p| p.into_inner());
+        if raised.contains(name) {
+            return Ok(());
+        }
+        // Raise to the device maximum so every head dim of this variant fits.
+        f.set_attribute(cu_sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, self.max_smem_optin as i32)
+            .map_err(|e| Error::Cuda(format!("raising the shared-memory limit of {name} to {} bytes: {e}", self.max_smem_optin)))?;
+        raised.insert(name.to_string());
+        Ok(())
+    }
+}
+
+/// A tensor either borrowed as it was or converted to another dtype.
+enum Converted<'a> {
+    Borrowed(&'a CudaTensor),
+    Owned(CudaTensor),
+}
+
+impl std::ops::Deref for Converted<'_> {
+    type Target = CudaTensor;
+    fn deref(&self) -> &CudaTensor {
+        match self {
+            Converted::Borrowed(t) => t,
+            Converted::Owned(t) => t,
+        }
+    }
+}
+
+fn cfg(grid: u32, block: u32, smem: u32) -> LaunchConfig {
+    LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (block, 1, 1), shared_mem_bytes: smem }
+}
+
+fn oom_or(op: &str, bytes: usize, what: &str, e: DriverError) -> Error {
+    if e.0 == cu_sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+        Error::Cuda(format!("{op}: out of device memory allocating {bytes} bytes ({what}); try a smaller --max-batch-tokens or --dtype f16"))
+    } else {
+        Error::Cuda(format!("{op}: allocating {bytes} bytes ({what}) failed: {e}"))
+    }
+}
+
+/// Keep freed memory in the stream-ordered pool instead of returning it to the driver at every
+/// synchronisation (the forward pass allocates and frees its activations every layer). Best effort.
+fn keep_pool_memory(ctx: &CudaContext) {
+    if !ctx.has_async_alloc() {
+        return;
+    }
+    // SAFETY: the pool belongs to this context's device; the attribute takes a pointer to a u64.
+    unsafe {
+        if let Ok(pool) = cudarc::driver::result::device::get_default_mem_pool(ctx.cu_device()) {
+            let mut threshold: u64 = u64::MAX;
+            let _ = cu_sys::cuMemPoolSetAttribute(
+                pool,
+                cu_sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                &mut threshold as *mut u64 as *mut std::ffi::c_void,
+            );
+        }
+    }
+}
+
+/// Host f32 values encoded as `dt` little-endian bytes.
+fn encode(values: &[f32], dt: DType) -> Vec<u8> {
+    match dt {
+        DType::F16 => values.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes()).collect(),
+        DType::BF16 => values.iter().flat_map(|&v| bf16::from_f32(v).to_le_bytes()).collect(),
+        _ => bytemuck::cast_slice(values).to_vec(),
+    }
+}
+
+fn decode(bytes: &[u8], dt: DType) -> Vec<f32> {
+    match dt {
+        DType::F16 => bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        DType::BF16 => bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        _ => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+    }
+}
+
+impl Backend for CudaBackend {
+    type Tensor = CudaTensor;
+    type Layout = CudaLayout;
+
+    fn describe(&self) -> String {
+        let dt = match self.dtype {
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+            _ => "f32",
+        };
+        format!("cuda:{} {} sm_{}{} ({dt})", self.ordinal, self.device_name, self.compute_capability.0, self.compute_capability.1)
+    }
+
+    /// 2-D weights in the compute dtype; 1-D parameters (LayerNorm, biases) in f32, as [1, n].
+    fn upload(&self, t: &HostTensor) -> Result<CudaTensor> {
+        let (rows, cols, dt) = match t.shape.as_slice() {
+            [n] => (1, *n, DType::F32),
+            [r, c] => (*r, *c, self.dtype),
+            other => return Err(Error::tensor(&t.name, format!("has shape {other:?}, expected 1-D or 2-D"))),
+        };
+        let expected = rows * cols * t.dtype.size();
+        if t.bytes.len() != expected || !matches!(t.dtype, DType::F32 | DType::F16 | DType::BF16) {
+            // to_f32 gives the precise error (wrong byte count or a non-float dtype).
+            t.to_f32()?;
+        }
+        let bytes: std::borrow::Cow<[u8]> = if t.dtype == dt { std::borrow::Cow::Borrowed(&t.bytes) } else { encode(&t.to_f32()?, dt).into() };
+        let mut out = self.alloc(&format!("upload of `{}`", t.name), rows, cols, dt)?;
+        if !bytes.is_empty() {
+            self.stream
+                .memcpy_htod(bytes.as_ref(), &mut out.buf)
+                .map_err(|e| Error::Cuda(format!("upload of `{}` ({} bytes): {e}", t.name, bytes.len())))?;
+        }
+        Ok(out)
+    }
+
+    /// Activations in the compute dtype.
+    fn from_host(&self, rows: usize, cols: usize, values: &[f32]) -> Result<CudaTensor> {
+        self.from_host_as(rows, cols, values, self.dtype)
+    }
+
+    fn to_host(&self, t: &CudaTensor) -> Result<Vec<f32>> {
+        if t.numel() == 0 {
+            return Ok(vec![]);
+        }
+        let bytes = self.stream.clone_dtoh(&t.buf.slice(0..t.bytes())).map_err(|e| Error::Cuda(format!("to_host ({} bytes): {e}", t.bytes())))?;
+        self.synchronize()?;
+        Ok(decode(&bytes, t.dtype))
+    }
+
+    fn prepare(&self, l: &BatchLayout) -> Result<CudaLayout> {
+        let tables = layout::attention_tables(l)?;
+        Ok(CudaLayout {
+            tokens: l.tokens(),
+            past_len: l.past_len,
+            num_tiles: tables.num_tiles(),
+            positions: self.upload_u32("prepare", &l.positions)?,
+            tiles: self.upload_u32("prepare", &tables.tiles)?,
+            seg_off: self.upload_u32("prepare", &tables.seg_off)?,
+            ranges: self.upload_u32("prepare", &tables.ranges)?,
+        })
+    }
+
+    fn embedding(&self, table: &CudaTensor, ids: &[u32]) -> Result<CudaTensor> {
+        Self::check_float("embedding", table)?;
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= table.rows) {
+            return Err(Error::invalid(format!("token id {id} is outside the embedding table of {} rows", table.rows)));
+        }
+        let h = table.cols;
+        let mut out = self.alloc("embedding", ids.len(), h, DType::F32)?;
+        if ids.is_empty() || h == 0 {
+            return Ok(out);
+        }
+        let ids_d = self.upload_u32("embedding", ids)?;
+        let name = format!("embedding_{}", suffix(table.dtype));
+        let f = self.func("embedding", &name)?;
+        let h_i = h as i32;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&table.buf).arg(&ids_d).arg(&mut out.buf).arg(&h_i);
+        unsafe { b.launch(cfg(ids.len() as u32, 256, 0)) }.map_err(|e| Self::launch_err("embedding", &name, e))?;
+        Ok(out)
+    }
+
+    fn layernorm(&self, x: &CudaTensor, w: &CudaTensor, b: &CudaTensor, eps: f32) -> Result<CudaTensor> {
+        Self::check_float("layernorm", x)?;
+        let c = x.cols;
+        if w.numel() != c || b.numel() != c {
+            return Err(Error::invalid(format!("layernorm: {c} columns, weight has {} and bias {} values", w.numel(), b.numel())));
+        }
+        let w = self.as_dtype("layernorm", w, DType::F32)?;
+        let b = self.as_dtype("layernorm", b, DType::F32)?;
+        let mut out = self.alloc("layernorm", x.rows, c, self.dtype)?;
+        if x.rows == 0 || c == 0 {
+            return Ok(out);
+        }
+        let name = format!("layernorm_{}_{}", suffix(x.dtype), suffix(self.dtype));
+        let f = self.func("layernorm", &name)?;
+        let c_i = c as i32;
+        let mut l = self.stream.launch_builder(&f);
+        l.arg(&x.buf).arg(&w.buf).arg(&b.buf).arg(&mut out.buf).arg(&c_i).arg(&eps);
+        unsafe { l.launch(cfg(x.rows as u32, 256, 0)) }.map_err(|e| Self::launch_err("layernorm", &name, e))?;
+        Ok(out)
+    }
+
+    fn linear(&self, x: &CudaTensor, w: &CudaTensor, b: Option<&CudaTensor>) -> Result<CudaTensor> {
+        Self::check_float("linear", w)?;
+        if x.cols != w.cols {
+            return Err(Error::invalid(format!("linear: input has {} features, weight [{}, {}] expects {}", x.cols, w.rows, w.cols, w.cols)));
+        }
+        let x = self.as_dtype("linear", x, w.dtype)?;
+        let (m, n) = (x.rows, w.rows);
+        let mut out = self.alloc("linear", m, n, w.dtype)?;
+        let beta = match b {
+            Some(b) => {
+                if b.numel() != n {
+                    return Err(Error::invalid(format!("linear: bias has {} values for {n} outputs", b.numel())));
+                }
+                // Pre-fill the output with the bias; the GEMM then accumulates onto it (beta = 1).
+                let nn = (m * n) as u64;
+                if nn > 0 {
+                    let name = format!("broadcast_rows_{}_{}", suffix(b.dtype), suffix(out.dtype));
+                    let f = self.func("broadcast_rows", &name)?;
+                    let (grid, block) = layout::grid_1d(nn);
+                    let n_i = n as i32;
+                    let mut l = self.stream.launch_builder(&f);
+                    l.arg(&b.buf).arg(&mut out.buf).arg(&nn).arg(&n_i);
+                    unsafe { l.launch(cfg(grid, block, 0)) }.map_err(|e| Self::launch_err("linear", &name, e))?;
+                }
+                1.0
+            }
+            None => 0.0,
+        };
+        self.gemm("linear", &x, w, &mut out, beta)?;
+        Ok(out)
+    }
+
+    fn bias_gelu(&self, x: &mut CudaTensor, b: &CudaTensor) -> Result<()> {
+        Self::check_float("bias_gelu", x)?;
+        if b.numel() != x.cols {
+            return Err(Error::invalid(format!("bias_gelu: bias has {} values for {} columns", b.numel(), x.cols)));
+        }
+        let n = x.numel() as u64;
+        if n == 0 {
+            return Ok(());
+        }
+        let name = format!("bias_gelu_{}_{}", suffix(x.dtype), suffix(b.dtype));
+        let f = self.func("bias_gelu", &name)?;
+        let (grid, block) = layout::grid_1d(n);
+        let c_i = x.cols as i32;
+        let mut l = self.stream.launch_builder(&f);
+        l.arg(&mut x.buf).arg(&b.buf).arg(&n).arg(&c_i);
+        unsafe { l.launch(cfg(grid, block, 0)) }.map_err(|e| Self::launch_err("bias_gelu", &name, e))?;
+        Ok(())
+    }
+
+    fn rotary(&self, qkv: &mut CudaTensor, layout: &CudaLayout, s: AttnShape) -> Result<()> {
+        Self::check_float("rotary", qkv)?;
+        check_qkv("rotary", qkv, layout, s)?;
+        if s.rotary_ndims > s.head_dim {
+            return Err(Error::invalid(format!("rotary: {} rotary dims exceed the head dim {}", s.rotary_ndims, s.head_dim)));
+        }
+        let half = s.rotary_ndims / 2;
+        let items = (qkv.rows * s.heads * 2 * half) as u64;
+        if items == 0 {
+            return Ok(());
+        }
+        let name = format!("rotary_{}", suffix(qkv.dtype));
+        let f = self.func("rotary", &name)?;
+        let (grid, block) = layout::grid_1d(items);
+        let (heads, hd, rot) = (s.heads as i32, s.head_dim as i32, s.rotary_ndims as i32);
+        let mut l = self.stream.launch_builder(&f);
+        l.arg(&mut qkv.buf).arg(&layout.positions).arg(&items).arg(&heads).arg(&hd).arg(&rot).arg(&s.rotary_base);
+        unsafe { l.launch(cfg(grid, block, 0)) }.map_err(|e| Self::launch_err("rotary", &name, e))?;
+        Ok(())
+    }
+
+    fn attention(&self, qkv: &CudaTensor, past: Option<&CudaTensor>, layout: &CudaLayout, s: AttnShape) -> Result<CudaTensor> {
+        Self::check_float("attention", qkv)?;
+        check_qkv("attention", qkv, layout, s)?;
+        let p = layout.past_len;
+        if past.map_or(0, |t| t.rows) != p {
+            return Err(Error::invalid(format!("attention: layout expects {p} cached rows, cache holds {}", past.map_or(0, |t| t.rows))));
+        }
+        let past = match past {
+            Some(t) if t.cols != qkv.cols => {
+                return Err(Error::invalid(format!("attention: cache rows have {} columns, qkv rows {}", t.cols, qkv.cols)))
+            }
+            Some(t) => Some(self.as_dtype("attention", t, qkv.dtype)?),
+            None => None,
+        };
+        let h = s.heads * s.head_dim;
+        let mut out = self.alloc("attention", qkv.rows, h, qkv.dtype)?;
+        if layout.num_tiles == 0 || s.heads == 0 {
+            return Ok(out);
+        }
+        let dpl = layout::attention_dims_per_lane(s.head_dim)?;
+        let name = format!("attention_{}_d{dpl}", suffix(qkv.dtype));
+        let f = self.func("attention", &name)?;
+        let smem = layout::attention_smem_bytes(s.head_dim);
+        self.ensure_smem(&f, &name, smem)?;
+        if s.heads > 65535 {
+            return Err(Error::invalid(format!("attention: {} heads exceed the grid limit 65535", s.heads)));
+        }
+        let scale = 1.0 / (s.head_dim as f32).sqrt();
+        let (past_len, heads, hd) = (p as u32, s.heads as i32, s.head_dim as i32);
+        let past_buf = past.as_deref().map(|t| &t.buf).unwrap_or(&qkv.buf);
+        let mut l = self.stream.launch_builder(&f);
+        l.arg(&qkv.buf)
+            .arg(past_buf)
+            .arg(&mut out.buf)
+            .arg(&layout.tiles)
+            .arg(&layout.seg_off)
+            .arg(&layout.ranges)
+            .arg(&past_len)
+            .arg(&heads)
+            .arg(&hd)
+            .arg(&scale);
+        let launch = LaunchConfig {
+            grid_dim: (layout.num_tiles as u32, s.heads as u32, 1),
+            block_dim: (layout::ATTN_THREADS, 1, 1),
+            shared_mem_bytes: smem as u32,
+        };
+        unsafe { l.launch(launch) }.map_err(|e| Self::launch_err("attention", &name, e))?;
+        Ok(out)
+    }
+
+    fn residual_add(&self, x: &mut CudaTensor, a: &CudaTensor, b: Option<&CudaTensor>) -> Result<()> {
+        Self::check_float("residual_add", x)?;
+        Self::check_float("residual_add", a)?;
+        for t in std::iter::once(a).chain(b) {
+            if (t.rows, t.cols) != (x.rows, x.cols) {
+                return Err(Error::invalid(format!("residual_add: shapes [{}, {}] and [{}, {}] differ", x.rows, x.cols, t.rows, t.cols)));
+            }
+        }
+        let b = match b {
+            Some(b) => Some(self.as_dtype("residual_add", b, a.dtype)?),
+            None => None,
+        };
+        let n = x.numel() as u64;
+        if n == 0 {
+            return Ok(());
+        }
+        let name = format!("residual_add_{}_{}", suffix(x.dtype), suffix(a.dtype));
+        let f = self.func("residual_add", &name)?;
+        let (grid, block) = layout::grid_1d(n);
+        let null: u64 = 0;
+        let mut l = self.stream.launch_builder(&f);
+        l.arg(&mut x.buf).arg(&a.buf);
+        match &b {
+            Some(b) => l.arg(&b.buf),
+            None => l.arg(&null),
+        };
+        l.arg(&n);
+        unsafe { l.launch(cfg(grid, block, 0)) }.map_err(|e| Self::launch_err("residual_add", &name, e))?;
+        Ok(())
+    }
+
+    fn gather_rows(&self, x: &CudaTensor, rows: &[u32]) -> Result<CudaTensor> {
+        if let Some(&r) = rows.iter().find(|&&r| r as usize >= x.rows) {
+            return Err(Error::invalid(format!("gather_rows: row {r} of a {}-row tensor", x.rows)));
+        }
+        let mut out = self.alloc("gather_rows", rows.len(), x.cols, x.dtype)?;
+        let row_bytes = x.cols * x.dtype.size();
+        if rows.is_empty() || row_bytes == 0 {
+            return Ok(out);
+        }
+        let rows_d = self.upload_u32("gather_rows", rows)?;
+        let (name, words) = if row_bytes % 4 == 0 { ("gather_rows_u32", row_bytes / 4) } else { ("gather_rows_u16", row_bytes / 2) };
+        let f = self.func("gather_rows", name)?;
+        let w = words as i32;
+        let mut l = self.stream.launch_builder(&f);
+        l.arg(&x.buf).arg(&rows_d).arg(&mut out.buf).arg(&w);
+        unsafe { l.launch(cfg(rows.len() as u32, 256, 0)) }.map_err(|e| Self::launch_err("gather_rows", name, e))?;
+        Ok(out)
+    }
+
+    fn concat_rows(&self, a: &CudaTensor, b: &CudaTensor) -> Result<CudaTensor> {
+        if a.cols != b.cols {
+            return Err(Error::invalid(format!("concat_rows: {} and {} columns", a.cols, b.cols)));
+        }
+        let b = self.as_dtype("concat_rows", b, a.dtype)?;
+        let mut out = self.alloc("concat_rows", a.rows + b.rows, a.cols, a.dtype)?;
+        let (na, nb) = (a.bytes(), b.bytes());
+        let copy = |e: DriverError| Error::Cuda(format!("concat_rows: device copy failed: {e}"));
+        if na > 0 {
+            self.stream.memcpy_dtod(&a.buf.slice(0..na), &mut out.buf.slice_mut(0..na)).map_err(copy)?;
+        }
+        if nb > 0 {
+            self.stream.memcpy_dtod(&b.buf.slice(0..nb), &mut out.buf.slice_mut(na..na + nb)).map_err(copy)?;
+        }
+        Ok(out)
+    }
+
+    fn lm_head(&self, x: &CudaTensor, w: &CudaTensor) -> Result<CudaTensor> {
+        Self::check_float("lm_head", w)?;
+        if x.cols != w.cols {
+            return Err(Error::invalid(format!("lm_head: input has {} features, weight [{}, {}] expects {}", x.cols, w.rows, w.cols, w.cols)));
+        }
+        let x = self.as_dtype("lm_head", x, w.dtype)?;
+        let mut logits = self.alloc("lm_head", x.rows, w.rows, DType::F32)?;
+        self.gemm("lm_head", &x, w, &mut logits, 0.0)?;
+        Ok(logits)
+    }
+
+    fn logsoftmax_gather(&self, logits: &CudaTensor, targets: &[(u32, u32)]) -> Result<Vec<TokenScore>> {
+        let (r, v) = (logits.rows, logits.cols);
+        if let Some(&(row, tok)) = targets.iter().find(|&&(row, tok)| row as usize >= r || tok as usize >= v) {
+            return Err(Error::invalid(format!("logsoftmax_gather: target ({row}, {tok}) outside logits [{r}, {v}]")));
+        }
+        if targets.is_empty() {
+            return Ok(vec![]);
+        }
+        let logits = self.as_dtype("logsoftmax_gather", logits, DType::F32)?;
+        let op = "logsoftmax_gather";
+        let m = self.alloc_raw::<f32>(op, r, "row maxima")?;
+        let log_s = self.alloc_raw::<f32>(op, r, "row log-sums")?;
+        let arg = self.alloc_raw::<u32>(op, r, "row argmax")?;
+        let (mut m, mut log_s, mut arg) = (m, log_s, arg);
+        let v_i = v as i32;
+        let f = self.func("logsoftmax_gather", "logsoftmax_stats")?;
+        let mut l = self.stream.launch_builder(&f);
+        l.arg(&logits.buf).arg(&v_i).arg(&mut m).arg(&mut log_s).arg(&mut arg);
+        unsafe { l.launch(cfg(r as u32, 1024, 0)) }.map_err(|e| Self::launch_err(op, "logsoftmax_stats", e))?;
+
+        let flat: Vec<u32> = targets.iter().flat_map(|&(row, tok)| [row, tok]).collect();
+        let targets_d = self.upload_u32(op, &flat)?;
+        let n = targets.len();
+        let mut lp = self.alloc_raw::<f32>(op, n, "target log-probs")?;
+        let mut greedy = self.alloc_raw::<u32>(op, n, "target greedy flags")?;
+        let n_i = n as i32;
+        let f = self.func("logsoftmax_gather", "logsoftmax_targets")?;
+        let mut l = self.stream.launch_builder(&f);
+        l.arg(&logits.buf).arg(&v_i).arg(&m).arg(&log_s).arg(&arg).arg(&targets_d).arg(&n_i).arg(&mut lp).arg(&mut greedy);
+        unsafe { l.launch(cfg(n.div_ceil(256) as u32, 256, 0)) }.map_err(|e| Self::launch_err(op, "logsoftmax_targets", e))?;
+
+        let dl = |e: DriverError| Error::Cuda(format!("{op}: reading back {n} scores: {e}"));
+        let lp = self.stream.clone_dtoh(&lp.slice(0..n)).map_err(dl)?;
+        let greedy = self.stream.clone_dtoh(&greedy.slice(0..n)).map_err(dl)?;
+        self.synchronize()?;
+        Ok(lp.into_iter().zip(greedy).map(|(logprob, g)| TokenScore { logprob, is_greedy: g != 0 }).collect())
+    }
+}
+
+fn check_qkv(op: &str, qkv: &CudaTensor, layout: &CudaLayout, s: AttnShape) -> Result<()> {
+    if qkv.cols != 3 * s.heads * s.head_dim {
+        return Err(Error::invalid(format!("{op}: qkv has {} columns, expected 3 x {} heads x {}", qkv.cols, s.heads, s.head_dim)));
+    }
+    if qkv.rows != layout.tokens {
+        return Err(Error::invalid(format!("{op}: qkv has {} rows, the batch layout {}", qkv.rows, layout.tokens)));
+    }
+    Ok(())
+}

@@ -1,0 +1,84 @@
+//! Skip / require logic shared by the CUDA test files (`tests/kernels_compile.rs`, `tests/cuda_parity.rs`),
+//! and a seeded RNG.
+//!
+//! Without NVRTC or a GPU these tests print a visible `SKIPPED: ...` line and pass, so `cargo test` stays
+//! green on CPU-only machines. CI and GPU runs turn the skip into a failure:
+//! - `LMSCORE_REQUIRE_NVRTC=1`: the kernel compile test fails when libnvrtc cannot be loaded;
+//! - `LMSCORE_REQUIRE_CUDA=1`: the GPU parity tests fail when no CUDA device can be opened.
+#![allow(dead_code)]
+
+use lmscore::backend::cuda::{self, CudaBackend};
+use lmscore::checkpoint::DType;
+use std::io::Write;
+
+/// Print straight to the process's stderr: libtest captures `println!`/`eprintln!` of passing tests, and a
+/// skip must be seen.
+pub fn visible(msg: &str) {
+    let _ = writeln!(std::io::stderr(), "{msg}");
+}
+
+fn required(var: &str) -> bool {
+    std::env::var(var).is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+}
+
+/// True when NVRTC can be loaded. Otherwise prints SKIPPED and returns false, or panics under
+/// LMSCORE_REQUIRE_NVRTC=1.
+pub fn nvrtc_or_skip(test: &str) -> bool {
+    if cuda::kernels::nvrtc_present() {
+        return true;
+    }
+    let why = "NVRTC not found (libnvrtc.so.13 could not be loaded; run `eval \"$(bash scripts/install-nvrtc.sh)\"`)";
+    if required("LMSCORE_REQUIRE_NVRTC") {
+        panic!("{test}: LMSCORE_REQUIRE_NVRTC=1 but {why}");
+    }
+    visible(&format!("SKIPPED: {why}: {test}"));
+    false
+}
+
+/// A CUDA backend computing in `dtype`, or None (after printing SKIPPED) when no device can be opened.
+/// Panics under LMSCORE_REQUIRE_CUDA=1 instead of skipping.
+pub fn cuda_or_skip(test: &str, dtype: DType) -> Option<CudaBackend> {
+    let err = match cuda::check_available() {
+        Ok(()) => match CudaBackend::new(0, dtype) {
+            Ok(b) => return Some(b),
+            // A device is there but the backend failed: always a failure.
+            Err(e) => panic!("{test}: a CUDA device is present but CudaBackend::new failed: {e}"),
+        },
+        Err(e) => e,
+    };
+    if required("LMSCORE_REQUIRE_CUDA") {
+        panic!("{test}: LMSCORE_REQUIRE_CUDA=1 but {err}");
+    }
+    visible(&format!("SKIPPED: no CUDA device ({err}): {test}"));
+    None
+}
+
+/// SplitMix64: small, seeded, reproducible across platforms.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e3779b97f4a7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+    /// Uniform in [-a, a).
+    pub fn sym(&mut self, a: f32) -> f32 {
+        (2.0 * self.uniform() - 1.0) * a
+    }
+    pub fn below(&mut self, n: u32) -> u32 {
+        (self.next_u64() % n as u64) as u32
+    }
+    pub fn vec(&mut self, n: usize, a: f32) -> Vec<f32> {
+        (0..n).map(|_| self.sym(a)).collect()
+    }
+}

@@ -1,0 +1,656 @@
+//! Every CUDA op against its CPU twin (the oracle) on seeded random inputs, at real and awkward shapes
+//! (1 row, columns not a multiple of 32, head dims 32 / 64 / 80 / 128 / 256, tree segments with ancestors
+//! and a past cache), in f32, f16 and bf16; then whole models: the fixture checkpoints scored through
+//! `plan::build` + `score::run_plan` on both backends.
+//!
+//! Inputs are rounded to the dtype under test before the CPU sees them, so a tolerance only has to cover
+//! the GPU's own rounding (outputs stored in f16/bf16) and summation order. Tolerances (relative to the
+//! magnitude named at each check):
+//! - f32: 1e-5 elementwise, 2e-5 for GEMMs / attention; whole models within 1e-3 nats per request.
+//! - f16: 2e-3 elementwise (4 ulps of 2^-11), 1e-3 of sum |x w| for GEMMs, 4e-3 for attention;
+//!   whole models within 5e-2 nats per scored token.
+//! - bf16: 1.6e-2 elementwise (4 ulps of 2^-8), 8e-3 for GEMMs, 3e-2 for attention;
+//!   whole models within 4e-1 nats per scored token.
+//! The whole-model half-precision bounds come from `half_precision_error_model`: rounding at the CUDA
+//! backend's rounding points alone costs up to 1.2e-2 (f16) and 1.2e-1 (bf16) nats per token on these
+//! fixtures (random weights with Pythia-like large q/k biases), so the bounds are ~3-4x that.
+//! Greedy flags must agree wherever the CPU's top-1 / top-2 logit margin exceeds twice the per-token
+//! tolerance (1e-3 in f32), so a near-tie that rounding may legitimately flip is not a failure.
+//! `half_precision_error_model` (CPU only) runs the fixtures through a CPU backend that rounds at the
+//! same points as the CUDA backend and checks the model tolerances stay >= 3x that rounding error.
+//!
+//! Without a device every GPU test prints `SKIPPED: no CUDA device ...` and passes; LMSCORE_REQUIRE_CUDA=1
+//! makes that a failure. A failure prints the seed, the shape and the worst index.
+
+mod common;
+
+use common::{cuda_or_skip, visible, Rng};
+use half::{bf16, f16};
+use lmscore::backend::cpu::{Cpu, CpuTensor};
+use lmscore::backend::cuda::CudaBackend;
+use lmscore::backend::{AttnSegment, AttnShape, Backend, BatchLayout, TokenScore};
+use lmscore::checkpoint::{Checkpoint, DType, HostTensor};
+use lmscore::model::{forward, CacheUpdate, KvCache, Model};
+use lmscore::plan::{self, Request};
+use lmscore::score::{run_plan, RequestScore};
+use std::path::PathBuf;
+
+const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+
+fn dt_name(dt: DType) -> &'static str {
+    match dt {
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
+        _ => "f32",
+    }
+}
+
+/// Values rounded to `dt` (round to nearest even), back in f32.
+fn round(dt: DType, v: &[f32]) -> Vec<f32> {
+    match dt {
+        DType::F16 => v.iter().map(|&x| f16::from_f32(x).to_f32()).collect(),
+        DType::BF16 => v.iter().map(|&x| bf16::from_f32(x).to_f32()).collect(),
+        _ => v.to_vec(),
+    }
+}
+
+/// Relative tolerance of an output rounded once to `dt` (4 ulps).
+fn eps(dt: DType) -> f32 {
+    match dt {
+        DType::F16 => 2e-3,
+        DType::BF16 => 1.6e-2,
+        _ => 1e-5,
+    }
+}
+
+/// Panic with seed, shape and the worst index unless |got[i] - want[i]| <= tol(i) everywhere.
+fn assert_close(what: &str, seed: u64, shape: &str, got: &[f32], want: &[f32], tol: impl Fn(usize) -> f32) {
+    assert_eq!(got.len(), want.len(), "{what} (seed {seed}, {shape}): {} values, expected {}", got.len(), want.len());
+    let mut worst: Option<(usize, f32)> = None;
+    for i in 0..got.len() {
+        let d = (got[i] - want[i]).abs();
+        let ratio = if d.is_nan() || got[i].is_nan() != want[i].is_nan() { f32::INFINITY } else { d / tol(i).max(f32::MIN_POSITIVE) };
+        if ratio > 1.0 && worst.is_none_or(|(_, r)| ratio > r) {
+            worst = Some((i, ratio));
+        }
+    }
+    if let Some((i, ratio)) = worst {
+        panic!(
+            "{what} (seed {seed}, {shape}): worst index {i}: cuda {} vs cpu {} (|Δ| {:.3e}, {ratio:.1}x the tolerance {:.3e})",
+            got[i],
+            want[i],
+            (got[i] - want[i]).abs(),
+            tol(i)
+        );
+    }
+}
+
+/// A 2-D weight on both backends (the GPU stores it in its compute dtype: the CPU gets the rounded values).
+fn weight(gpu: &CudaBackend, name: &str, rows: usize, cols: usize, v: &[f32]) -> (lmscore::backend::cuda::CudaTensor, CpuTensor) {
+    let r = round(gpu.dtype(), v);
+    let g = gpu.upload(&HostTensor::from_f32(name, vec![rows, cols], v)).unwrap();
+    (g, CpuTensor::new(rows, cols, r))
+}
+
+/// A 1-D parameter (kept in f32 on the GPU).
+fn param(gpu: &CudaBackend, name: &str, v: &[f32]) -> (lmscore::backend::cuda::CudaTensor, CpuTensor) {
+    let g = gpu.upload(&HostTensor::from_f32(name, vec![v.len()], v)).unwrap();
+    (g, CpuTensor::new(1, v.len(), v.to_vec()))
+}
+
+/// An activation of `dt` on both backends.
+fn act(gpu: &CudaBackend, rows: usize, cols: usize, v: &[f32], dt: DType) -> (lmscore::backend::cuda::CudaTensor, CpuTensor) {
+    let r = round(dt, v);
+    (gpu.from_host_as(rows, cols, v, dt).unwrap(), CpuTensor::new(rows, cols, r))
+}
+
+/// One backend per dtype (f32, f16, bf16), or none (one SKIPPED line) without a device.
+fn backends(test: &str) -> Vec<CudaBackend> {
+    let Some(first) = cuda_or_skip(test, DTYPES[0]) else { return vec![] };
+    let mut v = vec![first];
+    v.extend(DTYPES[1..].iter().map(|&dt| CudaBackend::new(0, dt).unwrap_or_else(|e| panic!("{test}: CudaBackend::new({dt:?}): {e}"))));
+    v
+}
+
+#[test]
+fn embedding_matches_cpu() {
+    for gpu in backends("embedding_matches_cpu") {
+        let dt = gpu.dtype();
+        for (seed, v, h, ids) in [(1u64, 37usize, 100usize, vec![0u32, 36, 5, 5, 17]), (2, 50, 64, vec![49]), (3, 1000, 160, (0..300).map(|i| (i * 7) % 1000).collect())] {
+            let mut rng = Rng::new(seed);
+            let (tg, tc) = weight(&gpu, "embed", v, h, &rng.vec(v * h, 1.0));
+            let got = gpu.to_host(&gpu.embedding(&tg, &ids).unwrap()).unwrap();
+            let want = Cpu.embedding(&tc, &ids).unwrap().data;
+            assert_close("embedding", seed, &format!("[{v}, {h}] {} ids {}", ids.len(), dt_name(dt)), &got, &want, |_| 0.0);
+        }
+        let (tg, _) = weight(&gpu, "embed", 4, 8, &[0.0; 32]);
+        assert!(gpu.embedding(&tg, &[4]).is_err(), "an id outside the table is an error, not a fault");
+    }
+}
+
+#[test]
+fn layernorm_matches_cpu() {
+    for gpu in backends("layernorm_matches_cpu") {
+        let dt = gpu.dtype();
+        for (i, &(rows, cols)) in [(1usize, 1usize), (1, 32), (3, 100), (7, 2048), (2, 5120)].iter().enumerate() {
+            let seed = 100 + i as u64;
+            let mut rng = Rng::new(seed);
+            // Offset rows (|mean| >> std) catch a one-pass variance.
+            let x: Vec<f32> = (0..rows * cols).map(|_| 3.0 + rng.sym(1.0)).collect();
+            let (wg, wc) = param(&gpu, "ln.w", &rng.vec(cols, 1.0));
+            let (bg, bc) = param(&gpu, "ln.b", &rng.vec(cols, 0.5));
+            // The forward pass feeds the f32 residual stream; tests also feed the compute dtype.
+            for in_dt in [DType::F32, dt] {
+                let (xg, xc) = act(&gpu, rows, cols, &x, in_dt);
+                let got = gpu.to_host(&gpu.layernorm(&xg, &wg, &bg, 1e-5).unwrap()).unwrap();
+                let want = Cpu.layernorm(&xc, &wc, &bc, 1e-5).unwrap().data;
+                let shape = format!("[{rows}, {cols}] {} -> {}", dt_name(in_dt), dt_name(dt));
+                assert_close("layernorm", seed, &shape, &got, &want, |i| eps(dt) * (1.0 + want[i].abs()));
+            }
+        }
+    }
+}
+
+#[test]
+fn linear_and_lm_head_match_cpu() {
+    for gpu in backends("linear_and_lm_head_match_cpu") {
+        let dt = gpu.dtype();
+        let c = match dt {
+            DType::F16 => 1e-3,
+            DType::BF16 => 8e-3,
+            _ => 2e-5,
+        };
+        for (i, &(m, k, n, bias)) in [(1usize, 64usize, 96usize, true), (5, 100, 33, true), (17, 512, 1536, false), (3, 2048, 8192, true)].iter().enumerate() {
+            let seed = 200 + i as u64;
+            let mut rng = Rng::new(seed);
+            let (xg, xc) = act(&gpu, m, k, &rng.vec(m * k, 1.0), dt);
+            let (wg, wc) = weight(&gpu, "w", n, k, &rng.vec(n * k, 0.1));
+            let b = bias.then(|| param(&gpu, "b", &rng.vec(n, 1.0)));
+            let got = gpu.to_host(&gpu.linear(&xg, &wg, b.as_ref().map(|b| &b.0)).unwrap()).unwrap();
+            let want = Cpu.linear(&xc, &wc, b.as_ref().map(|b| &b.1)).unwrap().data;
+            // Scale of each output: sum_k |x_k w_k| + |b|.
+            let scale: Vec<f32> = (0..m * n)
+                .map(|o| {
+                    let (r, j) = (o / n, o % n);
+                    let dot: f32 = (0..k).map(|kk| (xc.data[r * k + kk] * wc.data[j * k + kk]).abs()).sum();
+                    dot + b.as_ref().map_or(0.0, |b| b.1.data[j].abs())
+                })
+                .collect();
+            let shape = format!("[{m}, {k}] x [{n}, {k}]^T bias {bias} {}", dt_name(dt));
+            assert_close("linear", seed, &shape, &got, &want, |o| c * scale[o] + 1e-6);
+        }
+        for (i, &(r, h, v)) in [(1usize, 64usize, 1000usize), (7, 100, 50304)].iter().enumerate() {
+            let seed = 250 + i as u64;
+            let mut rng = Rng::new(seed);
+            let (xg, xc) = act(&gpu, r, h, &rng.vec(r * h, 1.0), dt);
+            let (wg, wc) = weight(&gpu, "embed_out", v, h, &rng.vec(v * h, 1.0));
+            let logits = gpu.lm_head(&xg, &wg).unwrap();
+            assert_eq!(logits.dtype, DType::F32, "lm_head writes f32 logits");
+            let got = gpu.to_host(&logits).unwrap();
+            let want = Cpu.lm_head(&xc, &wc).unwrap().data;
+            let scale: Vec<f32> = (0..r * v)
+                .map(|o| (0..h).map(|kk| (xc.data[(o / v) * h + kk] * wc.data[(o % v) * h + kk]).abs()).sum())
+                .collect();
+            // The output is f32 whatever the dtype: only the summation order differs.
+            assert_close("lm_head", seed, &format!("[{r}, {h}] x [{v}, {h}]^T {}", dt_name(dt)), &got, &want, |o| 2e-5 * scale[o] + 1e-6);
+        }
+    }
+}
+
+#[test]
+fn bias_gelu_and_residual_add_match_cpu() {
+    for gpu in backends("bias_gelu_and_residual_add_match_cpu") {
+        let dt = gpu.dtype();
+        for (i, &(rows, cols)) in [(1usize, 1usize), (3, 100), (8, 4096)].iter().enumerate() {
+            let seed = 300 + i as u64;
+            let mut rng = Rng::new(seed);
+            let shape = format!("[{rows}, {cols}] {}", dt_name(dt));
+            let (mut xg, mut xc) = act(&gpu, rows, cols, &rng.vec(rows * cols, 4.0), dt);
+            let (bg, bc) = param(&gpu, "b", &rng.vec(cols, 1.0));
+            gpu.bias_gelu(&mut xg, &bg).unwrap();
+            Cpu.bias_gelu(&mut xc, &bc).unwrap();
+            let got = gpu.to_host(&xg).unwrap();
+            assert_close("bias_gelu", seed, &shape, &got, &xc.data, |i| eps(dt) * (1.0 + xc.data[i].abs()));
+
+            // The residual stream is f32; attn and mlp come in the compute dtype.
+            for with_b in [true, false] {
+                let x0 = rng.vec(rows * cols, 10.0);
+                let (mut xg, mut xc) = act(&gpu, rows, cols, &x0, DType::F32);
+                let (ag, ac) = act(&gpu, rows, cols, &rng.vec(rows * cols, 1.0), dt);
+                let (bg, bc) = act(&gpu, rows, cols, &rng.vec(rows * cols, 1.0), dt);
+                gpu.residual_add(&mut xg, &ag, with_b.then_some(&bg)).unwrap();
+                Cpu.residual_add(&mut xc, &ac, with_b.then_some(&bc)).unwrap();
+                let got = gpu.to_host(&xg).unwrap();
+                assert_close("residual_add", seed, &format!("{shape} b {with_b}"), &got, &xc.data, |i| 1e-6 * (1.0 + xc.data[i].abs()));
+            }
+        }
+    }
+}
+
+#[test]
+fn rotary_matches_cpu() {
+    for gpu in backends("rotary_matches_cpu") {
+        let dt = gpu.dtype();
+        for (i, &(heads, hd, rot, t)) in
+            [(2usize, 32usize, 8usize, 5usize), (3, 64, 16, 33), (2, 80, 20, 17), (1, 128, 32, 1), (2, 256, 64, 9), (2, 8, 2, 40)].iter().enumerate()
+        {
+            let seed = 400 + i as u64;
+            let mut rng = Rng::new(seed);
+            let mut positions: Vec<u32> = (0..t).map(|_| rng.below(2048)).collect();
+            positions[0] = 2047;
+            if t > 1 {
+                positions[1] = 0;
+            }
+            let layout = BatchLayout { positions, segments: vec![AttnSegment { q_start: 0, q_len: t as u32, ancestors: vec![] }], past_len: 0 };
+            let shape = AttnShape { heads, head_dim: hd, rotary_ndims: rot, rotary_base: 10000.0 };
+            let (mut qg, mut qc) = act(&gpu, t, 3 * heads * hd, &rng.vec(t * 3 * heads * hd, 2.0), dt);
+            gpu.rotary(&mut qg, &gpu.prepare(&layout).unwrap(), shape).unwrap();
+            Cpu.rotary(&mut qc, &layout, shape).unwrap();
+            let got = gpu.to_host(&qg).unwrap();
+            // + 2e-4: angles up to 2047 rad, where one ulp of inv_freq (powf) moves the angle by ~1e-4.
+            let desc = format!("{t} rows, {heads} heads, hd {hd}, rotary {rot}, {}", dt_name(dt));
+            assert_close("rotary", seed, &desc, &got, &qc.data, |i| (eps(dt) + 2e-4) * (1.0 + qc.data[i].abs()));
+        }
+    }
+}
+
+fn seg(q_start: u32, q_len: u32, ancestors: &[(u32, u32)]) -> AttnSegment {
+    AttnSegment { q_start, q_len, ancestors: ancestors.to_vec() }
+}
+
+/// Batch layouts: (name, past rows, segments). Key index = past row, or past_len + batch row.
+fn attention_layouts() -> Vec<(&'static str, usize, Vec<AttnSegment>)> {
+    vec![
+        ("one row", 0, vec![seg(0, 1, &[])]),
+        ("one segment of 37 rows (3 query tiles)", 0, vec![seg(0, 37, &[])]),
+        (
+            // past 9 rows -> root (20 rows) -> children of 5 and 17 rows -> grandchild of 3 under the second.
+            "tree with a past cache",
+            9,
+            vec![
+                seg(0, 20, &[(0, 9)]),
+                seg(20, 5, &[(0, 9), (9, 20)]),
+                seg(25, 17, &[(0, 9), (9, 20)]),
+                seg(42, 3, &[(0, 9), (9, 20), (34, 17)]),
+            ],
+        ),
+        // A segment whose only ancestor is cached, beside an independent root of 37 rows.
+        ("cached parent and an independent root", 6, vec![seg(0, 3, &[(0, 6)]), seg(3, 37, &[])]),
+        // Three siblings of one row each sharing a cached parent of 40 keys (a multiple-choice question).
+        ("one-token siblings under a long cached parent", 40, vec![seg(0, 1, &[(0, 40)]), seg(1, 1, &[(0, 40)]), seg(2, 1, &[(0, 40)])]),
+    ]
+}
+
+#[test]
+fn attention_matches_cpu() {
+    for gpu in backends("attention_matches_cpu") {
+        let dt = gpu.dtype();
+        let tol = match dt {
+            DType::F16 => 4e-3,
+            DType::BF16 => 3e-2,
+            _ => 2e-5,
+        };
+        for (hi, &(heads, hd)) in [(2usize, 32usize), (3, 64), (2, 80), (2, 128), (1, 256), (2, 8)].iter().enumerate() {
+            for (li, (name, past_len, segments)) in attention_layouts().into_iter().enumerate() {
+                // q and k offsets of 0 and 20: Pythia's large q/k biases give q.k ~ 400 hd, past the f16 range.
+                for (bi, bias) in [0.0f32, 20.0].into_iter().enumerate() {
+                    let seed = 500 + 100 * hi as u64 + 10 * li as u64 + bi as u64;
+                    let mut rng = Rng::new(seed);
+                    let t: usize = segments.iter().map(|s| s.q_len as usize).sum();
+                    let cols = 3 * heads * hd;
+                    let mut gen = |rows: usize| -> Vec<f32> {
+                        (0..rows * cols).map(|i| rng.sym(1.0) + if (i % (3 * hd)) < 2 * hd { bias } else { 0.0 }).collect()
+                    };
+                    let (qg, qc) = act(&gpu, t, cols, &gen(t), dt);
+                    let past = (past_len > 0).then(|| act(&gpu, past_len, cols, &gen(past_len), dt));
+                    let layout = BatchLayout { positions: (0..t as u32).collect(), segments: segments.clone(), past_len };
+                    let shape = AttnShape { heads, head_dim: hd, rotary_ndims: 0, rotary_base: 10000.0 };
+                    let got = gpu.attention(&qg, past.as_ref().map(|p| &p.0), &gpu.prepare(&layout).unwrap(), shape).unwrap();
+                    let got = gpu.to_host(&got).unwrap();
+                    let want = Cpu.attention(&qc, past.as_ref().map(|p| &p.1), &layout, shape).unwrap().data;
+                    let desc = format!("{name}: {t} rows, past {past_len}, {heads} heads x hd {hd}, q/k bias {bias}, {}", dt_name(dt));
+                    // The output is a convex combination of v rows (|v| <= 1).
+                    assert_close("attention", seed, &desc, &got, &want, |_| tol);
+                }
+            }
+        }
+        // Bad inputs are errors.
+        let layout = BatchLayout { positions: vec![0, 1], segments: vec![seg(0, 2, &[(0, 3)])], past_len: 1 };
+        assert!(gpu.prepare(&layout).is_err(), "an ancestor range past the keys must be rejected before launch");
+        let (qg, _) = act(&gpu, 2, 3 * 2 * 300, &vec![0.0; 2 * 3 * 2 * 300], dt);
+        let ok_layout = BatchLayout { positions: vec![0, 1], segments: vec![seg(0, 2, &[])], past_len: 0 };
+        let shape = AttnShape { heads: 2, head_dim: 300, rotary_ndims: 0, rotary_base: 10000.0 };
+        assert!(gpu.attention(&qg, None, &gpu.prepare(&ok_layout).unwrap(), shape).is_err(), "hd 300 > 256 is an error");
+    }
+}
+
+#[test]
+fn gather_and_concat_rows_are_exact() {
+    for gpu in backends("gather_and_concat_rows_are_exact") {
+        let dt = gpu.dtype();
+        // 33 f16 columns = 66 bytes per row: the 16-bit copy path; 100 columns: the 32-bit path.
+        for (i, cols) in [33usize, 100, 1].into_iter().enumerate() {
+            let seed = 600 + i as u64;
+            let mut rng = Rng::new(seed);
+            let (xg, xc) = act(&gpu, 9, cols, &rng.vec(9 * cols, 1.0), dt);
+            let rows = [8u32, 0, 3, 3, 5];
+            let got = gpu.to_host(&gpu.gather_rows(&xg, &rows).unwrap()).unwrap();
+            let want = Cpu.gather_rows(&xc, &rows).unwrap().data;
+            assert_close("gather_rows", seed, &format!("[9, {cols}] {}", dt_name(dt)), &got, &want, |_| 0.0);
+            let one = gpu.to_host(&gpu.gather_rows(&xg, &[4]).unwrap()).unwrap();
+            assert_eq!(one, Cpu.gather_rows(&xc, &[4]).unwrap().data);
+            assert!(gpu.gather_rows(&xg, &[9]).is_err());
+
+            let (yg, yc) = act(&gpu, 4, cols, &rng.vec(4 * cols, 1.0), dt);
+            let got = gpu.to_host(&gpu.concat_rows(&xg, &yg).unwrap()).unwrap();
+            assert_eq!(got, Cpu.concat_rows(&xc, &yc).unwrap().data, "concat_rows (seed {seed}, cols {cols})");
+            let (eg, ec) = act(&gpu, 0, cols, &[], dt);
+            let got = gpu.to_host(&gpu.concat_rows(&eg, &yg).unwrap()).unwrap();
+            assert_eq!(got, Cpu.concat_rows(&ec, &yc).unwrap().data, "concat_rows of an empty tensor (cols {cols})");
+        }
+    }
+}
+
+#[test]
+fn logsoftmax_gather_matches_cpu() {
+    // Logits are f32 whatever the compute dtype: one backend suffices, but run all three (cheap).
+    for gpu in backends("logsoftmax_gather_matches_cpu") {
+        for (i, &(r, v)) in [(5usize, 50304usize), (3, 1001), (1, 1), (2, 50688)].iter().enumerate() {
+            let seed = 700 + i as u64;
+            let mut rng = Rng::new(seed);
+            // Pythia-like logits: ~1000 with a spread of a few tens.
+            let mut logits: Vec<f32> = (0..r * v).map(|_| 1000.0 + rng.sym(30.0)).collect();
+            let mut targets: Vec<(u32, u32)> = (0..3 * r).map(|_| (rng.below(r as u32), rng.below(v as u32))).collect();
+            if v > 900 {
+                // Row 0 has two equal maxima: torch.argmax picks the first.
+                logits[5] = 2000.0;
+                logits[900] = 2000.0;
+                targets.extend([(0, 5), (0, 900), (0, 5)]);
+            }
+            for row in 1..r {
+                let arg = rng.below(v as u32);
+                logits[row * v + arg as usize] = 1100.0;
+                targets.push((row as u32, arg));
+            }
+            let (lg, lc) = act(&gpu, r, v, &logits, DType::F32);
+            let got = gpu.logsoftmax_gather(&lg, &targets).unwrap();
+            let want = Cpu.logsoftmax_gather(&lc, &targets).unwrap();
+            let shape = format!("[{r}, {v}] {} targets", targets.len());
+            let g: Vec<f32> = got.iter().map(|s| s.logprob).collect();
+            let w: Vec<f32> = want.iter().map(|s| s.logprob).collect();
+            assert_close("logsoftmax_gather logprob", seed, &shape, &g, &w, |i| 2e-5 * (1.0 + w[i].abs()));
+            for (k, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(a.is_greedy, b.is_greedy, "logsoftmax_gather (seed {seed}, {shape}): greedy flag of target {k} {:?}", targets[k]);
+            }
+            if v > 900 {
+                let n = targets.len();
+                assert!(got[n - 3 - (r - 1)].is_greedy && !got[n - 2 - (r - 1)].is_greedy, "first maximum wins ties");
+            }
+        }
+        let (lg, _) = act(&gpu, 2, 10, &[0.0; 20], DType::F32);
+        assert!(gpu.logsoftmax_gather(&lg, &[(2, 0)]).is_err() && gpu.logsoftmax_gather(&lg, &[(0, 10)]).is_err());
+        assert_eq!(gpu.logsoftmax_gather(&lg, &[]).unwrap(), Vec::<TokenScore>::new());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Whole models.
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+const FIXTURES: [&str; 6] = ["neox-hd80", "neox-hd64", "neox-seq", "pythia-tiny", "pythia-tiny-b", "neox-hd64-bin"];
+
+/// Golden sequences (one request per position) and golden requests of a fixture, plus its max length.
+fn fixture_requests(model: &str) -> (Vec<Request>, usize) {
+    let golden = match model {
+        "neox-hd64-bin" => "neox-hd64",
+        m => m,
+    };
+    let path = fixtures().join(format!("goldens/{golden}.json"));
+    let g: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap();
+    let ids = |v: &serde_json::Value| -> Vec<u32> { v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect() };
+    let mut reqs = vec![];
+    for s in g["sequences"].as_array().unwrap() {
+        let seq = ids(&s["ids"]);
+        reqs.extend((1..seq.len()).map(|t| Request { context: seq[..t].to_vec(), continuation: vec![seq[t]] }));
+    }
+    for r in g["requests"].as_array().unwrap() {
+        reqs.push(Request { context: ids(&r["context_ids"]), continuation: ids(&r["continuation_ids"]) });
+    }
+    let max_len = g["max_length"].as_u64().map(|m| m as usize).unwrap_or(usize::MAX);
+    (reqs, max_len)
+}
+
+fn score<B: Backend>(b: &B, m: &Model<B>, reqs: &[Request], max_len: usize, budget: usize) -> Vec<RequestScore> {
+    let plan = plan::build(reqs, max_len.min(m.config.max_positions), budget, true).unwrap();
+    run_plan(b, m, &plan, |_| {}).unwrap()
+}
+
+/// Per request, the smallest top-1 minus top-2 logit margin over its scored positions (CPU, f32).
+/// The model is causal, so margins computed on a sequence serve every request whose input is a prefix of it:
+/// longest inputs first, each computed once.
+fn cpu_margins(m: &Model<Cpu>, reqs: &[Request], max_len: usize) -> Vec<f32> {
+    let max_len = max_len.min(m.config.max_positions);
+    let inputs: Vec<(Vec<u32>, usize)> = reqs.iter().map(|r| plan::model_input(r, max_len).unwrap()).collect();
+    let mut order: Vec<usize> = (0..reqs.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(inputs[i].0.len()));
+    let mut done: Vec<(Vec<u32>, Vec<f32>)> = vec![];
+    let mut out = vec![0f32; reqs.len()];
+    for i in order {
+        let (input, n) = &inputs[i];
+        let k = match done.iter().position(|(seq, _)| seq.starts_with(input)) {
+            Some(k) => k,
+            None => {
+                done.push((input.clone(), logit_margins(m, input)));
+                done.len() - 1
+            }
+        };
+        let margins = &done[k].1[..input.len()];
+        out[i] = margins[margins.len() - n..].iter().cloned().fold(f32::INFINITY, f32::min);
+    }
+    out
+}
+
+/// Top-1 minus top-2 logit at every position of `input` (CPU forward over the whole sequence).
+fn logit_margins(m: &Model<Cpu>, input: &[u32]) -> Vec<f32> {
+    let t = input.len();
+    let layout = BatchLayout { positions: (0..t as u32).collect(), segments: vec![seg(0, t as u32, &[])], past_len: 0 };
+    let mut kv = KvCache::new(m.layers.len());
+    let hidden = forward(&Cpu, m, input, &layout, &mut kv, &CacheUpdate::default()).unwrap();
+    let mut out = Vec::with_capacity(t);
+    for chunk in (0..t as u32).collect::<Vec<_>>().chunks(64) {
+        let x = Cpu.gather_rows(&hidden, chunk).unwrap();
+        let x = Cpu.layernorm(&x, &m.final_ln_w, &m.final_ln_b, m.config.layer_norm_eps).unwrap();
+        let logits = Cpu.lm_head(&x, &m.embed_out).unwrap();
+        for row in logits.data.chunks(logits.cols) {
+            let (mut a, mut b) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
+            for &v in row {
+                if v > a {
+                    (a, b) = (v, a);
+                } else if v > b {
+                    b = v;
+                }
+            }
+            out.push(a - b);
+        }
+    }
+    out
+}
+
+/// Per-token tolerance (nats) of whole-model scores against the f32 CPU oracle.
+fn model_tol(dt: DType) -> f64 {
+    match dt {
+        DType::F16 => 5e-2,
+        DType::BF16 => 4e-1,
+        _ => 1e-3, // per request in f32 (not per token)
+    }
+}
+
+#[test]
+fn whole_models_match_cpu() {
+    let gpus = backends("whole_models_match_cpu");
+    if gpus.is_empty() {
+        return;
+    }
+    for name in FIXTURES {
+        let ckpt = Checkpoint::open(fixtures().join("models").join(name)).unwrap();
+        let (reqs, max_len) = fixture_requests(name);
+        let cpu_model = Model::load(&Cpu, &ckpt).unwrap();
+        let want = score(&Cpu, &cpu_model, &reqs, max_len, 2048);
+        let margins = cpu_margins(&cpu_model, &reqs, max_len);
+        for gpu in &gpus {
+            let dt = gpu.dtype();
+            let model = Model::load(gpu, &ckpt).unwrap();
+            // A small budget splits sequences across batches: the K/V cache path (past rows) is exercised.
+            for budget in [4096usize, 61] {
+                let got = score(gpu, &model, &reqs, max_len, budget);
+                let mut worst = (0usize, 0f64);
+                for (i, ((g, w), r)) in got.iter().zip(&want).zip(&reqs).enumerate() {
+                    let n = r.continuation.len().min(max_len);
+                    let tol = if dt == DType::F32 { model_tol(dt) } else { model_tol(dt) * n as f64 };
+                    let d = (g.logprob - w.logprob).abs();
+                    let where_ = format!("{name} ({}, budget {budget}): request {i} ({} + {} tokens)", dt_name(dt), r.context.len(), r.continuation.len());
+                    assert!(d <= tol, "{where_}: cuda {} vs cpu {} (|Δ| {d:.3e} > {tol:.1e})", g.logprob, w.logprob);
+                    assert_eq!(g.n_tokens, w.n_tokens, "{where_}: token count");
+                    let margin_floor = if dt == DType::F32 { 1e-3 } else { 2.0 * model_tol(dt) as f32 };
+                    if margins[i] > margin_floor {
+                        assert_eq!(g.is_greedy, w.is_greedy, "{where_}: greedy flag (CPU top-2 margin {:.3e})", margins[i]);
+                    }
+                    if d / n as f64 > worst.1 {
+                        worst = (i, d / n as f64);
+                    }
+                }
+                visible(&format!(
+                    "whole_models_match_cpu: {name} {} budget {budget}: {} requests, worst |Δ| {:.2e} nats/token (request {})",
+                    dt_name(dt),
+                    reqs.len(),
+                    worst.1,
+                    worst.0
+                ));
+            }
+        }
+    }
+}
+
+/// Every request path through `Engine` with `--device cuda`, as the CLI runs it (dtype from the checkpoint).
+#[test]
+fn engine_scores_on_cuda() {
+    use lmscore::engine::{Device, Engine, EngineOptions};
+    if cuda_or_skip("engine_scores_on_cuda", DType::F32).is_none() {
+        return;
+    }
+    let ckpt = Checkpoint::open(fixtures().join("models/neox-hd80")).unwrap();
+    let (reqs, _) = fixture_requests("neox-hd80");
+    let cpu = Engine::load(&ckpt, &EngineOptions::default()).unwrap();
+    let opts = EngineOptions { device: Device::Cuda, ..EngineOptions::default() };
+    let gpu = Engine::load(&ckpt, &opts).unwrap();
+    assert!(gpu.describe().starts_with("cuda:0"), "{}", gpu.describe());
+    let (want, _) = cpu.score(&reqs, &EngineOptions::default(), |_, _| {}).unwrap();
+    let (got, stats) = gpu.score(&reqs, &opts, |_, _| {}).unwrap();
+    assert_eq!(stats.batches, 1, "the default CUDA budget holds the whole fixture");
+    for (i, ((g, w), r)) in got.iter().zip(&want).zip(&reqs).enumerate() {
+        let tol = model_tol(DType::F16) * r.continuation.len() as f64; // neox-hd80 is stored in f16
+        assert!((g.logprob - w.logprob).abs() <= tol, "request {i}: cuda {} vs cpu {}", g.logprob, w.logprob);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The error model behind the half-precision tolerances: runs on the CPU, no GPU needed.
+
+/// The CPU backend rounding to `dt` wherever the CUDA backend stores in its compute dtype: 2-D weights,
+/// LayerNorm / GEMM / GELU / rotary / attention outputs. The residual stream, 1-D params and logits stay f32.
+struct Rounding(DType);
+
+impl Rounding {
+    fn r(&self, mut t: CpuTensor) -> CpuTensor {
+        t.data = round(self.0, &t.data);
+        t
+    }
+}
+
+impl Backend for Rounding {
+    type Tensor = CpuTensor;
+    type Layout = BatchLayout;
+    fn describe(&self) -> String {
+        format!("cpu emulating {} rounding", dt_name(self.0))
+    }
+    fn upload(&self, t: &HostTensor) -> lmscore::Result<CpuTensor> {
+        let c = Cpu.upload(t)?;
+        Ok(if t.shape.len() == 2 { self.r(c) } else { c })
+    }
+    fn from_host(&self, rows: usize, cols: usize, values: &[f32]) -> lmscore::Result<CpuTensor> {
+        Ok(self.r(Cpu.from_host(rows, cols, values)?))
+    }
+    fn to_host(&self, t: &CpuTensor) -> lmscore::Result<Vec<f32>> {
+        Cpu.to_host(t)
+    }
+    fn prepare(&self, l: &BatchLayout) -> lmscore::Result<BatchLayout> {
+        Ok(l.clone())
+    }
+    fn embedding(&self, table: &CpuTensor, ids: &[u32]) -> lmscore::Result<CpuTensor> {
+        Cpu.embedding(table, ids)
+    }
+    fn layernorm(&self, x: &CpuTensor, w: &CpuTensor, b: &CpuTensor, eps: f32) -> lmscore::Result<CpuTensor> {
+        Ok(self.r(Cpu.layernorm(x, w, b, eps)?))
+    }
+    fn linear(&self, x: &CpuTensor, w: &CpuTensor, b: Option<&CpuTensor>) -> lmscore::Result<CpuTensor> {
+        Ok(self.r(Cpu.linear(x, w, b)?))
+    }
+    fn bias_gelu(&self, x: &mut CpuTensor, b: &CpuTensor) -> lmscore::Result<()> {
+        Cpu.bias_gelu(x, b)?;
+        x.data = round(self.0, &x.data);
+        Ok(())
+    }
+    fn rotary(&self, qkv: &mut CpuTensor, l: &BatchLayout, s: AttnShape) -> lmscore::Result<()> {
+        Cpu.rotary(qkv, l, s)?;
+        qkv.data = round(self.0, &qkv.data);
+        Ok(())
+    }
+    fn attention(&self, qkv: &CpuTensor, past: Option<&CpuTensor>, l: &BatchLayout, s: AttnShape) -> lmscore::Result<CpuTensor> {
+        Ok(self.r(Cpu.attention(qkv, past, l, s)?))
+    }
+    fn residual_add(&self, x: &mut CpuTensor, a: &CpuTensor, b: Option<&CpuTensor>) -> lmscore::Result<()> {
+        Cpu.residual_add(x, a, b)
+    }
+    fn gather_rows(&self, x: &CpuTensor, rows: &[u32]) -> lmscore::Result<CpuTensor> {
+        Cpu.gather_rows(x, rows)
+    }
+    fn concat_rows(&self, a: &CpuTensor, b: &CpuTensor) -> lmscore::Result<CpuTensor> {
+        Cpu.concat_rows(a, b)
+    }
+    fn lm_head(&self, x: &CpuTensor, w: &CpuTensor) -> lmscore::Result<CpuTensor> {
+        Cpu.lm_head(x, w)
+    }
+    fn logsoftmax_gather(&self, logits: &CpuTensor, targets: &[(u32, u32)]) -> lmscore::Result<Vec<TokenScore>> {
+        Cpu.logsoftmax_gather(logits, targets)
+    }
+}
+
+#[test]
+fn half_precision_error_model() {
+    let mut failures = vec![];
+    for name in FIXTURES {
+        let ckpt = Checkpoint::open(fixtures().join("models").join(name)).unwrap();
+        let (reqs, max_len) = fixture_requests(name);
+        let cpu_model = Model::load(&Cpu, &ckpt).unwrap();
+        let want = score(&Cpu, &cpu_model, &reqs, max_len, 2048);
+        for dt in [DType::F16, DType::BF16] {
+            let b = Rounding(dt);
+            let m = Model::load(&b, &ckpt).unwrap();
+            let got = score(&b, &m, &reqs, max_len, 2048);
+            let worst = got
+                .iter()
+                .zip(&want)
+                .zip(&reqs)
+                .map(|((g, w), r)| (g.logprob - w.logprob).abs() / r.continuation.len() as f64)
+                .fold(0f64, f64::max);
+            visible(&format!("half_precision_error_model: {name} {}: worst {worst:.2e} nats/token (tolerance {:.1e})", dt_name(dt), model_tol(dt)));
+            if 3.0 * worst > model_tol(dt) {
+                failures.push(format!("{name} {}: rounding alone costs {worst:.2e} nats/token, over a third of the CUDA tolerance {:.1e}", dt_name(dt), model_tol(dt)));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
