@@ -310,3 +310,16 @@ fn cli_missing_data_is_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unknown task `nonsense`") && err.contains("pattern_matching_suppression"), "{err}");
 }
+
+/// A data file that is not the official release (here: the sample's memo_trap outside a SAMPLE.md
+/// directory) is scored, with a sha256 warning on stderr.
+#[test]
+fn cli_sha256_mismatch_is_a_warning() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join("memo_trap")).unwrap();
+    std::fs::copy(root().join("data/sample/memo_trap/memo-trap_classification.jsonl"), tmp.path().join("memo_trap/memo-trap_classification.jsonl")).unwrap();
+    let out = lmscore(&["score", "--model", "tests/fixtures/models/pythia-tiny", "--tasks", "memo_trap", "--data-dir", tmp.path().to_str().unwrap(), "--offline"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("warning:") && err.contains("f09aac90bf841f2eb899d23beed8c8ccad2e1d3ab4f0fd3f1ff403fd5c7e11f2"), "{err}");
+}

@@ -68,7 +68,7 @@ pub fn resolve(df: &DataFile, data_dir: &Path, offline: bool) -> Result<PathBuf>
     };
     let repo = Repo::with_revision(hub.repo.to_string(), RepoType::Dataset, hub.revision.to_string());
     // The HF cache, under every name the file may have in the repository.
-    let cache = hf_hub::Cache::from_env();
+    let cache = hf_cache();
     let cache_repo = cache.repo(repo.clone());
     for name in candidate_names(df, &hub) {
         if let Some(p) = cache_repo.get(&name) {
@@ -76,12 +76,14 @@ pub fn resolve(df: &DataFile, data_dir: &Path, offline: bool) -> Result<PathBuf>
             return Ok(p);
         }
     }
-    if offline {
+    let env_offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+    if offline || env_offline {
         return Err(Error::file(
             &local,
             format!(
-                "data file not found locally nor in the Hugging Face cache ({}); --offline is set, so the Hub dataset `{}` (revision {}) was not tried; {}",
+                "data file not found locally nor in the Hugging Face cache ({}); {} is set, so the Hub dataset `{}` (revision {}) was not tried; {}",
                 cache.path().display(),
+                if offline { "--offline" } else { "HF_HUB_OFFLINE" },
                 hub.repo,
                 hub.revision,
                 how_to_supply()
@@ -106,6 +108,14 @@ pub fn resolve(df: &DataFile, data_dir: &Path, offline: bool) -> Result<PathBuf>
     }
 }
 
+/// The standard Hugging Face cache: `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`.
+fn hf_cache() -> hf_hub::Cache {
+    match std::env::var("HF_HUB_CACHE") {
+        Ok(p) if !p.is_empty() => hf_hub::Cache::new(PathBuf::from(p)),
+        _ => hf_hub::Cache::from_env(),
+    }
+}
+
 /// Names the file may have inside the Hub repository: the release name, then the usual split file names.
 fn candidate_names(df: &DataFile, hub: &HubSource) -> Vec<String> {
     vec![
@@ -118,7 +128,11 @@ fn candidate_names(df: &DataFile, hub: &HubSource) -> Vec<String> {
 }
 
 fn download(repo: &Repo, df: &DataFile, hub: &HubSource) -> std::result::Result<PathBuf, String> {
-    let api = hf_hub::api::sync::ApiBuilder::from_env().with_progress(false).build().map_err(|e| format!("cannot start the Hub client: {e}"))?;
+    let mut builder = hf_hub::api::sync::ApiBuilder::from_cache(hf_cache()).with_progress(false);
+    if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
+        builder = builder.with_endpoint(endpoint);
+    }
+    let api = builder.build().map_err(|e| format!("cannot start the Hub client: {e}"))?;
     let api_repo = api.repo(repo.clone());
     let info = api_repo.info().map_err(|e| format!("cannot list the repository: {e}"))?;
     let files: Vec<String> = info.siblings.iter().map(|s| s.rfilename.clone()).collect();
