@@ -309,8 +309,13 @@ fn attention_matches_cpu() {
                     let got = gpu.to_host(&got).unwrap();
                     let want = Cpu.attention(&qc, past.as_ref().map(|p| &p.1), &layout, shape).unwrap().data;
                     let desc = format!("{name}: {t} rows, past {past_len}, {heads} heads x hd {hd}, q/k bias {bias}, {}", dt_name(dt));
-                    // The output is a convex combination of v rows (|v| <= 1).
-                    assert_close("attention", seed, &desc, &got, &want, |_| tol);
+                    // The output is a convex combination of v rows (|v| <= 1). Scores as large as |q||k|/sqrt(hd)
+                    // (~7000 with the q/k bias) carry f32 rounding of ~1e-7 of that on both sides, which moves
+                    // the softmax weights: hence the second term (an emulation of this kernel measured <= 2e-3
+                    // against an f64 reference at bias 20, hd 200).
+                    let max_abs = qc.data.iter().chain(past.as_ref().map_or(&[][..], |p| &p.1.data[..])).fold(0f32, |m, v| m.max(v.abs()));
+                    let score_term = 1e-6 * max_abs * max_abs * (hd as f32).sqrt();
+                    assert_close("attention", seed, &desc, &got, &want, |_| tol + score_term);
                 }
             }
         }

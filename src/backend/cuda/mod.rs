@@ -325,6 +325,8 @@ impl CudaBackend {
             return Err(Error::invalid(format!("{op}: GEMM of [{m}, {k}] x [{n}, {k}]^T exceeds 32-bit dimensions")));
         }
         let alpha = 1.0f32;
+        // cuBLAS runs on whatever context is current on this thread: make it ours.
+        self.ctx.bind_to_thread().map_err(|e| Error::Cuda(format!("{op}: binding the CUDA context: {e}")))?;
         let (wp, _gw) = w.buf.device_ptr(&self.stream);
         let (xp, _gx) = x.buf.device_ptr(&self.stream);
         let (yp, _gy) = y.buf.device_ptr_mut(&self.stream);
@@ -368,6 +370,7 @@ impl CudaBackend {
             return Ok(());
         }
         // Raise to the device maximum so every head dim of this variant fits.
+        self.ctx.bind_to_thread().map_err(|e| Error::Cuda(format!("{name}: binding the CUDA context: {e}")))?;
         f.set_attribute(cu_sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, self.max_smem_optin as i32)
             .map_err(|e| Error::Cuda(format!("raising the shared-memory limit of {name} to {} bytes: {e}", self.max_smem_optin)))?;
         raised.insert(name.to_string());
