@@ -16,6 +16,27 @@ fn tokenizer() -> Tokenizer {
     Tokenizer::from_file(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/models/pythia-tiny/tokenizer.json"))).unwrap()
 }
 
+/// The harnesses' pair encoding, written out independently: regime A (`paper-2023`) encodes each string on
+/// its own; lm-eval 0.4's `_encode_pair` moves the context's trailing whitespace into the continuation, then
+/// `context_enc = enc(context)`, `continuation_enc = enc(context + continuation)[len(context_enc):]`. An
+/// empty context is `[<|endoftext|>]` + `enc(continuation)` in both.
+fn lm_eval_pair(tok: &Tokenizer, context: &str, continuation: &str, protocol: Protocol) -> (Vec<u32>, Vec<u32>) {
+    if context.is_empty() {
+        return (vec![0], tok.encode(continuation).unwrap());
+    }
+    match protocol {
+        Protocol::Paper2023 => (tok.encode(context).unwrap(), tok.encode(continuation).unwrap()),
+        Protocol::LmEval04 => {
+            let trimmed = context.trim_end();
+            let cont = format!("{}{continuation}", &context[trimmed.len()..]);
+            let whole = tok.encode(&format!("{trimmed}{cont}")).unwrap();
+            let ctx = tok.encode(trimmed).unwrap();
+            let rest = whole[ctx.len()..].to_vec();
+            (ctx, rest)
+        }
+    }
+}
+
 fn expected() -> Vec<Value> {
     serde_json::from_str(&std::fs::read_to_string(fixtures().join("prize_expected.json")).unwrap()).unwrap()
 }
@@ -61,12 +82,9 @@ fn prize_classes_string_and_list() {
                     // Regime A: the context is encoded on its own, and the continuation too.
                     assert_eq!(d.requests[0].context, tok.encode(&d.context).unwrap());
                     assert_eq!(d.requests[0].continuation, tok.encode(&d.continuations[0]).unwrap());
-                } else {
-                    // Regime C: enc(context + continuation) split at len(enc(context)).
-                    let whole = tok.encode(&format!("{}{}", d.context, d.continuations[0])).unwrap();
-                    let n = tok.encode(&d.context).unwrap().len();
-                    assert_eq!(d.requests[0].context, whole[..n].to_vec());
-                    assert_eq!(d.requests[0].continuation, whole[n..].to_vec());
+                }
+                for (r, c) in d.requests.iter().zip(&d.continuations) {
+                    assert_eq!((&r.context, &r.continuation), (&lm_eval_pair(&tok, &d.context, c, protocol).0, &lm_eval_pair(&tok, &d.context, c, protocol).1));
                 }
             }
         }
@@ -197,7 +215,7 @@ fn custom_tasks() {
     let o = opts(Path::new("/nonexistent"), false);
     for protocol in [Protocol::Paper2023, Protocol::LmEval04] {
         let t = tasks::load_task(&spec, protocol, &tok, &o).unwrap();
-        assert_eq!((t.name.as_str(), t.docs.len(), t.scoring), (spec.as_str(), 5, Scoring::Choice));
+        assert_eq!((t.name.as_str(), t.docs.len(), t.scoring), (spec.as_str(), 6, Scoring::Choice));
         assert_eq!(t.docs[0].continuations, vec![" Paris", " Rome", " Berlin"]);
         assert_eq!(t.docs[1].continuations, vec![" 4", " 5"]); // delimiter ""
         assert_eq!(t.docs[2].continuations, vec![" yes", " no"]);
@@ -206,9 +224,18 @@ fn custom_tasks() {
         assert_eq!(t.docs[4].gold, 1);
         for d in &t.docs {
             for (r, c) in d.requests.iter().zip(&d.continuations) {
-                let (ctx, cont) = tok.encode_pair(&d.context, c, protocol.pair_encoding()).unwrap();
+                let (ctx, cont) = lm_eval_pair(&tok, &d.context, c, protocol);
                 assert_eq!((&r.context, &r.continuation), (&ctx, &cont));
             }
+        }
+        // A token spanning the boundary: lm-eval 0.4 keeps enc(context) as the context ("bro") and scores
+        // what the joint encoding has after len(enc(context)) tokens (" fox jumps"; "wn" is swallowed).
+        let d = &t.docs[5];
+        assert_eq!(d.requests[0].context, tok.encode("The quick bro").unwrap());
+        if protocol == Protocol::LmEval04 {
+            assert_eq!(d.requests[0].continuation, tok.encode(" fox jumps").unwrap());
+        } else {
+            assert_eq!(d.requests[0].continuation, tok.encode("wn fox jumps").unwrap());
         }
     }
     let bad = format!("custom:{}", fixtures().join("custom_bad.jsonl").display());

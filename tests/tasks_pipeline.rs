@@ -323,3 +323,39 @@ fn cli_sha256_mismatch_is_a_warning() {
     assert!(out.status.success(), "{err}");
     assert!(err.contains("warning:") && err.contains("f09aac90bf841f2eb899d23beed8c8ccad2e1d3ab4f0fd3f1ff403fd5c7e11f2"), "{err}");
 }
+
+/// The string requests of the HF oracle golden (`pythia-tiny.json`, tokenised like lm-eval 0.4), run as a
+/// custom task under lm-eval-0.4 (one choice per doc, delimiter ""): same token ids (including the
+/// "The quick bro" + "wn fox jumps" row, where a token spans the boundary, and the trailing-whitespace rows)
+/// and log-likelihoods within 2e-4.
+#[test]
+fn custom_task_matches_hf_string_requests() {
+    let p = root().join("tests/fixtures/goldens/pythia-tiny.json");
+    let g: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    let rows: Vec<&Value> = g["requests"].as_array().unwrap().iter().filter(|r| r["context"].is_string()).collect();
+    assert!(rows.len() >= 20);
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("hf.jsonl");
+    let text: String = rows
+        .iter()
+        .map(|r| serde_json::json!({"context": r["context"], "choices": [r["continuation"]], "gold": 0, "delimiter": ""}).to_string() + "\n")
+        .collect();
+    std::fs::write(&file, text).unwrap();
+    let (eng, tok) = engine();
+    let opts = LoadOptions { data_dir: tmp.path().to_path_buf(), skip_bad_rows: false, offline: true };
+    let t = tasks::load_task(&format!("custom:{}", file.display()), Protocol::LmEval04, tok, &opts).unwrap();
+    let ids = |v: &Value| -> Vec<u32> { v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect() };
+    for (d, r) in t.docs.iter().zip(&rows) {
+        assert_eq!(d.requests[0].context, ids(&r["context_ids"]), "context ids of {:?}", r["context"]);
+        assert_eq!(d.requests[0].continuation, ids(&r["continuation_ids"]), "continuation ids of {:?} + {:?}", r["context"], r["continuation"]);
+    }
+    let o = &tasks::evaluate(eng, std::slice::from_ref(&t), &EngineOptions::default(), |_, _| {}).unwrap()[0];
+    let mut worst: f64 = 0.0;
+    for (s, r) in o.requests.iter().zip(&rows) {
+        let d = (s.logprob - r["logprob"].as_f64().unwrap()).abs();
+        assert!(d <= LL_TOL, "{:?}: {} vs {}", r["context"], s.logprob, r["logprob"]);
+        assert_eq!(s.is_greedy, r["is_greedy"].as_bool().unwrap());
+        worst = worst.max(d);
+    }
+    eprintln!("{} HF string requests as a custom task: max |Δlogprob| {worst:.2e}", rows.len());
+}

@@ -413,28 +413,53 @@ pub fn build_doc(
     tokenizer: &Tokenizer,
 ) -> std::result::Result<Doc, String> {
     let continuations: Vec<String> = choices.iter().map(|c| format!("{delimiter}{c}")).collect();
-    let mut requests = Vec::with_capacity(choices.len());
-    // Regime A encodes the context once for all choices.
-    let ctx_once = match how {
-        PairEncoding::Separate => {
-            Some(if context.is_empty() { vec![0] } else { tokenizer.encode(&context).map_err(|e| e.to_string())? })
+    let enc = |s: &str| tokenizer.encode(s).map_err(|e| e.to_string());
+    // The context's ids, encoded once for all choices.
+    let trimmed = py_rstrip(&context);
+    let ctx_ids = if context.is_empty() {
+        vec![0]
+    } else {
+        match how {
+            PairEncoding::Separate => enc(&context)?,
+            PairEncoding::Joint if trimmed.is_empty() => {
+                return Err("the context is only whitespace: lm-eval 0.4 would score it with no context token at all, which lmscore does not support".into())
+            }
+            PairEncoding::Joint => enc(trimmed)?,
         }
-        PairEncoding::Joint => None,
     };
+    let mut requests = Vec::with_capacity(choices.len());
     for (i, cont) in continuations.iter().enumerate() {
         if cont.is_empty() {
             return Err(format!("choice {i} is empty and the delimiter is empty: there is nothing to score"));
         }
-        let (context_ids, continuation) = match &ctx_once {
-            Some(ctx) => (ctx.clone(), tokenizer.encode(cont).map_err(|e| e.to_string())?),
-            None => tokenizer.encode_pair(&context, cont, how).map_err(|e| e.to_string())?,
+        let continuation = match how {
+            // Regime A: each string on its own.
+            _ if context.is_empty() => enc(cont)?,
+            PairEncoding::Separate => enc(cont)?,
+            // Regime C (lm-eval >= 0.4 `_encode_pair`): the context's trailing whitespace moves to the
+            // continuation; continuation ids = enc(context + continuation)[len(enc(context)):], context ids
+            // = enc(context) (not the head of the joint encoding, which differs when a token spans the
+            // boundary).
+            PairEncoding::Joint => {
+                let whole = enc(&format!("{context}{cont}"))?;
+                whole.get(ctx_ids.len()..).unwrap_or(&[]).to_vec()
+            }
         };
         if continuation.is_empty() {
-            return Err(format!("choice {i} ({cont:?}) encodes to no tokens of its own after the context"));
+            return Err(format!(
+                "choice {i} ({cont:?}) has no tokens of its own: the joint encoding merges it into the context's last token \
+                 (lm-eval 0.4 would score it as log-likelihood 0); use a delimiter such as \" \""
+            ));
         }
-        requests.push(Request { context: context_ids, continuation });
+        requests.push(Request { context: ctx_ids.clone(), continuation });
     }
     Ok(Doc { line, context, choices, continuations, gold, labels, requests })
+}
+
+/// Python's `str.rstrip()`: strips Unicode whitespace as `str.isspace` defines it (Rust's `White_Space`
+/// plus U+001C..U+001F).
+pub fn py_rstrip(s: &str) -> &str {
+    s.trim_end_matches(|c: char| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c))
 }
 
 /// Read a release-format JSONL file. Bad rows fail with file and line, or are skipped and counted.
