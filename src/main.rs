@@ -20,6 +20,10 @@ enum Command {
     Score(cli::score::Args),
     /// Tables, per-run JSON, Figure 1, the paper's statistics and trend flags from a results table.
     Report(cli::report::Args),
+    /// Score checkpoints x tasks into a SQLite results store: resumable, shardable, fetching from the Hub.
+    Sweep(cli::sweep::Args),
+    /// Merge results stores (e.g. a sweep's shards) into one: idempotent, conflicts reported.
+    Merge(cli::merge::Args),
 }
 
 fn main() -> ExitCode {
@@ -28,6 +32,8 @@ fn main() -> ExitCode {
         Command::Loglikelihood(args) => cli::loglikelihood::run(args),
         Command::Score(args) => cli::score::run(args),
         Command::Report(args) => cli::report::run(args),
+        Command::Sweep(args) => cli::sweep::run(args),
+        Command::Merge(args) => cli::merge::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,3 +3,5 @@
 pub mod loglikelihood;
 pub mod report;
 pub mod score;
+pub mod merge;
+pub mod sweep;

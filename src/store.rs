@@ -1,0 +1,575 @@
+//! The results store: one SQLite file (WAL mode) holding every run, every request's log-likelihood and
+//! every task metric.
+//!
+//! Schema (version 1):
+//!
+//! ```sql
+//! runs          (id, model, revision, dtype, protocol, device, lmscore_version, started_at, finished_at)
+//!                UNIQUE (model, revision, dtype, protocol, device)        -- the RunKey
+//! task_runs     (run_id, task, n_docs, skipped_rows, naive_tokens, computed_tokens, seconds,
+//!                lmscore_version, finished_at)   PRIMARY KEY (run_id, task) -- "this task is complete"
+//! requests      (run_id, task, doc, choice, logprob, is_greedy, n_tokens)
+//!                PRIMARY KEY (run_id, task, doc, choice)
+//! task_results  (run_id, task, metric, value, stderr, n)   PRIMARY KEY (run_id, task, metric)
+//! meta          (key, value)                                 -- schema_version
+//! ```
+//!
+//! Crash safety: everything one (checkpoint, task) produces -- its requests, its metrics and its
+//! `task_runs` row -- is written in ONE transaction. A process killed at any moment (even `kill -9`)
+//! leaves either all of it or none of it, and a task is complete exactly when its `task_runs` row
+//! exists, so a restarted sweep skips complete tasks and redoes the rest: nothing lost, nothing
+//! duplicated (the primary keys make a duplicate impossible rather than merely unlikely).
+//!
+//! `synchronous=FULL`: a committed task survives a power cut too, at one fsync per task.
+//!
+//! Stores are merged with [`Store::merge_from`] (`lmscore merge`): idempotent, and a task present in
+//! both stores with different values is reported as a conflict and left as it was, never overwritten.
+
+use crate::error::{Error, Result};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use std::path::{Path, PathBuf};
+
+pub const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    id              INTEGER PRIMARY KEY,
+    model           TEXT NOT NULL,
+    revision        TEXT NOT NULL,
+    dtype           TEXT NOT NULL,
+    protocol        TEXT NOT NULL,
+    device          TEXT NOT NULL,
+    lmscore_version TEXT NOT NULL,
+    started_at      TEXT NOT NULL,
+    finished_at     TEXT,
+    UNIQUE (model, revision, dtype, protocol, device)
+);
+CREATE TABLE IF NOT EXISTS task_runs (
+    run_id          INTEGER NOT NULL REFERENCES runs(id),
+    task            TEXT NOT NULL,
+    n_docs          INTEGER NOT NULL,
+    skipped_rows    INTEGER NOT NULL,
+    naive_tokens    INTEGER NOT NULL,
+    computed_tokens INTEGER NOT NULL,
+    seconds         REAL NOT NULL,
+    lmscore_version TEXT NOT NULL,
+    finished_at     TEXT NOT NULL,
+    PRIMARY KEY (run_id, task)
+);
+CREATE TABLE IF NOT EXISTS requests (
+    run_id    INTEGER NOT NULL REFERENCES runs(id),
+    task      TEXT NOT NULL,
+    doc       INTEGER NOT NULL,
+    choice    INTEGER NOT NULL,
+    logprob   REAL NOT NULL,
+    is_greedy INTEGER NOT NULL,
+    n_tokens  INTEGER NOT NULL,
+    PRIMARY KEY (run_id, task, doc, choice)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS task_results (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    task   TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    value  REAL,                 -- NULL: NaN (a metric over no documents)
+    stderr REAL,
+    n      INTEGER NOT NULL,
+    PRIMARY KEY (run_id, task, metric)
+) WITHOUT ROWID;
+";
+
+const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
+
+/// What identifies a run: one checkpoint scored one way. Tasks of the same run share a `runs` row.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RunKey {
+    /// Hub id (`EleutherAI/pythia-160m`) or the NAME of a local `NAME@REV=DIR` spec.
+    pub model: String,
+    /// `step2000`, `main`, ...
+    pub revision: String,
+    /// Compute dtype: `f32`, `f16`, `bf16`, or `auto` (the checkpoint's stored dtype).
+    pub dtype: String,
+    /// Task protocol (`paper-2023`, `lm-eval-0.4`).
+    pub protocol: String,
+    /// `cpu` or `cuda`.
+    pub device: String,
+}
+
+impl std::fmt::Display for RunKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{} ({}, {}, {})", self.model, self.revision, self.protocol, self.device, self.dtype)
+    }
+}
+
+/// One request's score, as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RequestRow {
+    pub doc: u64,
+    pub choice: u64,
+    pub logprob: f64,
+    pub is_greedy: bool,
+    pub n_tokens: u64,
+}
+
+/// One metric of one task, as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricRow {
+    pub name: String,
+    pub value: f64,
+    pub stderr: Option<f64>,
+}
+
+/// Everything one (checkpoint, task) produced: written in one transaction.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TaskRecord {
+    pub task: String,
+    pub n_docs: u64,
+    pub skipped_rows: u64,
+    pub naive_tokens: u64,
+    pub computed_tokens: u64,
+    pub seconds: f64,
+    pub metrics: Vec<MetricRow>,
+    pub requests: Vec<RequestRow>,
+}
+
+impl From<&crate::tasks::TaskOutcome> for TaskRecord {
+    fn from(o: &crate::tasks::TaskOutcome) -> Self {
+        TaskRecord {
+            task: o.task.clone(),
+            n_docs: o.n_docs as u64,
+            skipped_rows: o.skipped_rows as u64,
+            naive_tokens: o.stats.naive_tokens as u64,
+            computed_tokens: o.stats.computed_tokens as u64,
+            seconds: o.stats.seconds,
+            metrics: o
+                .metrics
+                .iter()
+                .map(|m| MetricRow { name: m.name.clone(), value: m.value, stderr: m.stderr.is_finite().then_some(m.stderr) })
+                .collect(),
+            requests: o
+                .requests
+                .iter()
+                .map(|r| RequestRow {
+                    doc: r.doc as u64,
+                    choice: r.choice as u64,
+                    logprob: r.logprob,
+                    is_greedy: r.is_greedy,
+                    n_tokens: r.n_tokens as u64,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One metric of one task of one run, for reports.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredResult {
+    pub model: String,
+    pub revision: String,
+    pub dtype: String,
+    pub protocol: String,
+    pub device: String,
+    pub task: String,
+    pub metric: String,
+    pub value: f64,
+    pub stderr: Option<f64>,
+    /// Documents the metric was computed over.
+    pub n: u64,
+}
+
+/// What a merge did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MergeReport {
+    /// Tasks copied in.
+    pub added: usize,
+    /// Tasks already present with identical values (skipped).
+    pub identical: usize,
+    /// Tasks present in both with different values: left as they were; one line each.
+    pub conflicts: Vec<String>,
+}
+
+pub struct Store {
+    path: PathBuf,
+    conn: Connection,
+}
+
+fn db_err(path: &Path, what: &str, e: rusqlite::Error) -> Error {
+    Error::file(path, format!("results store: {what}: {e}"))
+}
+
+impl Store {
+    /// Open (creating if needed) a results store.
+    pub fn open(path: impl AsRef<Path>) -> Result<Store> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if !dir.is_dir() {
+                return Err(Error::file(&path, format!("results store: directory {} does not exist", dir.display())));
+            }
+        }
+        let conn = Connection::open(&path).map_err(|e| db_err(&path, "cannot open", e))?;
+        let s = Store { path, conn };
+        s.init()?;
+        Ok(s)
+    }
+
+    fn err(&self, what: &str) -> impl Fn(rusqlite::Error) -> Error + '_ {
+        let what = what.to_string();
+        move |e| db_err(&self.path, &what, e)
+    }
+
+    fn init(&self) -> Result<()> {
+        let c = &self.conn;
+        c.busy_timeout(std::time::Duration::from_secs(60)).map_err(self.err("setting the busy timeout"))?;
+        // `journal_mode` answers with the mode in effect; anything but wal means the file is not a writable
+        // SQLite database (or lives on a file system without shared memory).
+        let mode: String =
+            c.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).map_err(|e| db_err(&self.path, "not a SQLite database (or not writable)", e))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::file(&self.path, format!("results store: could not switch to WAL mode (journal_mode is {mode})")));
+        }
+        c.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;").map_err(self.err("setting pragmas"))?;
+        c.execute_batch(SCHEMA).map_err(|e| db_err(&self.path, "not an lmscore results store (creating the schema failed)", e))?;
+        let version: Option<String> =
+            c.query_row("SELECT value FROM meta WHERE key='schema_version'", [], |r| r.get(0)).optional().map_err(self.err("reading meta"))?;
+        match version {
+            None => {
+                c.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?1)", [SCHEMA_VERSION.to_string()])
+                    .map_err(self.err("writing meta"))?;
+            }
+            Some(v) if v == SCHEMA_VERSION.to_string() => {}
+            Some(v) => {
+                return Err(Error::file(&self.path, format!("results store has schema version {v}, this lmscore reads version {SCHEMA_VERSION}")))
+            }
+        }
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn run_id(&self, key: &RunKey) -> Result<Option<i64>> {
+        self.conn
+            .query_row(
+                "SELECT id FROM runs WHERE model=?1 AND revision=?2 AND dtype=?3 AND protocol=?4 AND device=?5",
+                params![key.model, key.revision, key.dtype, key.protocol, key.device],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.err("looking up a run"))
+    }
+
+    /// Record that a run started (its `started_at` is kept from the first call); returns nothing new if it exists.
+    pub fn start_run(&mut self, key: &RunKey) -> Result<()> {
+        let tx = self.conn.transaction().map_err(|e| db_err(&self.path, "begin", e))?;
+        ensure_run(&tx, key, None).map_err(|e| db_err(&self.path, "recording a run", e))?;
+        tx.commit().map_err(|e| db_err(&self.path, "commit", e))
+    }
+
+    /// Mark a run finished (every task it was asked for is complete).
+    pub fn finish_run(&mut self, key: &RunKey) -> Result<()> {
+        self.start_run(key)?;
+        self.conn
+            .execute(
+                &format!("UPDATE runs SET finished_at={NOW} WHERE model=?1 AND revision=?2 AND dtype=?3 AND protocol=?4 AND device=?5"),
+                params![key.model, key.revision, key.dtype, key.protocol, key.device],
+            )
+            .map_err(self.err("finishing a run"))?;
+        Ok(())
+    }
+
+    /// Is this task of this run complete (requests and metrics stored)?
+    pub fn is_done(&self, key: &RunKey, task: &str) -> Result<bool> {
+        let Some(id) = self.run_id(key)? else { return Ok(false) };
+        self.conn
+            .query_row("SELECT 1 FROM task_runs WHERE run_id=?1 AND task=?2", params![id, task], |_| Ok(()))
+            .optional()
+            .map(|o| o.is_some())
+            .map_err(self.err("checking a task"))
+    }
+
+    /// Store one task's outcome (see [`Store::record`]). Returns false (and writes nothing) if it was already complete.
+    pub fn record_task(&mut self, key: &RunKey, outcome: &crate::tasks::TaskOutcome) -> Result<bool> {
+        self.record(key, &TaskRecord::from(outcome))
+    }
+
+    /// Store one task's requests, metrics and completion marker in one transaction: all or nothing.
+    /// Returns false (and writes nothing) if the task was already complete.
+    pub fn record(&mut self, key: &RunKey, rec: &TaskRecord) -> Result<bool> {
+        let path = self.path.clone();
+        let path = path.as_path();
+        let e = |what: &'static str| move |e: rusqlite::Error| db_err(path, &format!("{what} for {key} task {}", rec.task), e);
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(e("begin"))?;
+        let id = ensure_run(&tx, key, None).map_err(e("recording the run"))?;
+        let done = tx
+            .query_row("SELECT 1 FROM task_runs WHERE run_id=?1 AND task=?2", params![id, rec.task], |_| Ok(()))
+            .optional()
+            .map_err(e("checking"))?;
+        if done.is_some() {
+            return Ok(false);
+        }
+        insert_task(&tx, id, rec, env!("CARGO_PKG_VERSION"), None).map_err(e("writing"))?;
+        crash_point();
+        tx.commit().map_err(e("commit"))?;
+        Ok(true)
+    }
+
+    /// Every stored metric, ordered by model, revision, task, metric (then dtype, protocol, device).
+    pub fn all_task_results(&self) -> Result<Vec<StoredResult>> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT r.model, r.revision, r.dtype, r.protocol, r.device, t.task, t.metric, t.value, t.stderr, t.n
+                 FROM task_results t JOIN runs r ON r.id = t.run_id
+                 ORDER BY r.model, r.revision, t.task, t.metric, r.dtype, r.protocol, r.device",
+            )
+            .map_err(self.err("reading results"))?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(StoredResult {
+                    model: r.get(0)?,
+                    revision: r.get(1)?,
+                    dtype: r.get(2)?,
+                    protocol: r.get(3)?,
+                    device: r.get(4)?,
+                    task: r.get(5)?,
+                    metric: r.get(6)?,
+                    value: r.get::<_, Option<f64>>(7)?.unwrap_or(f64::NAN),
+                    stderr: r.get(8)?,
+                    n: r.get::<_, i64>(9)? as u64,
+                })
+            })
+            .map_err(self.err("reading results"))?;
+        rows.collect::<std::result::Result<_, _>>().map_err(self.err("reading results"))
+    }
+
+    /// The stored record of one task (requests ordered by doc, choice; metrics by name); None if not complete.
+    pub fn task_record(&self, key: &RunKey, task: &str) -> Result<Option<TaskRecord>> {
+        let Some(id) = self.run_id(key)? else { return Ok(None) };
+        read_task(&self.conn, id, task).map_err(self.err("reading a task"))
+    }
+
+    /// Every complete (run, task) in the store.
+    pub fn completed(&self) -> Result<Vec<(RunKey, String)>> {
+        completed(&self.conn).map_err(self.err("listing tasks"))
+    }
+
+    /// Copy every complete task of the store at `other` into this one, in one transaction. Tasks already here
+    /// with identical values are skipped; with different values they are reported in `conflicts` and left as
+    /// they are. Running it twice changes nothing the second time.
+    pub fn merge_from(&mut self, other: &Path) -> Result<MergeReport> {
+        if !other.is_file() {
+            return Err(Error::file(other, "results store not found"));
+        }
+        if std::fs::canonicalize(other).ok() == std::fs::canonicalize(&self.path).ok() {
+            return Err(Error::file(other, "cannot merge a results store into itself"));
+        }
+        // Opening runs the same checks (schema version, WAL) and replays a WAL left by a killed writer.
+        let src = Store::open(other)?;
+        let oerr = |what: &'static str| move |e: rusqlite::Error| db_err(other, what, e);
+        let mut report = MergeReport::default();
+        let runs = {
+            let mut st = src
+                .conn
+                .prepare("SELECT id, model, revision, dtype, protocol, device, lmscore_version, started_at, finished_at FROM runs ORDER BY id")
+                .map_err(oerr("reading runs"))?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        RunKey { model: r.get(1)?, revision: r.get(2)?, dtype: r.get(3)?, protocol: r.get(4)?, device: r.get(5)? },
+                        (r.get::<_, String>(6)?, r.get::<_, String>(7)?, r.get::<_, Option<String>>(8)?),
+                    ))
+                })
+                .map_err(oerr("reading runs"))?;
+            rows.collect::<std::result::Result<Vec<_>, _>>().map_err(oerr("reading runs"))?
+        };
+        let path = self.path.clone();
+        let path = path.as_path();
+        let e = |what: &'static str| move |e: rusqlite::Error| db_err(path, what, e);
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(e("begin"))?;
+        for (src_id, key, (version, started_at, finished_at)) in runs {
+            let id = ensure_run(&tx, &key, Some((&version, &started_at))).map_err(e("merging a run"))?;
+            let tasks: Vec<(String, String, String)> = {
+                let mut st = src
+                    .conn
+                    .prepare("SELECT task, lmscore_version, finished_at FROM task_runs WHERE run_id=?1 ORDER BY task")
+                    .map_err(oerr("reading tasks"))?;
+                let rows = st.query_map([src_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).map_err(oerr("reading tasks"))?;
+                rows.collect::<std::result::Result<_, _>>().map_err(oerr("reading tasks"))?
+            };
+            for (task, task_version, task_finished) in tasks {
+                let theirs = read_task(&src.conn, src_id, &task).map_err(oerr("reading a task"))?.expect("listed above");
+                match read_task(&tx, id, &task).map_err(e("reading a task"))? {
+                    None => {
+                        insert_task(&tx, id, &theirs, &task_version, Some(&task_finished)).map_err(e("writing a task"))?;
+                        report.added += 1;
+                    }
+                    Some(ours) if ours.same_results(&theirs) => report.identical += 1,
+                    Some(ours) => report.conflicts.push(format!("{key} task {task}: {}", describe_difference(&ours, &theirs))),
+                }
+            }
+            if let Some(f) = finished_at {
+                // Finished if either side finished it; keep the later time.
+                tx.execute("UPDATE runs SET finished_at=max(coalesce(finished_at, ''), ?2) WHERE id=?1", params![id, f])
+                    .map_err(e("merging a run"))?;
+            }
+        }
+        tx.commit().map_err(e("commit"))?;
+        Ok(report)
+    }
+}
+
+/// Test hook for crash safety: with `LMSCORE_TEST_ABORT_IN_TRANSACTION=N`, the N-th task write of this
+/// process aborts the process (SIGABRT, no unwinding, no cleanup) after its rows were inserted and before
+/// the commit: the moment where a crash would hurt most. Unset, it costs one environment lookup per task.
+fn crash_point() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static WRITES: AtomicUsize = AtomicUsize::new(0);
+    if let Some(n) = std::env::var("LMSCORE_TEST_ABORT_IN_TRANSACTION").ok().and_then(|v| v.parse::<usize>().ok()) {
+        if WRITES.fetch_add(1, Ordering::SeqCst) + 1 == n {
+            eprintln!("LMSCORE_TEST_ABORT_IN_TRANSACTION={n}: aborting inside the store transaction");
+            std::process::abort();
+        }
+    }
+}
+
+fn ensure_run(tx: &Connection, key: &RunKey, from: Option<(&str, &str)>) -> rusqlite::Result<i64> {
+    let (version, started) = match from {
+        Some((v, s)) => (v.to_string(), Some(s.to_string())),
+        None => (env!("CARGO_PKG_VERSION").to_string(), None),
+    };
+    tx.execute(
+        &format!(
+            "INSERT INTO runs (model, revision, dtype, protocol, device, lmscore_version, started_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, coalesce(?7, {NOW}))
+             ON CONFLICT (model, revision, dtype, protocol, device) DO UPDATE SET started_at = min(started_at, excluded.started_at)"
+        ),
+        params![key.model, key.revision, key.dtype, key.protocol, key.device, version, started],
+    )?;
+    tx.query_row(
+        "SELECT id FROM runs WHERE model=?1 AND revision=?2 AND dtype=?3 AND protocol=?4 AND device=?5",
+        params![key.model, key.revision, key.dtype, key.protocol, key.device],
+        |r| r.get(0),
+    )
+}
+
+fn insert_task(tx: &Transaction, run: i64, rec: &TaskRecord, version: &str, finished_at: Option<&str>) -> rusqlite::Result<()> {
+    {
+        let mut st =
+            tx.prepare_cached("INSERT INTO requests (run_id, task, doc, choice, logprob, is_greedy, n_tokens) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?;
+        for r in &rec.requests {
+            st.execute(params![run, rec.task, r.doc as i64, r.choice as i64, r.logprob, r.is_greedy, r.n_tokens as i64])?;
+        }
+        let mut st = tx.prepare_cached("INSERT INTO task_results (run_id, task, metric, value, stderr, n) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?;
+        for m in &rec.metrics {
+            st.execute(params![run, rec.task, m.name, m.value, m.stderr, rec.n_docs as i64])?;
+        }
+    }
+    tx.execute(
+        &format!(
+            "INSERT INTO task_runs (run_id, task, n_docs, skipped_rows, naive_tokens, computed_tokens, seconds, lmscore_version, finished_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, coalesce(?9, {NOW}))"
+        ),
+        params![
+            run,
+            rec.task,
+            rec.n_docs as i64,
+            rec.skipped_rows as i64,
+            rec.naive_tokens as i64,
+            rec.computed_tokens as i64,
+            rec.seconds,
+            version,
+            finished_at
+        ],
+    )?;
+    Ok(())
+}
+
+fn read_task(c: &Connection, run: i64, task: &str) -> rusqlite::Result<Option<TaskRecord>> {
+    let head = c
+        .query_row(
+            "SELECT n_docs, skipped_rows, naive_tokens, computed_tokens, seconds FROM task_runs WHERE run_id=?1 AND task=?2",
+            params![run, task],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?, r.get::<_, f64>(4)?)),
+        )
+        .optional()?;
+    let Some((n_docs, skipped, naive, computed, seconds)) = head else { return Ok(None) };
+    let mut st = c.prepare_cached("SELECT metric, value, stderr FROM task_results WHERE run_id=?1 AND task=?2 ORDER BY metric")?;
+    let metrics = st
+        .query_map(params![run, task], |r| {
+            Ok(MetricRow { name: r.get(0)?, value: r.get::<_, Option<f64>>(1)?.unwrap_or(f64::NAN), stderr: r.get(2)? })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut st =
+        c.prepare_cached("SELECT doc, choice, logprob, is_greedy, n_tokens FROM requests WHERE run_id=?1 AND task=?2 ORDER BY doc, choice")?;
+    let requests = st
+        .query_map(params![run, task], |r| {
+            Ok(RequestRow {
+                doc: r.get::<_, i64>(0)? as u64,
+                choice: r.get::<_, i64>(1)? as u64,
+                logprob: r.get(2)?,
+                is_greedy: r.get(3)?,
+                n_tokens: r.get::<_, i64>(4)? as u64,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(Some(TaskRecord {
+        task: task.to_string(),
+        n_docs: n_docs as u64,
+        skipped_rows: skipped as u64,
+        naive_tokens: naive as u64,
+        computed_tokens: computed as u64,
+        seconds,
+        metrics,
+        requests,
+    }))
+}
+
+fn completed(c: &Connection) -> rusqlite::Result<Vec<(RunKey, String)>> {
+    let mut st = c.prepare(
+        "SELECT r.model, r.revision, r.dtype, r.protocol, r.device, t.task FROM task_runs t JOIN runs r ON r.id = t.run_id
+         ORDER BY r.model, r.revision, r.dtype, r.protocol, r.device, t.task",
+    )?;
+    let rows = st.query_map([], |r| {
+        Ok((RunKey { model: r.get(0)?, revision: r.get(1)?, dtype: r.get(2)?, protocol: r.get(3)?, device: r.get(4)? }, r.get(5)?))
+    })?;
+    rows.collect()
+}
+
+/// Two records of the same task differ in their results (timings and token counts are not results).
+impl TaskRecord {
+    fn same_results(&self, other: &TaskRecord) -> bool {
+        self.task == other.task
+            && self.n_docs == other.n_docs
+            && self.skipped_rows == other.skipped_rows
+            && self.metrics.len() == other.metrics.len()
+            && self.metrics.iter().zip(&other.metrics).all(|(a, b)| a.name == b.name && same(a.value, b.value) && a.stderr == b.stderr)
+            && self.requests == other.requests
+    }
+}
+
+/// Equal, with NaN equal to NaN (a stored NULL metric).
+fn same(a: f64, b: f64) -> bool {
+    a == b || (a.is_nan() && b.is_nan())
+}
+
+fn describe_difference(ours: &TaskRecord, theirs: &TaskRecord) -> String {
+    if ours.n_docs != theirs.n_docs {
+        return format!("{} documents here, {} in the other store", ours.n_docs, theirs.n_docs);
+    }
+    for m in &ours.metrics {
+        match theirs.metrics.iter().find(|t| t.name == m.name) {
+            Some(t) if same(t.value, m.value) && t.stderr == m.stderr => {}
+            Some(t) => return format!("{} = {} here, {} in the other store (kept this one)", m.name, m.value, t.value),
+            None => return format!("metric {} missing from the other store", m.name),
+        }
+    }
+    if ours.metrics.len() != theirs.metrics.len() {
+        return "the other store has extra metrics (kept this one)".into();
+    }
+    let diff = ours.requests.iter().zip(&theirs.requests).filter(|(a, b)| a != b).count() + ours.requests.len().abs_diff(theirs.requests.len());
+    format!("{diff} request log-likelihoods differ (kept this one)")
+}

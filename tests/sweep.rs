@@ -1,0 +1,418 @@
+//! Sweeps end to end: checkpoint specs and the Hub cache, sharding, a real sweep over two fixture
+//! checkpoints, `kill -9` at random moments then resume, and shards merged back into one store.
+
+use lmscore::engine::EngineOptions;
+use lmscore::hub::{self, CheckpointSpec, HubOptions, Source};
+use lmscore::store::{RunKey, Store, TaskRecord};
+use lmscore::sweep::{self, shard_units, Shard, SweepOptions};
+use lmscore::tasks::Protocol;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+fn models() -> PathBuf {
+    root().join("tests/fixtures/models")
+}
+fn sample_data() -> PathBuf {
+    root().join("data/sample")
+}
+const TASKS: &str = "memo_trap,neqa";
+
+fn checkpoints_arg() -> String {
+    format!("tiny@step1={},tiny@step2={}", models().join("pythia-tiny").display(), models().join("pythia-tiny-b").display())
+}
+
+/// Everything a store holds that is a result (timings and timestamps aside), keyed by (run, task).
+fn dump(db: &Path) -> BTreeMap<(RunKey, String), TaskRecord> {
+    let s = Store::open(db).unwrap();
+    s.completed()
+        .unwrap()
+        .into_iter()
+        .map(|(k, t)| {
+            let mut r = s.task_record(&k, &t).unwrap().unwrap();
+            r.seconds = 0.0;
+            ((k, t), r)
+        })
+        .collect()
+}
+
+fn count(db: &Path, sql: &str) -> i64 {
+    rusqlite::Connection::open(db).unwrap().query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+fn lmscore(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_lmscore"));
+    c.args(args).stdin(Stdio::null());
+    c
+}
+
+fn sweep_args<'a>(db: &'a str, cks: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let data = Box::leak(sample_data().display().to_string().into_boxed_str());
+    let mut v = vec!["sweep", "--checkpoints", cks, "--tasks", TASKS, "--data-dir", data, "--db", db, "--offline", "--quiet"];
+    v.extend(extra);
+    v
+}
+
+fn run_ok(mut c: Command) -> String {
+    let out = c.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "lmscore failed: {stderr}");
+    stderr
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Specs, presets, shards
+
+#[test]
+fn checkpoint_specs_parse() {
+    let s = CheckpointSpec::parse("EleutherAI/pythia-160m@step2000").unwrap();
+    assert_eq!((s.model.as_str(), s.revision.as_str(), &s.source), ("EleutherAI/pythia-160m", "step2000", &Source::Hub));
+    let s = CheckpointSpec::parse("EleutherAI/pythia-1.4b").unwrap();
+    assert_eq!(s.revision, "main");
+    let s = CheckpointSpec::parse("pythia-70m@step4000=/data/ckpts/70m=x").unwrap();
+    assert_eq!((s.model.as_str(), s.revision.as_str()), ("pythia-70m", "step4000"));
+    assert_eq!(s.source, Source::Local(PathBuf::from("/data/ckpts/70m=x")));
+    assert_eq!(CheckpointSpec::parse("mine=/tmp/x").unwrap().revision, "main");
+    assert_eq!(CheckpointSpec::parse("org/m@refs/pr/1").unwrap().revision, "refs/pr/1");
+    for bad in ["", "@step1", "a/b/c@main", "org/m@", "org/m@step 1", "org/m@../x", "name@rev=", "bad name!", "org/..@main"] {
+        let e = CheckpointSpec::parse(bad).err().unwrap_or_else(|| panic!("{bad:?} must be refused")).to_string();
+        assert!(e.contains("expected HUB_ID"), "{bad:?}: {e}");
+    }
+    let list = CheckpointSpec::parse_list("EleutherAI/pythia-70m@step1, x@y=/d ,").unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[1].to_string(), "x@y=/d");
+    assert!(CheckpointSpec::parse_list(" , ").is_err());
+}
+
+#[test]
+fn preset_is_the_papers_grid() {
+    let (cks, tasks) = sweep::preset("emergent-inabilities").unwrap();
+    assert_eq!(tasks, "all");
+    assert_eq!(cks.len(), 64);
+    assert_eq!(cks[0].to_string(), "EleutherAI/pythia-70m@step2000");
+    assert_eq!(cks[7].to_string(), "EleutherAI/pythia-70m@step143000");
+    assert_eq!(cks[63].to_string(), "EleutherAI/pythia-12b@step143000");
+    let sizes: Vec<&str> = cks.iter().step_by(8).map(|c| c.model.trim_start_matches("EleutherAI/pythia-")).collect();
+    assert_eq!(sizes, ["70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b"]);
+    assert_eq!(lmscore::tasks::expand_task_list(&tasks, Protocol::Paper2023).unwrap().len(), 12);
+    assert!(sweep::preset("nope").is_err());
+}
+
+#[test]
+fn shards_partition_the_units() {
+    for (c, t) in [(64, 12), (2, 2), (3, 5), (1, 1), (5, 1)] {
+        let all = shard_units(c, t, None);
+        assert_eq!(all.len(), c * t);
+        for n in 1..=(c * t + 2) {
+            let mut union: Vec<(usize, usize)> = (0..n).flat_map(|i| shard_units(c, t, Some(Shard { index: i, count: n }))).collect();
+            union.sort();
+            assert_eq!(union, all, "{c} checkpoints x {t} tasks in {n} shards");
+            if n <= c {
+                // Whole checkpoints per shard.
+                for i in 0..n {
+                    for (ck, _) in shard_units(c, t, Some(Shard { index: i, count: n })) {
+                        assert_eq!(ck % n, i);
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!("3/8".parse::<Shard>().unwrap(), Shard { index: 3, count: 8 });
+    for bad in ["8/8", "1/0", "x/2", "1", "-1/2"] {
+        assert!(bad.parse::<Shard>().is_err(), "{bad}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The Hugging Face cache, offline
+
+/// A fake HF cache holding `EleutherAI/pythia-tiny@step1` = the pythia-tiny-b fixture (a `stepN`-like
+/// revision: pytorch_model.bin only).
+fn fake_cache(dir: &Path) -> PathBuf {
+    let cache = dir.join("hub");
+    let repo = cache.join("models--EleutherAI--pythia-tiny");
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/step1"), commit).unwrap();
+    let snap = repo.join("snapshots").join(commit);
+    std::fs::create_dir_all(&snap).unwrap();
+    for f in ["config.json", "pytorch_model.bin", "tokenizer.json"] {
+        std::fs::copy(models().join("pythia-tiny-b").join(f), snap.join(f)).unwrap();
+    }
+    cache
+}
+
+#[test]
+fn offline_resolution_from_the_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = fake_cache(tmp.path());
+    let opts = HubOptions { offline: true, cache_dir: Some(cache.clone()), progress: false };
+    let spec = CheckpointSpec::parse("EleutherAI/pythia-tiny@step1").unwrap();
+    let dir = hub::resolve(&spec, &opts).unwrap();
+    assert!(dir.ends_with("snapshots/0123456789abcdef0123456789abcdef01234567"));
+    lmscore::checkpoint::Checkpoint::open(&dir).unwrap();
+    // A revision given as the commit itself needs no ref.
+    let by_commit = CheckpointSpec::parse("EleutherAI/pythia-tiny@0123456789abcdef0123456789abcdef01234567").unwrap();
+    assert_eq!(hub::resolve(&by_commit, &opts).unwrap(), dir);
+
+    // What is missing is said, and nothing is downloaded.
+    let e = hub::resolve(&CheckpointSpec::parse("EleutherAI/pythia-tiny@step2").unwrap(), &opts).unwrap_err().to_string();
+    assert!(e.contains("--offline") && e.contains("step2 was never downloaded"), "{e}");
+    let e = hub::resolve(&CheckpointSpec::parse("EleutherAI/pythia-999m@main").unwrap(), &opts).unwrap_err().to_string();
+    assert!(e.contains("nothing cached for EleutherAI/pythia-999m"), "{e}");
+    std::fs::remove_file(dir.join("tokenizer.json")).unwrap();
+    let e = hub::resolve(&spec, &opts).unwrap_err().to_string();
+    assert!(e.contains("missing tokenizer.json"), "{e}");
+    // A sharded layout with a shard absent.
+    std::fs::copy(models().join("pythia-tiny/tokenizer.json"), dir.join("tokenizer.json")).unwrap();
+    std::fs::remove_file(dir.join("pytorch_model.bin")).unwrap();
+    for f in ["pytorch_model.bin.index.json", "pytorch_model-00001-of-00002.bin"] {
+        std::fs::copy(models().join("neox-hd64-bin-sharded").join(f), dir.join(f)).unwrap();
+    }
+    let e = hub::resolve(&spec, &opts).unwrap_err().to_string();
+    assert!(e.contains("pytorch_model-00002-of-00002.bin"), "{e}");
+    std::fs::copy(models().join("neox-hd64-bin-sharded/pytorch_model-00002-of-00002.bin"), dir.join("pytorch_model-00002-of-00002.bin")).unwrap();
+    assert_eq!(hub::resolve(&spec, &opts).unwrap(), dir);
+    // Local directories.
+    let local = CheckpointSpec::parse(&format!("x@y={}", tmp.path().join("absent").display())).unwrap();
+    assert!(hub::resolve(&local, &opts).unwrap_err().to_string().contains("local model directory not found"));
+}
+
+#[test]
+fn sweep_from_the_hub_cache_and_an_unreachable_hub() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = fake_cache(tmp.path());
+    let db = tmp.path().join("hub.db");
+    let db_s = db.display().to_string();
+    let mut c = lmscore(&sweep_args(&db_s, "EleutherAI/pythia-tiny@step1", &[]));
+    c.env("HF_HUB_CACHE", &cache);
+    run_ok(c);
+    let rows = Store::open(&db).unwrap().all_task_results().unwrap();
+    assert_eq!(rows.len(), 4);
+    assert!(rows.iter().all(|r| r.model == "EleutherAI/pythia-tiny" && r.revision == "step1"));
+
+    // Not cached, not offline, and the Hub unreachable: the real download path fails with a clear error.
+    let db2 = tmp.path().join("unreachable.db").display().to_string();
+    let mut args = sweep_args(&db2, "EleutherAI/pythia-tiny@step2", &[]);
+    args.retain(|a| *a != "--offline");
+    let mut c = lmscore(&args);
+    c.env("HF_HUB_CACHE", &cache).env("HF_ENDPOINT", "http://127.0.0.1:9");
+    let out = c.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("EleutherAI/pythia-tiny@step2") && stderr.contains("Hugging Face Hub failed"), "{stderr}");
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Sweeps
+
+/// A sweep over two local checkpoints x two tasks through the library; the stored log-likelihoods of the
+/// first checkpoint are the HF transformers goldens of the same documents.
+#[test]
+fn sweep_two_checkpoints_two_tasks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("s.db");
+    let opts = SweepOptions {
+        checkpoints: CheckpointSpec::parse_list(&checkpoints_arg()).unwrap(),
+        tasks: vec!["memo_trap".into(), "neqa".into()],
+        protocol: Protocol::Paper2023,
+        engine: EngineOptions::default(),
+        data_dir: sample_data(),
+        db: db.clone(),
+        shard: None,
+        hub: HubOptions { offline: true, cache_dir: None, progress: false },
+        skip_bad_rows: false,
+        tokenizer: None,
+        progress: false,
+    };
+    let s = sweep::run(&opts).unwrap();
+    assert_eq!((s.units, s.already_done, s.scored, s.failures.len()), (4, 0, 4, 0));
+    assert_eq!(count(&db, "SELECT count(*) FROM runs WHERE finished_at IS NOT NULL"), 2);
+    assert_eq!(count(&db, "SELECT count(*) FROM requests"), 2 * (20 * 2 + 20 * 2));
+    let rows = Store::open(&db).unwrap().all_task_results().unwrap();
+    assert_eq!(rows.len(), 8);
+    for r in &rows {
+        assert_eq!((r.dtype.as_str(), r.protocol.as_str(), r.device.as_str(), r.n), ("f32", "paper-2023", "cpu", 20));
+        assert!((0.0..=1.0).contains(&r.value) && r.stderr.is_some(), "{r:?}");
+    }
+    // Against the goldens: sample rows are full-file rows 0-17, 203, 493 (memo_trap) and 0-19 (neqa).
+    let golden: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("tests/fixtures/goldens/pythia-tiny-tasks.json")).unwrap()).unwrap();
+    let store = Store::open(&db).unwrap();
+    let key = RunKey { model: "tiny".into(), revision: "step1".into(), dtype: "f32".into(), protocol: "paper-2023".into(), device: "cpu".into() };
+    for (task, rows) in [("memo_trap", (0..18).chain([203, 493]).collect::<Vec<usize>>()), ("neqa", (0..20).collect())] {
+        let rec = store.task_record(&key, task).unwrap().unwrap();
+        let g = &golden["paper-2023"][task]["logprobs"];
+        let mut worst = 0f64;
+        for req in &rec.requests {
+            let want = g[rows[req.doc as usize]][req.choice as usize].as_f64().unwrap();
+            worst = worst.max((req.logprob - want).abs() / want.abs().max(1.0));
+        }
+        assert!(worst < 1e-4, "{task}: worst relative difference {worst} from the goldens");
+    }
+    // A second run finds everything done and changes nothing.
+    let before = dump(&db);
+    let s = sweep::run(&opts).unwrap();
+    assert_eq!((s.already_done, s.scored), (4, 0));
+    assert_eq!(dump(&db), before);
+}
+
+/// Start the real binary, SIGKILL it at random moments (seeded), restart until it completes: the store
+/// ends with exactly the rows of an uninterrupted run.
+#[test]
+fn kill_and_resume_loses_and_duplicates_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cks = checkpoints_arg();
+    let reference = tmp.path().join("ref.db").display().to_string();
+    let t0 = Instant::now();
+    run_ok(lmscore(&sweep_args(&reference, &cks, &[])));
+    let full = t0.elapsed();
+    let want = dump(Path::new(&reference));
+    assert_eq!(want.len(), 4);
+
+    let seed: u64 = std::env::var("LMSCORE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1));
+    println!("kill-and-resume seed {seed} (LMSCORE_SEED={seed} reproduces the kill times); an uninterrupted sweep takes {full:?}");
+    let mut x = seed | 1;
+    let mut rand01 = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let db = tmp.path().join("killed.db");
+    let db_s = db.display().to_string();
+    // Each attempt is killed at a uniform random moment of an uninterrupted run's duration (start-up, model
+    // load, scoring and store writes all get hit), `kills` times; then it runs to completion. If an attempt
+    // finishes before its kill (timings vary on a busy machine) and fewer than `kills` kills happened, the
+    // store is wiped and the sequence starts over, with the faster duration as the new horizon.
+    let kills = 6;
+    let mut horizon = full;
+    let mut killed = 0;
+    let mut progress_seen = Vec::new();
+    for attempt in 0.. {
+        assert!(attempt < 200, "could not complete {kills} kills (seed {seed})");
+        let started = Instant::now();
+        let mut child = lmscore(&sweep_args(&db_s, &cks, &[])).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        if killed < kills {
+            let at = horizon.mul_f64(rand01());
+            std::thread::sleep(at);
+            if child.try_wait().unwrap().is_none() {
+                child.kill().unwrap(); // SIGKILL
+                child.wait().unwrap();
+                killed += 1;
+                let done = if db.exists() { dump(&db).len() } else { 0 };
+                println!("kill {killed}: after {at:?}, {done}/4 units stored");
+                progress_seen.push(done);
+                continue;
+            }
+        }
+        let status = child.wait().unwrap();
+        assert!(status.success(), "the sweep failed after {killed} kills (seed {seed})");
+        if killed >= kills {
+            break;
+        }
+        if killed == 0 {
+            // This attempt ran on a fresh store: an uninterrupted run's duration.
+            horizon = horizon.min(started.elapsed());
+        }
+        println!("attempt {attempt} finished before its kill; wiping the store and starting over");
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{db_s}{suffix}"));
+        }
+        killed = 0;
+        progress_seen.clear();
+    }
+    assert!(killed > 0, "the sweep was never killed (seed {seed})");
+    println!("units stored at each kill: {progress_seen:?}");
+    let got = dump(&db);
+    assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>());
+    for (k, w) in &want {
+        assert_eq!(&got[k], w, "{k:?} differs from the uninterrupted run (seed {seed})");
+    }
+    // Exactly one row set: no duplicates anywhere.
+    assert_eq!(count(&db, "SELECT count(*) FROM runs"), 2);
+    assert_eq!(count(&db, "SELECT count(*) FROM runs WHERE finished_at IS NOT NULL"), 2);
+    assert_eq!(count(&db, "SELECT count(*) FROM task_runs"), 4);
+    assert_eq!(count(&db, "SELECT count(*) FROM requests"), count(Path::new(&reference), "SELECT count(*) FROM requests"));
+    assert_eq!(count(&db, "SELECT count(*) FROM task_results"), 8);
+}
+
+/// A crash at the worst moment -- rows inserted, transaction not committed -- leaves nothing of that task,
+/// and the next run completes it.
+#[test]
+fn crash_inside_the_store_transaction() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cks = checkpoints_arg();
+    let reference = tmp.path().join("ref.db");
+    run_ok(lmscore(&sweep_args(&reference.display().to_string(), &cks, &[])));
+    let db = tmp.path().join("crash.db");
+    let db_s = db.display().to_string();
+    for (n, stored_before) in [(1, 0), (2, 0), (1, 1), (3, 1)] {
+        let mut c = lmscore(&sweep_args(&db_s, &cks, &[]));
+        c.env("LMSCORE_TEST_ABORT_IN_TRANSACTION", n.to_string());
+        let out = c.output().unwrap();
+        assert!(!out.status.success(), "write {n} should have aborted");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("aborting inside the store transaction"));
+        let d = dump(&db);
+        assert_eq!(d.len(), stored_before + n - 1, "after aborting in write {n}");
+        assert_eq!(count(&db, "SELECT count(*) FROM task_results"), 2 * d.len() as i64);
+        assert_eq!(count(&db, "SELECT count(*) FROM requests"), d.values().map(|r| r.requests.len() as i64).sum::<i64>());
+    }
+    run_ok(lmscore(&sweep_args(&db_s, &cks, &[])));
+    assert_eq!(dump(&db), dump(&reference));
+}
+
+/// `--shard 0/2` + `--shard 1/2` merged equals one unsharded run; merging again changes nothing.
+#[test]
+fn shards_merged_equal_one_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cks = checkpoints_arg();
+    let p = |n: &str| tmp.path().join(n).display().to_string();
+    let (whole, a, b, merged) = (p("whole.db"), p("a.db"), p("b.db"), p("merged.db"));
+    run_ok(lmscore(&sweep_args(&whole, &cks, &[])));
+    run_ok(lmscore(&sweep_args(&a, &cks, &["--shard", "0/2"])));
+    run_ok(lmscore(&sweep_args(&b, &cks, &["--shard", "1/2"])));
+    let (da, db_) = (dump(Path::new(&a)), dump(Path::new(&b)));
+    assert!(da.keys().all(|(k, _)| k.revision == "step1") && da.len() == 2, "shard 0 holds checkpoint 0");
+    assert!(db_.keys().all(|(k, _)| k.revision == "step2") && db_.len() == 2, "shard 1 holds checkpoint 1");
+    let stderr = run_ok(lmscore(&["merge", "--into", &merged, &a, &b]));
+    assert!(stderr.contains("2 tasks added"), "{stderr}");
+    assert_eq!(dump(Path::new(&merged)), dump(Path::new(&whole)));
+    // Idempotent.
+    let stderr = run_ok(lmscore(&["merge", "--into", &merged, &a, &b, &whole]));
+    assert!(stderr.contains("0 tasks added, 2 already present") && stderr.contains("0 tasks added, 4 already present"), "{stderr}");
+    assert_eq!(dump(Path::new(&merged)), dump(Path::new(&whole)));
+    assert_eq!(count(Path::new(&merged), "SELECT count(*) FROM runs WHERE finished_at IS NOT NULL"), 2);
+    // A conflicting store is reported and not merged.
+    rusqlite::Connection::open(&b).unwrap().execute("UPDATE task_results SET value = value / 2 WHERE task = 'neqa' AND metric = 'acc'", []).unwrap();
+    let out = lmscore(&["merge", "--into", &merged, &b]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("conflict") && stderr.contains("tiny@step2") && stderr.contains("neqa"), "{stderr}");
+    assert_eq!(dump(Path::new(&merged)), dump(Path::new(&whole)));
+}
+
+#[test]
+fn duplicate_checkpoints_and_missing_data_are_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("d.db").display().to_string();
+    let tiny = models().join("pythia-tiny").display().to_string();
+    let dup = format!("t@s={tiny},t@s={tiny}");
+    let out = lmscore(&sweep_args(&db, &dup, &[])).output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("distinct NAME@REV"));
+    // A checkpoint directory that does not exist fails that checkpoint only; the other one is scored.
+    let cks = format!("gone@s1={},t@s2={tiny}", tmp.path().join("gone").display());
+    let out = lmscore(&sweep_args(&db, &cks, &[])).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("gone@s1") && stderr.contains("not found"), "{stderr}");
+    assert_eq!(dump(Path::new(&db)).len(), 2);
+    // Neither --checkpoints nor --preset.
+    let out = lmscore(&["sweep", "--db", &db]).output().unwrap();
+    assert!(!out.status.success());
+}
