@@ -402,7 +402,7 @@ fn logsoftmax_gather_matches_cpu() {
 // Whole models.
 
 fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    common::fixtures_dir()
 }
 
 const FIXTURES: [&str; 6] = ["neox-hd80", "neox-hd64", "neox-seq", "pythia-tiny", "pythia-tiny-b", "neox-hd64-bin"];

@@ -10,6 +10,21 @@
 use lmscore::backend::cuda::{self, CudaBackend};
 use lmscore::checkpoint::DType;
 use std::io::Write;
+use std::path::PathBuf;
+
+/// `tests/fixtures`: `LMSCORE_FIXTURES` if set, else the source tree the binary was built from, else
+/// `./tests/fixtures` (a test binary copied to a GPU host runs from a copy of the repository at another path).
+pub fn fixtures_dir() -> PathBuf {
+    if let Some(p) = std::env::var_os("LMSCORE_FIXTURES") {
+        return PathBuf::from(p);
+    }
+    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    if built.is_dir() {
+        built
+    } else {
+        PathBuf::from("tests/fixtures")
+    }
+}
 
 /// Print straight to the process's stderr: libtest captures `println!`/`eprintln!` of passing tests, and a
 /// skip must be seen.
