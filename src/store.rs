@@ -180,6 +180,18 @@ pub struct StoredResult {
     pub n: u64,
 }
 
+/// The metric the paper reports for a task, and the task's name in the paper's `all_results.tsv`:
+/// `mc1` / `mc2` for TruthfulQA, `acc` under an `isp_` prefix for the Inverse Scaling Prize tasks, `acc` under
+/// the task's own name for anything else (custom tasks).
+pub fn paper_metric(task: &str) -> (&'static str, String) {
+    match task {
+        "truthfulqa_mc1" => ("mc1", task.to_string()),
+        "truthfulqa_mc2" => ("mc2", task.to_string()),
+        t if crate::tasks::STUDY_TASKS.contains(&t) || crate::tasks::LM_EVAL_ROUND1_TASKS.contains(&t) => ("acc", format!("isp_{t}")),
+        t => ("acc", t.to_string()),
+    }
+}
+
 /// What a merge did.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct MergeReport {
@@ -344,6 +356,36 @@ impl Store {
             })
             .map_err(self.err("reading results"))?;
         rows.collect::<std::result::Result<_, _>>().map_err(self.err("reading results"))
+    }
+
+    /// The paper's results table from this store: one row per (model, revision, task) with the paper's metric
+    /// (see [`paper_metric`]), for runs under `protocol` (None: any). A missing standard error is NaN. Two runs of
+    /// the same checkpoint and task (another device or dtype) are an error naming them: pick one with `protocol`
+    /// or keep such runs in separate stores.
+    pub fn report_rows(&self, protocol: Option<&str>) -> Result<Vec<crate::report::ResultRow>> {
+        let mut out: Vec<crate::report::ResultRow> = Vec::new();
+        let mut seen: std::collections::HashMap<(String, String, String), String> = std::collections::HashMap::new();
+        for r in self.all_task_results()? {
+            let (metric, task) = paper_metric(&r.task);
+            if r.metric != metric || protocol.is_some_and(|p| p != r.protocol) {
+                continue;
+            }
+            let run = format!("{}/{}/{}", r.protocol, r.device, r.dtype);
+            if let Some(other) = seen.insert((r.model.clone(), r.revision.clone(), task.clone()), run.clone()) {
+                return Err(Error::file(
+                    &self.path,
+                    format!("{}@{} task {} was scored twice ({other} and {run}); choose a protocol or split the store", r.model, r.revision, r.task),
+                ));
+            }
+            out.push(crate::report::ResultRow {
+                model: r.model,
+                revision: r.revision,
+                task,
+                accuracy: r.value,
+                accuracy_se: r.stderr.unwrap_or(f64::NAN),
+            });
+        }
+        Ok(out)
     }
 
     /// The stored record of one task (requests ordered by doc, choice; metrics by name); None if not complete.

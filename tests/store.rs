@@ -108,6 +108,27 @@ fn all_task_results_for_reports() {
 }
 
 #[test]
+fn report_rows_use_the_papers_metric_and_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Store::open(dir.path().join("r.db")).unwrap();
+    let k = key("EleutherAI/pythia-70m", "step2000");
+    s.record(&k, &record("memo_trap", 4.0, 3)).unwrap();
+    let mut mc1 = record("truthfulqa_mc1", 1.0, 3);
+    mc1.metrics = vec![MetricRow { name: "mc1".into(), value: 0.25, stderr: Some(0.1) }];
+    s.record(&k, &mc1).unwrap();
+    let rows = s.report_rows(None).unwrap();
+    let flat: Vec<(&str, f64, f64)> = rows.iter().map(|r| (r.task.as_str(), r.accuracy, r.accuracy_se)).collect();
+    assert_eq!(flat, [("isp_memo_trap", 0.4, 0.01), ("truthfulqa_mc1", 0.25, 0.1)]);
+    assert_eq!((rows[0].model.as_str(), rows[0].revision.as_str()), ("EleutherAI/pythia-70m", "step2000"));
+    assert!(s.report_rows(Some("lm-eval-0.4")).unwrap().is_empty());
+    // The same checkpoint scored on another device: ambiguous for a report.
+    let cuda = RunKey { device: "cuda".into(), ..k.clone() };
+    s.record(&cuda, &record("memo_trap", 4.0, 3)).unwrap();
+    let e = s.report_rows(Some("paper-2023")).unwrap_err().to_string();
+    assert!(e.contains("scored twice") && e.contains("memo_trap"), "{e}");
+}
+
+#[test]
 fn merge_is_idempotent_and_reports_conflicts() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b, c) = (dir.path().join("a.db"), dir.path().join("b.db"), dir.path().join("c.db"));
