@@ -409,6 +409,14 @@ impl Store {
         if std::fs::canonicalize(other).ok() == std::fs::canonicalize(&self.path).ok() {
             return Err(Error::file(other, "cannot merge a results store into itself"));
         }
+        // Only an lmscore store is merged: never create tables in someone else's database.
+        let probe = Connection::open(other).map_err(|e| db_err(other, "cannot open", e))?;
+        let is_store: Option<String> =
+            probe.query_row("SELECT value FROM meta WHERE key='schema_version'", [], |r| r.get(0)).optional().unwrap_or(None);
+        if is_store.is_none() {
+            return Err(Error::file(other, "not an lmscore results store (no schema_version in a meta table)"));
+        }
+        drop(probe);
         // Opening runs the same checks (schema version, WAL) and replays a WAL left by a killed writer.
         let src = Store::open(other)?;
         let oerr = |what: &'static str| move |e: rusqlite::Error| db_err(other, what, e);

@@ -166,6 +166,13 @@ fn merge_is_idempotent_and_reports_conflicts() {
     assert_eq!(fresh.merge_from(&a).unwrap().added, 3);
     assert!(fresh.merge_from(&dir.path().join("new.db")).is_err());
     assert!(fresh.merge_from(&dir.path().join("absent.db")).unwrap_err().to_string().contains("absent.db"));
+    // Another application's SQLite file is refused and left untouched.
+    let foreign = dir.path().join("foreign.db");
+    rusqlite::Connection::open(&foreign).unwrap().execute_batch("CREATE TABLE t (x INTEGER)").unwrap();
+    let e = fresh.merge_from(&foreign).unwrap_err().to_string();
+    assert!(e.contains("foreign.db") && e.contains("not an lmscore results store"), "{e}");
+    let tables: i64 = rusqlite::Connection::open(&foreign).unwrap().query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0)).unwrap();
+    assert_eq!(tables, 1);
 }
 
 #[test]
