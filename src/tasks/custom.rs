@@ -18,7 +18,7 @@
 //! naming its line, or is skipped and counted with `--skip-bad-rows`. The task's name is `custom:PATH` as
 //! given.
 
-use super::prize::build_doc;
+use super::prize::{build_doc, RawDoc};
 use super::{LoadedTask, Protocol, Scoring};
 use crate::error::{Error, Result};
 use crate::tokenizer::Tokenizer;
@@ -73,8 +73,9 @@ pub fn load(name: &str, path: &Path, protocol: Protocol, tokenizer: &Tokenizer, 
         if line.trim().is_empty() {
             continue;
         }
-        let doc = parse_row(line)
-            .and_then(|(context, choices, gold, delim)| build_doc(i + 1, context, choices, gold, vec![], &delim, protocol.pair_encoding(), tokenizer));
+        let doc = parse_row(line).and_then(|(context, choices, gold, delim)| {
+            build_doc(RawDoc { line: i + 1, context, choices, gold, labels: vec![] }, &delim, protocol.pair_encoding(), tokenizer)
+        });
         match doc {
             Ok(d) => docs.push(d),
             Err(_) if skip_bad_rows => skipped += 1,

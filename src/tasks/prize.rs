@@ -401,17 +401,19 @@ pub fn parse_row(line: &str, protocol: Protocol) -> std::result::Result<(String,
     Ok((prompt, choices, answer as usize))
 }
 
+/// A document before tokenisation.
+#[derive(Clone, Debug)]
+pub struct RawDoc {
+    pub line: usize,
+    pub context: String,
+    pub choices: Vec<String>,
+    pub gold: usize,
+    pub labels: Vec<u8>,
+}
+
 /// Build one doc's requests: continuation = `delimiter + choice`.
-pub fn build_doc(
-    line: usize,
-    context: String,
-    choices: Vec<String>,
-    gold: usize,
-    labels: Vec<u8>,
-    delimiter: &str,
-    how: PairEncoding,
-    tokenizer: &Tokenizer,
-) -> std::result::Result<Doc, String> {
+pub fn build_doc(raw: RawDoc, delimiter: &str, how: PairEncoding, tokenizer: &Tokenizer) -> std::result::Result<Doc, String> {
+    let RawDoc { line, context, choices, gold, labels } = raw;
     let continuations: Vec<String> = choices.iter().map(|c| format!("{delimiter}{c}")).collect();
     let enc = |s: &str| tokenizer.encode(s).map_err(|e| e.to_string());
     // The context's ids, encoded once for all choices.
@@ -472,7 +474,8 @@ pub fn load_file(path: &Path, protocol: Protocol, tokenizer: &Tokenizer, skip_ba
             continue;
         }
         let doc = parse_row(line, protocol).and_then(|(prompt, choices, gold)| {
-            build_doc(i + 1, prompt, choices, gold, vec![], protocol.prize_delimiter(), protocol.pair_encoding(), tokenizer)
+            let raw = RawDoc { line: i + 1, context: prompt, choices, gold, labels: vec![] };
+            build_doc(raw, protocol.prize_delimiter(), protocol.pair_encoding(), tokenizer)
         });
         match doc {
             Ok(d) => docs.push(d),

@@ -11,7 +11,7 @@
 //! protocols). MC1: the true answer is choice 0. MC2: see [`super::metrics::mc2_split`] / `mc2_fixed`.
 
 use super::hub::DataFile;
-use super::prize::build_doc;
+use super::prize::{build_doc, RawDoc};
 use super::{Doc, LoadOptions, LoadedTask, Protocol, Scoring};
 use crate::error::{Error, Result};
 use crate::tokenizer::Tokenizer;
@@ -101,7 +101,8 @@ pub fn load_file(name: &str, path: &Path, mc2: bool, protocol: Protocol, tokeniz
     let mut docs: Vec<Doc> = Vec::with_capacity(questions.len());
     for q in questions {
         let (choices, labels) = if mc2 { q.mc2 } else { q.mc1 };
-        match build_doc(q.line, context(&q.question), choices, 0, labels, " ", protocol.pair_encoding(), tokenizer) {
+        let raw = RawDoc { line: q.line, context: context(&q.question), choices, gold: 0, labels };
+        match build_doc(raw, " ", protocol.pair_encoding(), tokenizer) {
             Ok(d) => docs.push(d),
             Err(_) if skip_bad_rows => skipped += 1,
             Err(msg) => return Err(bad(path, is_jsonl, q.line, &msg)),
