@@ -13,8 +13,8 @@ pub struct Tokenizer {
 pub enum PairEncoding {
     /// Regime A (lm-eval before 2023-06, the paper): encode each string on its own.
     Separate,
-    /// Regime C (lm-eval >= 0.4): move the context's trailing whitespace to the continuation, encode
-    /// context+continuation, split at the context's token count.
+    /// Regime C (lm-eval >= 0.4): move the context's trailing whitespace to the continuation; the
+    /// continuation is what enc(context + continuation) has beyond enc(context)'s length.
     Joint,
 }
 
@@ -39,15 +39,17 @@ impl Tokenizer {
                 Ok((ctx, self.encode(continuation)?))
             }
             PairEncoding::Joint => {
-                let trimmed = context.trim_end();
-                let moved = &context[trimmed.len()..];
-                let continuation = format!("{moved}{continuation}");
-                let whole = self.encode(&format!("{trimmed}{continuation}"))?;
-                let n_ctx = self.encode(trimmed)?.len();
-                let (ctx, cont) = whole.split_at(n_ctx.min(whole.len()));
-                // lm-eval: an empty context is scored after <|endoftext|>.
-                let ctx = if ctx.is_empty() { vec![0] } else { ctx.to_vec() };
-                Ok((ctx, cont.to_vec()))
+                // lm-eval 0.4 `_encode_pair`: the context's trailing whitespace moves to the continuation;
+                // context ids = enc(context), continuation ids = enc(context + continuation)[len(context ids):].
+                // (Not the head of the joint encoding: the two differ when a token spans the boundary.)
+                if context.is_empty() {
+                    return Ok((vec![0], self.encode(continuation)?));
+                }
+                let trimmed = py_rstrip(context);
+                let ctx = self.encode(trimmed)?;
+                let whole = self.encode(&format!("{context}{continuation}"))?;
+                let cont = whole.get(ctx.len()..).unwrap_or(&[]).to_vec();
+                Ok((ctx, cont))
             }
         }
     }
@@ -55,4 +57,10 @@ impl Tokenizer {
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
+}
+
+/// Python's `str.rstrip()`: strips whitespace as `str.isspace` defines it (Rust's `White_Space` plus the
+/// separators U+001C..U+001F).
+pub fn py_rstrip(s: &str) -> &str {
+    s.trim_end_matches(|c: char| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c))
 }
