@@ -11,6 +11,7 @@
 //!   whole models within 5e-2 nats per scored token.
 //! - bf16: 1.6e-2 elementwise (4 ulps of 2^-8), 8e-3 for GEMMs, 3e-2 for attention;
 //!   whole models within 4e-1 nats per scored token.
+//!
 //! The whole-model half-precision bounds come from `half_precision_error_model`: rounding at the CUDA
 //! backend's rounding points alone costs up to 1.2e-2 (f16) and 1.2e-1 (bf16) nats per token on these
 //! fixtures (random weights with Pythia-like large q/k biases), so the bounds are ~3-4x that.

@@ -107,7 +107,9 @@ mod tests {
     use super::*;
     use crate::backend::AttnSegment;
 
-    fn layout(past_len: usize, segs: &[(u32, u32, &[(u32, u32)])]) -> BatchLayout {
+    type Seg<'a> = (u32, u32, &'a [(u32, u32)]);
+
+    fn layout(past_len: usize, segs: &[Seg]) -> BatchLayout {
         let t: u32 = segs.iter().map(|s| s.1).sum();
         BatchLayout {
             positions: (0..t).collect(),
