@@ -33,23 +33,38 @@ impl Tokenizer {
     }
 
     pub fn encode_pair(&self, context: &str, continuation: &str, how: PairEncoding) -> Result<(Vec<u32>, Vec<u32>)> {
+        let (ctx, mut conts) = self.encode_choices(context, &[continuation], how)?;
+        Ok((ctx, conts.pop().unwrap_or_default()))
+    }
+
+    /// One context with several continuations: the context's ids (encoded once) and each continuation's.
+    /// An empty context is scored after `<|endoftext|>` (id 0), as lm-eval does.
+    pub fn encode_choices<S: AsRef<str>>(&self, context: &str, continuations: &[S], how: PairEncoding) -> Result<(Vec<u32>, Vec<Vec<u32>>)> {
+        if context.is_empty() {
+            let conts = continuations.iter().map(|c| self.encode(c.as_ref())).collect::<Result<_>>()?;
+            return Ok((vec![0], conts));
+        }
         match how {
             PairEncoding::Separate => {
-                let ctx = if context.is_empty() { vec![0] } else { self.encode(context)? };
-                Ok((ctx, self.encode(continuation)?))
+                let conts = continuations.iter().map(|c| self.encode(c.as_ref())).collect::<Result<_>>()?;
+                Ok((self.encode(context)?, conts))
             }
             PairEncoding::Joint => {
                 // lm-eval 0.4 `_encode_pair`: the context's trailing whitespace moves to the continuation;
                 // context ids = enc(context), continuation ids = enc(context + continuation)[len(context ids):].
                 // (Not the head of the joint encoding: the two differ when a token spans the boundary.)
-                if context.is_empty() {
-                    return Ok((vec![0], self.encode(continuation)?));
-                }
                 let trimmed = py_rstrip(context);
+                if trimmed.is_empty() {
+                    return Err(Error::invalid(
+                        "the context is only whitespace: lm-eval 0.4 would score it with no context token at all, which lmscore does not support",
+                    ));
+                }
                 let ctx = self.encode(trimmed)?;
-                let whole = self.encode(&format!("{context}{continuation}"))?;
-                let cont = whole.get(ctx.len()..).unwrap_or(&[]).to_vec();
-                Ok((ctx, cont))
+                let conts = continuations
+                    .iter()
+                    .map(|c| Ok(self.encode(&format!("{context}{}", c.as_ref()))?.get(ctx.len()..).unwrap_or(&[]).to_vec()))
+                    .collect::<Result<_>>()?;
+                Ok((ctx, conts))
             }
         }
     }

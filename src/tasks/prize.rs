@@ -415,38 +415,15 @@ pub struct RawDoc {
 pub fn build_doc(raw: RawDoc, delimiter: &str, how: PairEncoding, tokenizer: &Tokenizer) -> std::result::Result<Doc, String> {
     let RawDoc { line, context, choices, gold, labels } = raw;
     let continuations: Vec<String> = choices.iter().map(|c| format!("{delimiter}{c}")).collect();
-    let enc = |s: &str| tokenizer.encode(s).map_err(|e| e.to_string());
-    // The context's ids, encoded once for all choices.
-    let trimmed = py_rstrip(&context);
-    let ctx_ids = if context.is_empty() {
-        vec![0]
-    } else {
-        match how {
-            PairEncoding::Separate => enc(&context)?,
-            PairEncoding::Joint if trimmed.is_empty() => {
-                return Err("the context is only whitespace: lm-eval 0.4 would score it with no context token at all, which lmscore does not support".into())
-            }
-            PairEncoding::Joint => enc(trimmed)?,
-        }
-    };
-    let mut requests = Vec::with_capacity(choices.len());
     for (i, cont) in continuations.iter().enumerate() {
         if cont.is_empty() {
             return Err(format!("choice {i} is empty and the delimiter is empty: there is nothing to score"));
         }
-        let continuation = match how {
-            // Regime A: each string on its own.
-            _ if context.is_empty() => enc(cont)?,
-            PairEncoding::Separate => enc(cont)?,
-            // Regime C (lm-eval >= 0.4 `_encode_pair`): the context's trailing whitespace moves to the
-            // continuation; continuation ids = enc(context + continuation)[len(enc(context)):], context ids
-            // = enc(context) (not the head of the joint encoding, which differs when a token spans the
-            // boundary).
-            PairEncoding::Joint => {
-                let whole = enc(&format!("{context}{cont}"))?;
-                whole.get(ctx_ids.len()..).unwrap_or(&[]).to_vec()
-            }
-        };
+    }
+    // Regime A encodes each string on its own; regime C (lm-eval >= 0.4 `_encode_pair`) is in `Tokenizer::encode_choices`.
+    let (ctx_ids, cont_ids) = tokenizer.encode_choices(&context, &continuations, how).map_err(|e| e.to_string())?;
+    let mut requests = Vec::with_capacity(choices.len());
+    for (i, (cont, continuation)) in continuations.iter().zip(cont_ids).enumerate() {
         if continuation.is_empty() {
             return Err(format!(
                 "choice {i} ({cont:?}) has no tokens of its own: the joint encoding merges it into the context's last token \
@@ -456,12 +433,6 @@ pub fn build_doc(raw: RawDoc, delimiter: &str, how: PairEncoding, tokenizer: &To
         requests.push(Request { context: ctx_ids.clone(), continuation });
     }
     Ok(Doc { line, context, choices, continuations, gold, labels, requests })
-}
-
-/// Python's `str.rstrip()`: strips Unicode whitespace as `str.isspace` defines it (Rust's `White_Space`
-/// plus U+001C..U+001F).
-pub fn py_rstrip(s: &str) -> &str {
-    s.trim_end_matches(|c: char| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c))
 }
 
 /// Read a release-format JSONL file. Bad rows fail with file and line, or are skipped and counted.
