@@ -15,7 +15,12 @@ fn mc_requests(r: &mut Rng, vocab: usize) -> Vec<Request> {
     (0..16)
         .flat_map(|_| {
             let context = [primer.clone(), r.tokens(30, vocab)].concat();
-            (0..4).map(|_| Request { context: context.clone(), continuation: r.tokens(8, vocab) }).collect::<Vec<_>>()
+            (0..4)
+                .map(|_| Request {
+                    context: context.clone(),
+                    continuation: r.tokens(8, vocab),
+                })
+                .collect::<Vec<_>>()
         })
         .collect()
 }
@@ -62,14 +67,19 @@ fn planner(c: &mut Criterion) {
         let doc: serde_json::Value = serde_json::from_str(line).unwrap();
         for key in ["mc1_continuation_ids", "mc2_continuation_ids"] {
             for cont in doc[key].as_array().unwrap() {
-                reqs.push(Request { context: ids(&doc["context_ids"]), continuation: ids(cont) });
+                reqs.push(Request {
+                    context: ids(&doc["context_ids"]),
+                    continuation: ids(cont),
+                });
             }
         }
     }
     let mut g = c.benchmark_group("planner");
     g.sample_size(10);
     g.throughput(Throughput::Elements(reqs.len() as u64));
-    g.bench_function("truthfulqa_mc1_mc2_9996_requests", |b| b.iter(|| plan::build(&reqs, 2048, 4096, true).unwrap()));
+    g.bench_function("truthfulqa_mc1_mc2_9996_requests", |b| {
+        b.iter(|| plan::build(&reqs, 2048, 4096, true).unwrap())
+    });
     g.finish();
 }
 

@@ -44,7 +44,8 @@ fn values(n: usize, a: f32, seed: u64) -> Vec<f32> {
 }
 
 fn weight(gpu: &CudaBackend, rows: usize, cols: usize, seed: u64) -> CudaTensor {
-    gpu.upload(&HostTensor::from_f32("w", vec![rows, cols], &values(rows * cols, 0.02, seed))).expect("upload")
+    gpu.upload(&HostTensor::from_f32("w", vec![rows, cols], &values(rows * cols, 0.02, seed)))
+        .expect("upload")
 }
 
 fn param(gpu: &CudaBackend, n: usize, seed: u64) -> CudaTensor {
@@ -54,7 +55,11 @@ fn param(gpu: &CudaBackend, n: usize, seed: u64) -> CudaTensor {
 fn one_segment(t: usize) -> BatchLayout {
     BatchLayout {
         positions: (0..t as u32).collect(),
-        segments: vec![AttnSegment { q_start: 0, q_len: t as u32, ancestors: vec![] }],
+        segments: vec![AttnSegment {
+            q_start: 0,
+            q_len: t as u32,
+            ancestors: vec![],
+        }],
         past_len: 0,
     }
 }
@@ -62,14 +67,26 @@ fn one_segment(t: usize) -> BatchLayout {
 /// A multiple-choice batch: 32 questions, each a 48-token context under a shared 512-token primer with
 /// 4 choices of 8 tokens (the tree attention's real shape).
 fn mc_layout() -> BatchLayout {
-    let mut segments = vec![AttnSegment { q_start: 0, q_len: 512, ancestors: vec![] }];
+    let mut segments = vec![AttnSegment {
+        q_start: 0,
+        q_len: 512,
+        ancestors: vec![],
+    }];
     let mut row = 512u32;
     for _ in 0..32 {
-        segments.push(AttnSegment { q_start: row, q_len: 48, ancestors: vec![(0, 512)] });
+        segments.push(AttnSegment {
+            q_start: row,
+            q_len: 48,
+            ancestors: vec![(0, 512)],
+        });
         let ctx = row;
         row += 48;
         for _ in 0..4 {
-            segments.push(AttnSegment { q_start: row, q_len: 8, ancestors: vec![(0, 512), (ctx, 48)] });
+            segments.push(AttnSegment {
+                q_start: row,
+                q_len: 8,
+                ancestors: vec![(0, 512), (ctx, 48)],
+            });
             row += 8;
         }
     }
@@ -80,7 +97,11 @@ fn mc_layout() -> BatchLayout {
             positions[(s.q_start + i) as usize] = start + i;
         }
     }
-    BatchLayout { positions, segments, past_len: 0 }
+    BatchLayout {
+        positions,
+        segments,
+        past_len: 0,
+    }
 }
 
 /// Attention FLOPs of a layout: 2 GEMM-like products (q.k and p.v) of 2 FLOPs per multiply-add.
@@ -102,7 +123,12 @@ fn sync(gpu: &CudaBackend) {
 fn bench_sizes(c: &mut Criterion, gpu: &CudaBackend) {
     for &(size, h, heads, ff, vocab) in &SIZES {
         let hd = h / heads;
-        let shape = AttnShape { heads, head_dim: hd, rotary_ndims: hd / 4, rotary_base: 10000.0 };
+        let shape = AttnShape {
+            heads,
+            head_dim: hd,
+            rotary_ndims: hd / 4,
+            rotary_base: 10000.0,
+        };
         let layout_host = one_segment(T);
         let layout: CudaLayout = gpu.prepare(&layout_host).expect("prepare");
         let x32 = gpu.from_host_as(T, h, &values(T * h, 1.0, 1), DType::F32).expect("x");
@@ -165,16 +191,22 @@ fn bench_sizes(c: &mut Criterion, gpu: &CudaBackend) {
         let mut qkv = gpu.from_host(T, 3 * h, &values(T * 3 * h, 1.0, 12)).expect("qkv");
         // Read + write of the rotated dims of q and k.
         g.throughput(Throughput::Bytes((T * heads * 2 * shape.rotary_ndims) as u64 * 2 * e));
-        g.bench_function(BenchmarkId::from_parameter(format!("{T} rows, {heads}x{hd}, rot {}", shape.rotary_ndims)), |b| {
-            b.iter(|| {
-                gpu.rotary(&mut qkv, &layout, shape).unwrap();
-                sync(gpu)
-            })
-        });
+        g.bench_function(
+            BenchmarkId::from_parameter(format!("{T} rows, {heads}x{hd}, rot {}", shape.rotary_ndims)),
+            |b| {
+                b.iter(|| {
+                    gpu.rotary(&mut qkv, &layout, shape).unwrap();
+                    sync(gpu)
+                })
+            },
+        );
         g.finish();
 
         let mut g = c.benchmark_group(format!("attention/{size}"));
-        for (name, l) in [("causal 2048", layout_host.clone()), ("multiple choice (primer + 32 questions x 4)", mc_layout())] {
+        for (name, l) in [
+            ("causal 2048", layout_host.clone()),
+            ("multiple choice (primer + 32 questions x 4)", mc_layout()),
+        ] {
             let t = l.tokens();
             let qkv = gpu.from_host(t, 3 * h, &values(t * 3 * h, 1.0, 13)).expect("qkv");
             let dl = gpu.prepare(&l).expect("prepare");
@@ -286,7 +318,10 @@ fn mc_requests() -> Vec<Request> {
         let mut ctx = primer.clone();
         ctx.extend((0..64).map(|i| (q * 101 + i * 7 + 3) % 50000));
         for c in 0..4u32 {
-            reqs.push(Request { context: ctx.clone(), continuation: (0..8).map(|i| (q * 17 + c * 5 + i + 11) % 50000).collect() });
+            reqs.push(Request {
+                context: ctx.clone(),
+                continuation: (0..8).map(|i| (q * 17 + c * 5 + i + 11) % 50000).collect(),
+            });
         }
     }
     reqs
@@ -300,9 +335,13 @@ fn bench_end_to_end(c: &mut Criterion, gpu: &CudaBackend) {
     g.throughput(Throughput::Elements(naive as u64));
     for (name, sharing) in [("prefix sharing", true), ("no sharing", false)] {
         let p = plan::build(&reqs, 2048, 8192, sharing).expect("plan");
-        g.bench_function(BenchmarkId::new(name, format!("{} requests, {naive} requested tokens, {} computed", reqs.len(), p.computed_tokens)), |b| {
-            b.iter(|| run_plan(gpu, &model, &p, |_| {}).unwrap())
-        });
+        g.bench_function(
+            BenchmarkId::new(
+                name,
+                format!("{} requests, {naive} requested tokens, {} computed", reqs.len(), p.computed_tokens),
+            ),
+            |b| b.iter(|| run_plan(gpu, &model, &p, |_| {}).unwrap()),
+        );
     }
     g.finish();
 }

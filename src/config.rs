@@ -66,13 +66,19 @@ impl ModelConfig {
         };
         let uint = |key: &str| -> std::result::Result<usize, String> {
             match v.get(key) {
-                Some(x) => x.as_u64().map(|n| n as usize).ok_or_else(|| format!("`{key}` is {x}, expected a non-negative integer")),
+                Some(x) => x
+                    .as_u64()
+                    .map(|n| n as usize)
+                    .ok_or_else(|| format!("`{key}` is {x}, expected a non-negative integer")),
                 None => Err(format!("missing `{key}` (expected a GPT-NeoX config.json)")),
             }
         };
         let float = |keys: &[&str], default: Option<f64>| -> std::result::Result<f32, String> {
             match pick(keys) {
-                Some(x) => x.as_f64().map(|f| f as f32).ok_or_else(|| format!("`{}` is {x}, expected a number", keys[0])),
+                Some(x) => x
+                    .as_f64()
+                    .map(|f| f as f32)
+                    .ok_or_else(|| format!("`{}` is {x}, expected a number", keys[0])),
                 None => default.map(|d| d as f32).ok_or_else(|| format!("missing `{}`", keys.join("` or `"))),
             }
         };
@@ -112,7 +118,10 @@ impl ModelConfig {
             return Err("hidden_size, num_attention_heads, num_hidden_layers and vocab_size must be positive".into());
         }
         if cfg.hidden_size % cfg.num_heads != 0 {
-            return Err(format!("hidden_size {} is not a multiple of num_attention_heads {}", cfg.hidden_size, cfg.num_heads));
+            return Err(format!(
+                "hidden_size {} is not a multiple of num_attention_heads {}",
+                cfg.hidden_size, cfg.num_heads
+            ));
         }
         if !(0.0..=1.0).contains(&cfg.rotary_pct) || cfg.rotary_ndims() % 2 != 0 {
             return Err(format!(
@@ -159,7 +168,10 @@ mod tests {
         let o = new.as_object_mut().unwrap();
         o.remove("partial_rotary_factor");
         o.remove("rope_theta");
-        o.insert("rope_parameters".into(), json!({"rope_type": "default", "partial_rotary_factor": 0.25, "rope_theta": 10000.0}));
+        o.insert(
+            "rope_parameters".into(),
+            json!({"rope_type": "default", "partial_rotary_factor": 0.25, "rope_theta": 10000.0}),
+        );
         assert_eq!(ModelConfig::from_json(&new).unwrap(), old);
     }
 

@@ -30,7 +30,13 @@ pub struct EngineOptions {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { device: Device::Cpu, dtype: None, max_batch_tokens: None, max_length: None, sharing: true }
+        EngineOptions {
+            device: Device::Cpu,
+            dtype: None,
+            max_batch_tokens: None,
+            max_length: None,
+            sharing: true,
+        }
     }
 }
 
@@ -106,7 +112,12 @@ impl Engine {
 
     /// Plan and score `requests`; results in request order. `on_progress(batch_tokens, total_tokens)` after
     /// each batch, counting computed tokens.
-    pub fn score(&self, requests: &[Request], opts: &EngineOptions, mut on_progress: impl FnMut(usize, usize)) -> Result<(Vec<RequestScore>, PlanStats)> {
+    pub fn score(
+        &self,
+        requests: &[Request],
+        opts: &EngineOptions,
+        mut on_progress: impl FnMut(usize, usize),
+    ) -> Result<(Vec<RequestScore>, PlanStats)> {
         let max_len = opts.max_length.unwrap_or(self.config().max_positions);
         if max_len > self.config().max_positions {
             return Err(Error::invalid(format!(

@@ -99,20 +99,32 @@ impl CheckpointSpec {
                 if model.chars().any(|c| c.is_whitespace() || c.is_control()) {
                     return Err(bad(&format!("name `{model}` contains whitespace")));
                 }
-                Ok(CheckpointSpec { model: model.into(), revision: revision.into(), source: Source::Local(PathBuf::from(dir)) })
+                Ok(CheckpointSpec {
+                    model: model.into(),
+                    revision: revision.into(),
+                    source: Source::Local(PathBuf::from(dir)),
+                })
             }
             None => {
                 if !valid_repo_id(model) {
                     return Err(bad(&format!("`{model}` is not a Hub model id (ORG/NAME)")));
                 }
-                Ok(CheckpointSpec { model: model.into(), revision: revision.into(), source: Source::Hub })
+                Ok(CheckpointSpec {
+                    model: model.into(),
+                    revision: revision.into(),
+                    source: Source::Hub,
+                })
             }
         }
     }
 
     /// Parse a comma-separated list.
     pub fn parse_list(list: &str) -> Result<Vec<CheckpointSpec>> {
-        let specs: Vec<CheckpointSpec> = list.split(',').filter(|s| !s.trim().is_empty()).map(CheckpointSpec::parse).collect::<Result<_>>()?;
+        let specs: Vec<CheckpointSpec> = list
+            .split(',')
+            .filter(|s| !s.trim().is_empty())
+            .map(CheckpointSpec::parse)
+            .collect::<Result<_>>()?;
         if specs.is_empty() {
             return Err(Error::invalid("--checkpoints: expected at least one checkpoint"));
         }
@@ -149,8 +161,12 @@ pub fn default_cache_dir() -> Result<PathBuf> {
 }
 
 /// The weight layouts a checkpoint may have, in order of preference: (index or single file).
-const LAYOUTS: [(&str, bool); 4] =
-    [("model.safetensors", false), ("model.safetensors.index.json", true), ("pytorch_model.bin", false), ("pytorch_model.bin.index.json", true)];
+const LAYOUTS: [(&str, bool); 4] = [
+    ("model.safetensors", false),
+    ("model.safetensors.index.json", true),
+    ("pytorch_model.bin", false),
+    ("pytorch_model.bin.index.json", true),
+];
 
 /// A local directory holding the checkpoint's config.json, tokenizer.json and weights, downloading what is
 /// missing unless offline.
@@ -158,7 +174,10 @@ pub fn resolve(spec: &CheckpointSpec, opts: &HubOptions) -> Result<PathBuf> {
     match &spec.source {
         Source::Local(dir) => {
             if !dir.is_dir() {
-                return Err(Error::file(dir, format!("checkpoint {}@{}: local model directory not found", spec.model, spec.revision)));
+                return Err(Error::file(
+                    dir,
+                    format!("checkpoint {}@{}: local model directory not found", spec.model, spec.revision),
+                ));
             }
             Ok(dir.clone())
         }
@@ -201,7 +220,13 @@ pub fn resolve_cached(spec: &CheckpointSpec, cache: &Path) -> std::result::Resul
         let r = repo.join("refs").join(&spec.revision);
         match std::fs::read_to_string(&r) {
             Ok(c) => c.trim().to_string(),
-            Err(_) => return Err(format!("revision {} was never downloaded ({} does not exist)", spec.revision, r.display())),
+            Err(_) => {
+                return Err(format!(
+                    "revision {} was never downloaded ({} does not exist)",
+                    spec.revision,
+                    r.display()
+                ))
+            }
         }
     };
     if commit.is_empty() || commit.contains(['/', '\\']) || commit.contains("..") {
@@ -242,7 +267,10 @@ fn cached_weights(dir: &Path) -> std::result::Result<Vec<String>, String> {
             files.extend(shards);
             return Ok(files);
         }
-        return Err(format!("shards {} of {name}", absent.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")));
+        return Err(format!(
+            "shards {} of {name}",
+            absent.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        ));
     }
     Err(format!("weights (one of {})", LAYOUTS.map(|l| l.0).join(", ")))
 }
@@ -251,12 +279,20 @@ fn cached_weights(dir: &Path) -> std::result::Result<Vec<String>, String> {
 pub fn index_shards(index: &Path) -> Result<Vec<String>> {
     let text = crate::error::read_to_string(index)?;
     let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::file(index, format!("not valid JSON: {e}")))?;
-    let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::file(index, "expected an object `weight_map`"))?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| Error::file(index, "expected an object `weight_map`"))?;
     let mut out: Vec<String> = Vec::new();
     for (tensor, f) in map {
-        let f = f.as_str().ok_or_else(|| Error::file(index, format!("weight_map[{tensor}] is not a file name")))?;
+        let f = f
+            .as_str()
+            .ok_or_else(|| Error::file(index, format!("weight_map[{tensor}] is not a file name")))?;
         if f.contains(['/', '\\']) || f.contains("..") || f.is_empty() {
-            return Err(Error::file(index, format!("weight_map[{tensor}] = {f:?} points outside the model directory")));
+            return Err(Error::file(
+                index,
+                format!("weight_map[{tensor}] = {f:?} points outside the model directory"),
+            ));
         }
         if !out.iter().any(|o| o == f) {
             out.push(f.to_string());
@@ -308,7 +344,10 @@ fn download(spec: &CheckpointSpec, cache: &Path, opts: &HubOptions) -> Result<Pa
             repo.get(&shard).map_err(|e| hub_err(&shard, e))?;
         }
     }
-    let dir = config.parent().map(Path::to_path_buf).ok_or_else(|| Error::file(&config, "downloaded file has no parent directory"))?;
+    let dir = config
+        .parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| Error::file(&config, "downloaded file has no parent directory"))?;
     Ok(dir)
 }
 
@@ -319,7 +358,11 @@ pub fn emergent_inabilities_checkpoints() -> Vec<CheckpointSpec> {
     SIZES
         .iter()
         .flat_map(|s| {
-            STEPS.iter().map(move |n| CheckpointSpec { model: format!("EleutherAI/pythia-{s}"), revision: format!("step{n}"), source: Source::Hub })
+            STEPS.iter().map(move |n| CheckpointSpec {
+                model: format!("EleutherAI/pythia-{s}"),
+                revision: format!("step{n}"),
+                source: Source::Hub,
+            })
         })
         .collect()
 }

@@ -6,7 +6,11 @@ use std::process::ExitCode;
 mod cli;
 
 #[derive(Parser)]
-#[command(name = "lmscore", version, about = "Fast, exact multiple-choice log-likelihood scoring of Pythia / GPT-NeoX checkpoints")]
+#[command(
+    name = "lmscore",
+    version,
+    about = "Fast, exact multiple-choice log-likelihood scoring of Pythia / GPT-NeoX checkpoints"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -76,7 +76,9 @@ pub struct KvCache<B: Backend> {
 
 impl<B: Backend> KvCache<B> {
     pub fn new(num_layers: usize) -> Self {
-        KvCache { layers: (0..num_layers).map(|_| None).collect() }
+        KvCache {
+            layers: (0..num_layers).map(|_| None).collect(),
+        }
     }
     pub fn len(&self) -> usize {
         self.layers.first().and_then(|l| l.as_ref()).map_or(0, |t| t.rows())
@@ -153,7 +155,11 @@ fn update_cache<B: Backend>(b: &B, past: Option<B::Tensor>, qkv: &B::Tensor, u: 
         Some(p) if !u.retain.is_empty() => Some(b.gather_rows(p, &u.retain)?),
         _ => None,
     };
-    let added = if u.append.is_empty() { None } else { Some(b.gather_rows(qkv, &u.append)?) };
+    let added = if u.append.is_empty() {
+        None
+    } else {
+        Some(b.gather_rows(qkv, &u.append)?)
+    };
     Ok(match (kept, added) {
         (Some(k), Some(a)) => Some(b.concat_rows(&k, &a)?),
         (k, a) => k.or(a),
@@ -170,7 +176,13 @@ pub fn score_rows<B: Backend>(b: &B, m: &Model<B>, hidden: &B::Tensor, targets: 
     let mut rows: Vec<u32> = targets.iter().map(|t| t.0).collect();
     rows.sort_unstable();
     rows.dedup();
-    let mut out = vec![TokenScore { logprob: 0.0, is_greedy: false }; targets.len()];
+    let mut out = vec![
+        TokenScore {
+            logprob: 0.0,
+            is_greedy: false
+        };
+        targets.len()
+    ];
     for chunk in rows.chunks(LOGIT_CHUNK_ROWS) {
         let x = b.gather_rows(hidden, chunk)?; // [R, h]
         let x = b.layernorm(&x, &m.final_ln_w, &m.final_ln_b, m.config.layer_norm_eps)?;

@@ -64,13 +64,17 @@ impl Plan {
 pub fn model_input(r: &Request, max_len: usize) -> Result<(Vec<u32>, usize)> {
     let n = r.continuation.len();
     if r.context.is_empty() {
-        return Err(Error::invalid("empty context: lm-eval scores an empty context after <|endoftext|>, so pass context_ids [0]"));
+        return Err(Error::invalid(
+            "empty context: lm-eval scores an empty context after <|endoftext|>, so pass context_ids [0]",
+        ));
     }
     if n == 0 {
         return Err(Error::invalid("empty continuation: there is nothing to score"));
     }
     if n > max_len {
-        return Err(Error::invalid(format!("continuation of {n} tokens is longer than the {max_len}-token context window")));
+        return Err(Error::invalid(format!(
+            "continuation of {n} tokens is longer than the {max_len}-token context window"
+        )));
     }
     let whole: Vec<u32> = r.context.iter().chain(&r.continuation).copied().collect();
     let seq = &whole[whole.len().saturating_sub(max_len + 1)..];
@@ -96,7 +100,14 @@ struct Tree {
 impl Tree {
     fn add_node(&mut self, parent: Option<usize>, tokens: Vec<u32>, start_pos: usize) -> usize {
         let id = self.nodes.len();
-        self.nodes.push(Node { tokens, parent, children: vec![], start_pos, batch: 0, row: 0 });
+        self.nodes.push(Node {
+            tokens,
+            parent,
+            children: vec![],
+            start_pos,
+            batch: 0,
+            row: 0,
+        });
         match parent {
             Some(p) => self.nodes[p].children.push(id),
             None => self.roots.push(id),
@@ -110,7 +121,14 @@ impl Tree {
         let children = std::mem::take(&mut self.nodes[id].children);
         let start = self.nodes[id].start_pos + at;
         let t = self.nodes.len();
-        self.nodes.push(Node { tokens: tail, parent: Some(id), children: children.clone(), start_pos: start, batch: 0, row: 0 });
+        self.nodes.push(Node {
+            tokens: tail,
+            parent: Some(id),
+            children: children.clone(),
+            start_pos: start,
+            batch: 0,
+            row: 0,
+        });
         for c in children {
             self.nodes[c].parent = Some(t);
         }
@@ -126,7 +144,11 @@ impl Tree {
                 Some(p) => &self.nodes[p].children,
                 None => &self.roots,
             };
-            let next = if share { siblings.iter().copied().find(|&c| self.nodes[c].tokens[0] == seq[i]) } else { None };
+            let next = if share {
+                siblings.iter().copied().find(|&c| self.nodes[c].tokens[0] == seq[i])
+            } else {
+                None
+            };
             let Some(node) = next else {
                 self.add_node(parent, seq[i..].to_vec(), i);
                 return;
@@ -157,7 +179,10 @@ pub fn build(requests: &[Request], max_len: usize, max_batch_tokens: usize, shar
     if max_batch_tokens == 0 {
         return Err(Error::invalid("--max-batch-tokens must be at least 1"));
     }
-    let mut tree = Tree { nodes: vec![], roots: vec![] };
+    let mut tree = Tree {
+        nodes: vec![],
+        roots: vec![],
+    };
     // Per request: the (node, offset) of each scored position and its target token.
     let mut scored: Vec<Vec<((usize, usize), u32)>> = Vec::with_capacity(requests.len());
     let mut inputs = Vec::with_capacity(requests.len());
@@ -209,7 +234,9 @@ pub fn build(requests: &[Request], max_len: usize, max_batch_tokens: usize, shar
     for &n in &order {
         let b = &mut batches[tree.nodes[n].batch];
         b.tokens.extend_from_slice(&tree.nodes[n].tokens);
-        b.layout.positions.extend((0..tree.nodes[n].tokens.len()).map(|o| (tree.nodes[n].start_pos + o) as u32));
+        b.layout
+            .positions
+            .extend((0..tree.nodes[n].tokens.len()).map(|o| (tree.nodes[n].start_pos + o) as u32));
     }
     // Walk the batches, tracking the cache contents as an ordered list of (node, rows).
     let mut cache: Vec<(usize, usize)> = vec![];
@@ -255,7 +282,11 @@ pub fn build(requests: &[Request], max_len: usize, max_batch_tokens: usize, shar
                     (start as u32, pn.tokens.len() as u32)
                 })
                 .collect();
-            batch.layout.segments.push(AttnSegment { q_start: node.row as u32, q_len: node.tokens.len() as u32, ancestors });
+            batch.layout.segments.push(AttnSegment {
+                q_start: node.row as u32,
+                q_len: node.tokens.len() as u32,
+                ancestors,
+            });
             if last_use[n] > bi {
                 appended.push(n);
             }
@@ -287,7 +318,11 @@ pub fn build(requests: &[Request], max_len: usize, max_batch_tokens: usize, shar
         for &((n, o), token) in targets {
             let node = &tree.nodes[n];
             distinct_rows.insert((n, o));
-            batches[node.batch].targets.push(Target { row: (node.row + o) as u32, token, request: ri as u32 });
+            batches[node.batch].targets.push(Target {
+                row: (node.row + o) as u32,
+                token,
+                request: ri as u32,
+            });
         }
     }
     Ok(Plan {
@@ -317,7 +352,11 @@ fn locate(tree: &Tree, input: &[u32], sharing: bool, request: usize) -> Vec<(usi
         if i == input.len() {
             return at;
         }
-        node = *tree.nodes[node].children.iter().find(|&&c| tree.nodes[c].tokens[0] == input[i]).expect("inserted");
+        node = *tree.nodes[node]
+            .children
+            .iter()
+            .find(|&&c| tree.nodes[c].tokens[0] == input[i])
+            .expect("inserted");
     }
 }
 

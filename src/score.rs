@@ -17,7 +17,14 @@ pub struct RequestScore {
 
 /// Run every batch of `plan`; `on_batch(tokens_in_batch)` is called after each (progress bars).
 pub fn run_plan<B: Backend>(b: &B, m: &Model<B>, plan: &Plan, mut on_batch: impl FnMut(usize)) -> Result<Vec<RequestScore>> {
-    let mut out = vec![RequestScore { logprob: 0.0, is_greedy: true, n_tokens: 0 }; plan.num_requests];
+    let mut out = vec![
+        RequestScore {
+            logprob: 0.0,
+            is_greedy: true,
+            n_tokens: 0
+        };
+        plan.num_requests
+    ];
     let mut cache = KvCache::new(m.layers.len());
     for batch in &plan.batches {
         let layout = b.prepare(&batch.layout)?;

@@ -62,7 +62,10 @@ pub fn ols(columns: &[&[f64]], y: &[f64]) -> Result<OlsFit> {
         return Err(Error::invalid("least squares: the design has no columns"));
     }
     if let Some(c) = columns.iter().find(|c| c.len() != n) {
-        return Err(Error::invalid(format!("least squares: a design column has {} values, expected {n} (one per observation)", c.len())));
+        return Err(Error::invalid(format!(
+            "least squares: a design column has {} values, expected {n} (one per observation)",
+            c.len()
+        )));
     }
     if n <= k {
         return Err(Error::invalid(format!(
@@ -82,9 +85,8 @@ pub fn ols(columns: &[&[f64]], y: &[f64]) -> Result<OlsFit> {
         }
         xty[i] = (0..n).map(|r| columns[i][r] * y[r]).sum();
     }
-    let inv = invert(&xtx).ok_or_else(|| {
-        Error::invalid("least squares: the design columns are linearly dependent (a predictor is constant or duplicates another)")
-    })?;
+    let inv = invert(&xtx)
+        .ok_or_else(|| Error::invalid("least squares: the design columns are linearly dependent (a predictor is constant or duplicates another)"))?;
     let beta: Vec<f64> = (0..k).map(|i| (0..k).map(|j| inv[i][j] * xty[j]).sum()).collect();
     let rss: f64 = (0..n)
         .map(|r| {
@@ -98,7 +100,12 @@ pub fn ols(columns: &[&[f64]], y: &[f64]) -> Result<OlsFit> {
         .map(|i| {
             let std_error = (sigma2 * inv[i][i]).sqrt();
             let t = beta[i] / std_error;
-            Coef { estimate: beta[i], std_error, t, p: t_two_sided_p(t, df as f64) }
+            Coef {
+                estimate: beta[i],
+                std_error,
+                t,
+                p: t_two_sided_p(t, df as f64),
+            }
         })
         .collect();
     Ok(OlsFit { coefs, df, rss })
@@ -201,17 +208,25 @@ pub fn interaction_model(params: &[f64], tokens: &[f64], acc: &[f64]) -> Result<
         return Err(Error::invalid("interaction model: params, tokens and accuracy differ in length"));
     }
     if let Some(v) = params.iter().chain(tokens).find(|v| !(**v > 0.0) || !v.is_finite()) {
-        return Err(Error::invalid(format!("interaction model: log10 needs positive finite params and tokens, got {v}")));
+        return Err(Error::invalid(format!(
+            "interaction model: log10 needs positive finite params and tokens, got {v}"
+        )));
     }
     let lp: Vec<f64> = params.iter().map(|v| v.log10()).collect();
     let lt: Vec<f64> = tokens.iter().map(|v| v.log10()).collect();
     let p = zscore(&lp).ok_or_else(|| Error::invalid("interaction model: every run has the same model size, so there is no size effect to fit"))?;
-    let t = zscore(&lt).ok_or_else(|| Error::invalid("interaction model: every run has the same checkpoint, so there is no training effect to fit"))?;
+    let t =
+        zscore(&lt).ok_or_else(|| Error::invalid("interaction model: every run has the same checkpoint, so there is no training effect to fit"))?;
     let y = zscore(acc).ok_or_else(|| Error::invalid("interaction model: accuracy is the same in every run, so it cannot be scaled"))?;
     let ones = vec![1.0; n];
     let pt: Vec<f64> = p.iter().zip(&t).map(|(a, b)| a * b).collect();
     let fit = ols(&[&ones, &p, &t, &pt], &y)?;
-    Ok(InteractionFit { params: fit.coefs[1], tokens: fit.coefs[2], interaction: fit.coefs[3], df: fit.df })
+    Ok(InteractionFit {
+        params: fit.coefs[1],
+        tokens: fit.coefs[2],
+        interaction: fit.coefs[3],
+        df: fit.df,
+    })
 }
 
 /// A quadratic `y ~ 1 + x + x^2` fitted by least squares (x centred on its mean for conditioning).
@@ -239,7 +254,11 @@ pub fn quadratic_fit(x: &[f64], y: &[f64]) -> Result<QuadraticFit> {
     let fit = ols(&[&ones, &xc, &x2], y)?;
     let (b1, b2) = (fit.coefs[1].estimate, fit.coefs[2].estimate);
     let vertex = if b2 == 0.0 { f64::NAN } else { mean - b1 / (2.0 * b2) };
-    Ok(QuadraticFit { curvature: fit.coefs[2], vertex, df: fit.df })
+    Ok(QuadraticFit {
+        curvature: fit.coefs[2],
+        vertex,
+        df: fit.df,
+    })
 }
 
 /// One-sided z test that `a` is larger than `b`, given their standard errors and treating them as
@@ -249,7 +268,13 @@ pub fn z_test_greater(a: f64, se_a: f64, b: f64, se_b: f64) -> (f64, f64) {
     let se = (se_a * se_a + se_b * se_b).sqrt();
     if se == 0.0 {
         // No sampling noise: the difference is certain.
-        return if diff > 0.0 { (f64::INFINITY, 0.0) } else if diff < 0.0 { (f64::NEG_INFINITY, 1.0) } else { (0.0, 0.5) };
+        return if diff > 0.0 {
+            (f64::INFINITY, 0.0)
+        } else if diff < 0.0 {
+            (f64::NEG_INFINITY, 1.0)
+        } else {
+            (0.0, 0.5)
+        };
     }
     let z = diff / se;
     (z, normal_sf(z))

@@ -147,7 +147,11 @@ impl From<&crate::tasks::TaskOutcome> for TaskRecord {
             metrics: o
                 .metrics
                 .iter()
-                .map(|m| MetricRow { name: m.name.clone(), value: m.value, stderr: m.stderr.is_finite().then_some(m.stderr) })
+                .map(|m| MetricRow {
+                    name: m.name.clone(),
+                    value: m.value,
+                    stderr: m.stderr.is_finite().then_some(m.stderr),
+                })
                 .collect(),
             requests: o
                 .requests
@@ -234,26 +238,41 @@ impl Store {
 
     fn init(&self) -> Result<()> {
         let c = &self.conn;
-        c.busy_timeout(std::time::Duration::from_secs(60)).map_err(self.err("setting the busy timeout"))?;
+        c.busy_timeout(std::time::Duration::from_secs(60))
+            .map_err(self.err("setting the busy timeout"))?;
         // `journal_mode` answers with the mode in effect; anything but wal means the file is not a writable
         // SQLite database (or lives on a file system without shared memory).
-        let mode: String =
-            c.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).map_err(|e| db_err(&self.path, "not a SQLite database (or not writable)", e))?;
+        let mode: String = c
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .map_err(|e| db_err(&self.path, "not a SQLite database (or not writable)", e))?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(Error::file(&self.path, format!("results store: could not switch to WAL mode (journal_mode is {mode})")));
+            return Err(Error::file(
+                &self.path,
+                format!("results store: could not switch to WAL mode (journal_mode is {mode})"),
+            ));
         }
-        c.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;").map_err(self.err("setting pragmas"))?;
-        c.execute_batch(SCHEMA).map_err(|e| db_err(&self.path, "not an lmscore results store (creating the schema failed)", e))?;
-        let version: Option<String> =
-            c.query_row("SELECT value FROM meta WHERE key='schema_version'", [], |r| r.get(0)).optional().map_err(self.err("reading meta"))?;
+        c.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
+            .map_err(self.err("setting pragmas"))?;
+        c.execute_batch(SCHEMA)
+            .map_err(|e| db_err(&self.path, "not an lmscore results store (creating the schema failed)", e))?;
+        let version: Option<String> = c
+            .query_row("SELECT value FROM meta WHERE key='schema_version'", [], |r| r.get(0))
+            .optional()
+            .map_err(self.err("reading meta"))?;
         match version {
             None => {
-                c.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?1)", [SCHEMA_VERSION.to_string()])
-                    .map_err(self.err("writing meta"))?;
+                c.execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?1)",
+                    [SCHEMA_VERSION.to_string()],
+                )
+                .map_err(self.err("writing meta"))?;
             }
             Some(v) if v == SCHEMA_VERSION.to_string() => {}
             Some(v) => {
-                return Err(Error::file(&self.path, format!("results store has schema version {v}, this lmscore reads version {SCHEMA_VERSION}")))
+                return Err(Error::file(
+                    &self.path,
+                    format!("results store has schema version {v}, this lmscore reads version {SCHEMA_VERSION}"),
+                ))
             }
         }
         Ok(())
@@ -314,7 +333,10 @@ impl Store {
         let path = self.path.clone();
         let path = path.as_path();
         let e = |what: &'static str| move |e: rusqlite::Error| db_err(path, &format!("{what} for {key} task {}", rec.task), e);
-        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(e("begin"))?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(e("begin"))?;
         let id = ensure_run(&tx, key, None).map_err(e("recording the run"))?;
         let done = tx
             .query_row("SELECT 1 FROM task_runs WHERE run_id=?1 AND task=?2", params![id, rec.task], |_| Ok(()))
@@ -374,7 +396,10 @@ impl Store {
             if let Some(other) = seen.insert((r.model.clone(), r.revision.clone(), task.clone()), run.clone()) {
                 return Err(Error::file(
                     &self.path,
-                    format!("{}@{} task {} was scored twice ({other} and {run}); choose a protocol or split the store", r.model, r.revision, r.task),
+                    format!(
+                        "{}@{} task {} was scored twice ({other} and {run}); choose a protocol or split the store",
+                        r.model, r.revision, r.task
+                    ),
                 ));
             }
             out.push(crate::report::ResultRow {
@@ -411,8 +436,10 @@ impl Store {
         }
         // Only an lmscore store is merged: never create tables in someone else's database.
         let probe = Connection::open(other).map_err(|e| db_err(other, "cannot open", e))?;
-        let is_store: Option<String> =
-            probe.query_row("SELECT value FROM meta WHERE key='schema_version'", [], |r| r.get(0)).optional().unwrap_or(None);
+        let is_store: Option<String> = probe
+            .query_row("SELECT value FROM meta WHERE key='schema_version'", [], |r| r.get(0))
+            .optional()
+            .unwrap_or(None);
         if is_store.is_none() {
             return Err(Error::file(other, "not an lmscore results store (no schema_version in a meta table)"));
         }
@@ -430,7 +457,13 @@ impl Store {
                 .query_map([], |r| {
                     Ok((
                         r.get::<_, i64>(0)?,
-                        RunKey { model: r.get(1)?, revision: r.get(2)?, dtype: r.get(3)?, protocol: r.get(4)?, device: r.get(5)? },
+                        RunKey {
+                            model: r.get(1)?,
+                            revision: r.get(2)?,
+                            dtype: r.get(3)?,
+                            protocol: r.get(4)?,
+                            device: r.get(5)?,
+                        },
                         (r.get::<_, String>(6)?, r.get::<_, String>(7)?, r.get::<_, Option<String>>(8)?),
                     ))
                 })
@@ -440,7 +473,10 @@ impl Store {
         let path = self.path.clone();
         let path = path.as_path();
         let e = |what: &'static str| move |e: rusqlite::Error| db_err(path, what, e);
-        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(e("begin"))?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(e("begin"))?;
         for (src_id, key, (version, started_at, finished_at)) in runs {
             let id = ensure_run(&tx, &key, Some((&version, &started_at))).map_err(e("merging a run"))?;
             let tasks: Vec<(String, String, String)> = {
@@ -448,24 +484,33 @@ impl Store {
                     .conn
                     .prepare("SELECT task, lmscore_version, finished_at FROM task_runs WHERE run_id=?1 ORDER BY task")
                     .map_err(oerr("reading tasks"))?;
-                let rows = st.query_map([src_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).map_err(oerr("reading tasks"))?;
+                let rows = st
+                    .query_map([src_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .map_err(oerr("reading tasks"))?;
                 rows.collect::<std::result::Result<_, _>>().map_err(oerr("reading tasks"))?
             };
             for (task, task_version, task_finished) in tasks {
-                let theirs = read_task(&src.conn, src_id, &task).map_err(oerr("reading a task"))?.expect("listed above");
+                let theirs = read_task(&src.conn, src_id, &task)
+                    .map_err(oerr("reading a task"))?
+                    .expect("listed above");
                 match read_task(&tx, id, &task).map_err(e("reading a task"))? {
                     None => {
                         insert_task(&tx, id, &theirs, &task_version, Some(&task_finished)).map_err(e("writing a task"))?;
                         report.added += 1;
                     }
                     Some(ours) if ours.same_results(&theirs) => report.identical += 1,
-                    Some(ours) => report.conflicts.push(format!("{key} task {task}: {}", describe_difference(&ours, &theirs))),
+                    Some(ours) => report
+                        .conflicts
+                        .push(format!("{key} task {task}: {}", describe_difference(&ours, &theirs))),
                 }
             }
             if let Some(f) = finished_at {
                 // Finished if either side finished it; keep the later time.
-                tx.execute("UPDATE runs SET finished_at=max(coalesce(finished_at, ''), ?2) WHERE id=?1", params![id, f])
-                    .map_err(e("merging a run"))?;
+                tx.execute(
+                    "UPDATE runs SET finished_at=max(coalesce(finished_at, ''), ?2) WHERE id=?1",
+                    params![id, f],
+                )
+                .map_err(e("merging a run"))?;
             }
         }
         tx.commit().map_err(e("commit"))?;
@@ -479,7 +524,10 @@ impl Store {
 fn crash_point() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static WRITES: AtomicUsize = AtomicUsize::new(0);
-    if let Some(n) = std::env::var("LMSCORE_TEST_ABORT_IN_TRANSACTION").ok().and_then(|v| v.parse::<usize>().ok()) {
+    if let Some(n) = std::env::var("LMSCORE_TEST_ABORT_IN_TRANSACTION")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
         if WRITES.fetch_add(1, Ordering::SeqCst) + 1 == n {
             eprintln!("LMSCORE_TEST_ABORT_IN_TRANSACTION={n}: aborting inside the store transaction");
             std::process::abort();
@@ -511,7 +559,15 @@ fn insert_task(tx: &Transaction, run: i64, rec: &TaskRecord, version: &str, fini
         let mut st =
             tx.prepare_cached("INSERT INTO requests (run_id, task, doc, choice, logprob, is_greedy, n_tokens) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?;
         for r in &rec.requests {
-            st.execute(params![run, rec.task, r.doc as i64, r.choice as i64, r.logprob, r.is_greedy, r.n_tokens as i64])?;
+            st.execute(params![
+                run,
+                rec.task,
+                r.doc as i64,
+                r.choice as i64,
+                r.logprob,
+                r.is_greedy,
+                r.n_tokens as i64
+            ])?;
         }
         let mut st = tx.prepare_cached("INSERT INTO task_results (run_id, task, metric, value, stderr, n) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?;
         for m in &rec.metrics {
@@ -543,14 +599,28 @@ fn read_task(c: &Connection, run: i64, task: &str) -> rusqlite::Result<Option<Ta
         .query_row(
             "SELECT n_docs, skipped_rows, naive_tokens, computed_tokens, seconds FROM task_runs WHERE run_id=?1 AND task=?2",
             params![run, task],
-            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?, r.get::<_, f64>(4)?)),
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, f64>(4)?,
+                ))
+            },
         )
         .optional()?;
-    let Some((n_docs, skipped, naive, computed, seconds)) = head else { return Ok(None) };
+    let Some((n_docs, skipped, naive, computed, seconds)) = head else {
+        return Ok(None);
+    };
     let mut st = c.prepare_cached("SELECT metric, value, stderr FROM task_results WHERE run_id=?1 AND task=?2 ORDER BY metric")?;
     let metrics = st
         .query_map(params![run, task], |r| {
-            Ok(MetricRow { name: r.get(0)?, value: r.get::<_, Option<f64>>(1)?.unwrap_or(f64::NAN), stderr: r.get(2)? })
+            Ok(MetricRow {
+                name: r.get(0)?,
+                value: r.get::<_, Option<f64>>(1)?.unwrap_or(f64::NAN),
+                stderr: r.get(2)?,
+            })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let mut st =
@@ -584,7 +654,16 @@ fn completed(c: &Connection) -> rusqlite::Result<Vec<(RunKey, String)>> {
          ORDER BY r.model, r.revision, r.dtype, r.protocol, r.device, t.task",
     )?;
     let rows = st.query_map([], |r| {
-        Ok((RunKey { model: r.get(0)?, revision: r.get(1)?, dtype: r.get(2)?, protocol: r.get(3)?, device: r.get(4)? }, r.get(5)?))
+        Ok((
+            RunKey {
+                model: r.get(0)?,
+                revision: r.get(1)?,
+                dtype: r.get(2)?,
+                protocol: r.get(3)?,
+                device: r.get(4)?,
+            },
+            r.get(5)?,
+        ))
     })?;
     rows.collect()
 }
@@ -596,7 +675,11 @@ impl TaskRecord {
             && self.n_docs == other.n_docs
             && self.skipped_rows == other.skipped_rows
             && self.metrics.len() == other.metrics.len()
-            && self.metrics.iter().zip(&other.metrics).all(|(a, b)| a.name == b.name && same(a.value, b.value) && a.stderr == b.stderr)
+            && self
+                .metrics
+                .iter()
+                .zip(&other.metrics)
+                .all(|(a, b)| a.name == b.name && same(a.value, b.value) && a.stderr == b.stderr)
             && self.requests == other.requests
     }
 }

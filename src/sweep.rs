@@ -37,7 +37,9 @@ pub const PRESET_EMERGENT_INABILITIES: &str = "emergent-inabilities";
 pub fn preset(name: &str) -> Result<(Vec<CheckpointSpec>, String)> {
     match name {
         PRESET_EMERGENT_INABILITIES => Ok((hub::emergent_inabilities_checkpoints(), "all".to_string())),
-        other => Err(Error::invalid(format!("unknown preset `{other}`; known presets: {PRESET_EMERGENT_INABILITIES}"))),
+        other => Err(Error::invalid(format!(
+            "unknown preset `{other}`; known presets: {PRESET_EMERGENT_INABILITIES}"
+        ))),
     }
 }
 
@@ -120,7 +122,13 @@ pub fn run_key(spec: &CheckpointSpec, protocol: Protocol, engine: &EngineOptions
         Device::Cpu => "cpu",
         Device::Cuda => "cuda",
     };
-    RunKey { model: spec.model.clone(), revision: spec.revision.clone(), dtype, protocol: protocol.name().into(), device: device.into() }
+    RunKey {
+        model: spec.model.clone(),
+        revision: spec.revision.clone(),
+        dtype,
+        protocol: protocol.name().into(),
+        device: device.into(),
+    }
 }
 
 /// A checkpoint fetched and opened by the background thread.
@@ -143,7 +151,10 @@ pub fn run(opts: &SweepOptions) -> Result<SweepSummary> {
         }
     }
     let units = shard_units(opts.checkpoints.len(), opts.tasks.len(), opts.shard);
-    let mut summary = SweepSummary { units: units.len(), ..Default::default() };
+    let mut summary = SweepSummary {
+        units: units.len(),
+        ..Default::default()
+    };
     // Pending task indices per checkpoint, in order.
     let mut pending: Vec<(usize, Vec<usize>)> = Vec::new();
     for &(c, t) in &units {
@@ -158,7 +169,11 @@ pub fn run(opts: &SweepOptions) -> Result<SweepSummary> {
     }
 
     let visible = opts.progress && std::io::stderr().is_terminal();
-    let multi = MultiProgress::with_draw_target(if visible { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() });
+    let multi = MultiProgress::with_draw_target(if visible {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    });
     let log = |msg: String| {
         if visible {
             let _ = multi.println(&msg);
@@ -208,7 +223,9 @@ pub fn run(opts: &SweepOptions) -> Result<SweepSummary> {
         let spec = &opts.checkpoints[*c];
         let key = &keys[*c];
         sweep_bar.set_message(format!("{spec}"));
-        let fetched = rx.recv().map_err(|_| Error::invalid("the checkpoint fetch thread stopped unexpectedly"))?;
+        let fetched = rx
+            .recv()
+            .map_err(|_| Error::invalid("the checkpoint fetch thread stopped unexpectedly"))?;
         debug_assert_eq!(fetched.0, *c);
         let (dir, ckpt) = match fetched.1 {
             Ok(x) => x,
@@ -223,8 +240,16 @@ pub fn run(opts: &SweepOptions) -> Result<SweepSummary> {
         let tok_bytes = std::fs::read(&tok_path).map_err(|e| Error::io(&tok_path, e))?;
         if task_cache.as_ref().is_none_or(|(b, _)| *b != tok_bytes) {
             let tokenizer = Tokenizer::from_file(&tok_path)?;
-            let lo = LoadOptions { data_dir: opts.data_dir.clone(), skip_bad_rows: opts.skip_bad_rows, offline: opts.hub.offline };
-            let loaded = opts.tasks.iter().map(|t| tasks::load_task(t, opts.protocol, &tokenizer, &lo)).collect::<Result<Vec<_>>>()?;
+            let lo = LoadOptions {
+                data_dir: opts.data_dir.clone(),
+                skip_bad_rows: opts.skip_bad_rows,
+                offline: opts.hub.offline,
+            };
+            let loaded = opts
+                .tasks
+                .iter()
+                .map(|t| tasks::load_task(t, opts.protocol, &tokenizer, &lo))
+                .collect::<Result<Vec<_>>>()?;
             task_cache = Some((tok_bytes, loaded));
         }
         let all_tasks = &task_cache.as_ref().expect("loaded above").1;
@@ -241,7 +266,14 @@ pub fn run(opts: &SweepOptions) -> Result<SweepSummary> {
             }
         }
         // The run is finished when every task of the sweep is complete for it (other shards included).
-        if opts.tasks.iter().map(|t| store.is_done(key, t)).collect::<Result<Vec<bool>>>()?.into_iter().all(|d| d) {
+        if opts
+            .tasks
+            .iter()
+            .map(|t| store.is_done(key, t))
+            .collect::<Result<Vec<bool>>>()?
+            .into_iter()
+            .all(|d| d)
+        {
             store.finish_run(key)?;
         }
     }
@@ -264,10 +296,17 @@ pub fn run(opts: &SweepOptions) -> Result<SweepSummary> {
 /// are ignored: this only saves time.
 fn warm_page_cache(dir: &std::path::Path) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
-    let files: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "safetensors")).collect();
+    let files: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
     let total: u64 = files.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
     let available = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
-        m.lines().find(|l| l.starts_with("MemAvailable:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()).map(|kb| kb * 1024)
+        m.lines()
+            .find(|l| l.starts_with("MemAvailable:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .map(|kb| kb * 1024)
     });
     if available.is_none_or(|a| total > a / 2) {
         return;
@@ -315,7 +354,9 @@ fn score_checkpoint(
     for g in &groups {
         let reqs: Vec<_> = g.iter().flat_map(|t| t.requests().cloned()).collect();
         if !reqs.is_empty() {
-            total += crate::plan::build(&reqs, max_len, usize::MAX, opts.engine.sharing).map(|p| p.computed_tokens as u64).unwrap_or(0);
+            total += crate::plan::build(&reqs, max_len, usize::MAX, opts.engine.sharing)
+                .map(|p| p.computed_tokens as u64)
+                .unwrap_or(0);
         }
     }
     let bar = multi.add(ProgressBar::new(total));
@@ -334,7 +375,10 @@ fn score_checkpoint(
             Ok(o) => o,
             Err(e) => {
                 bar.finish_and_clear();
-                return Err(ScoreError::Checkpoint(Error::invalid(format!("scoring {}: {e}", names.join("+"))), stored));
+                return Err(ScoreError::Checkpoint(
+                    Error::invalid(format!("scoring {}: {e}", names.join("+"))),
+                    stored,
+                ));
             }
         };
         for o in &outcomes {

@@ -28,7 +28,10 @@ impl Tokenizer {
     }
 
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, false).map_err(|e| Error::invalid(format!("tokenizer failed on {text:?}: {e}")))?;
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| Error::invalid(format!("tokenizer failed on {text:?}: {e}")))?;
         Ok(enc.get_ids().to_vec())
     }
 

@@ -58,11 +58,16 @@ fn rewrite_safetensors(dir: &Path, edit: impl FnOnce(&mut HashMap<String, (Dtype
     let path = dir.join("model.safetensors");
     let bytes = std::fs::read(&path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut tensors: HashMap<String, (Dtype, Vec<usize>, Vec<u8>)> =
-        st.tensors().into_iter().map(|(n, v)| (n, (v.dtype(), v.shape().to_vec(), v.data().to_vec()))).collect();
+    let mut tensors: HashMap<String, (Dtype, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, (v.dtype(), v.shape().to_vec(), v.data().to_vec())))
+        .collect();
     edit(&mut tensors);
-    let views: Vec<(String, TensorView)> =
-        tensors.iter().map(|(n, (d, s, b))| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .map(|(n, (d, s, b))| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
     std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
 }
 
@@ -70,7 +75,12 @@ fn rewrite_safetensors(dir: &Path, edit: impl FnOnce(&mut HashMap<String, (Dtype
 fn a_good_run_writes_rows_in_input_order() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.jsonl");
-    let rows = [GOOD_ROW, "", r#"{"id": 7, "context_ids": [9], "continuation_ids": [4]}"#, r#"{"id": "c", "context_ids": [1, 2, 3], "continuation_ids": [4]}"#];
+    let rows = [
+        GOOD_ROW,
+        "",
+        r#"{"id": 7, "context_ids": [9], "continuation_ids": [4]}"#,
+        r#"{"id": "c", "context_ids": [1, 2, 3], "continuation_ids": [4]}"#,
+    ];
     write(&input, &rows.join("\n"));
     let out = dir.path().join("out.jsonl");
     let status = Command::new(env!("CARGO_BIN_EXE_lmscore"))
@@ -83,7 +93,11 @@ fn a_good_run_writes_rows_in_input_order() {
         .status()
         .unwrap();
     assert!(status.success());
-    let got: Vec<serde_json::Value> = std::fs::read_to_string(&out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let got: Vec<serde_json::Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(got.len(), 3, "blank lines are skipped, every other row answered");
     assert_eq!(got[0]["id"], "a");
     assert_eq!(got[1]["id"], 7);
@@ -96,7 +110,11 @@ fn a_good_run_writes_rows_in_input_order() {
 
 #[test]
 fn missing_model_directory_and_config() {
-    expect_error(Path::new("/nonexistent/model"), GOOD_ROW, &["/nonexistent/model", "model directory not found"]);
+    expect_error(
+        Path::new("/nonexistent/model"),
+        GOOD_ROW,
+        &["/nonexistent/model", "model directory not found"],
+    );
     let dir = copy_model("neox-seq");
     std::fs::remove_file(dir.path().join("config.json")).unwrap();
     expect_error(dir.path(), GOOD_ROW, &["config.json", "missing"]);
@@ -137,8 +155,15 @@ fn missing_tensor() {
 fn wrong_shape_names_the_tensor_and_both_shapes() {
     let dir = copy_model("neox-seq");
     let cfg = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
-    write(&dir.path().join("config.json"), &cfg.replace("\"intermediate_size\": 256", "\"intermediate_size\": 128"));
-    expect_error(dir.path(), GOOD_ROW, &["gpt_neox.layers.0.mlp.dense_h_to_4h.weight", "[256, 64]", "[128, 64]"]);
+    write(
+        &dir.path().join("config.json"),
+        &cfg.replace("\"intermediate_size\": 256", "\"intermediate_size\": 128"),
+    );
+    expect_error(
+        dir.path(),
+        GOOD_ROW,
+        &["gpt_neox.layers.0.mlp.dense_h_to_4h.weight", "[256, 64]", "[128, 64]"],
+    );
 }
 
 #[test]
@@ -156,34 +181,69 @@ fn malformed_rows_report_their_line() {
     let m = fixture("neox-seq");
     expect_error(&m, &format!("{GOOD_ROW}\n{{\"id\": 2, \"context\": "), &["in.jsonl:2", "not valid JSON"]);
     expect_error(&m, &format!("{GOOD_ROW}\n\n[1, 2]"), &["in.jsonl:3", "JSON object"]);
-    expect_error(&m, &format!("{GOOD_ROW}\n{{\"id\": 2, \"context_ids\": [1]}}"), &["in.jsonl:2", "continuation_ids"]);
-    expect_error(&m, r#"{"id": 1, "context_ids": [1, -2], "continuation_ids": [3]}"#, &["in.jsonl:1", "non-negative token ids"]);
-    expect_error(&m, r#"{"id": 1, "context_ids": [1], "continuation_ids": [3000]}"#, &["in.jsonl:1", "token id 3000", "vocabulary of 512"]);
+    expect_error(
+        &m,
+        &format!("{GOOD_ROW}\n{{\"id\": 2, \"context_ids\": [1]}}"),
+        &["in.jsonl:2", "continuation_ids"],
+    );
+    expect_error(
+        &m,
+        r#"{"id": 1, "context_ids": [1, -2], "continuation_ids": [3]}"#,
+        &["in.jsonl:1", "non-negative token ids"],
+    );
+    expect_error(
+        &m,
+        r#"{"id": 1, "context_ids": [1], "continuation_ids": [3000]}"#,
+        &["in.jsonl:1", "token id 3000", "vocabulary of 512"],
+    );
 }
 
 #[test]
 fn empty_continuation_and_empty_context() {
     let m = fixture("neox-seq");
-    expect_error(&m, r#"{"id": 1, "context_ids": [1, 2], "continuation_ids": []}"#, &["in.jsonl:1", "empty continuation"]);
-    expect_error(&m, r#"{"id": 1, "context_ids": [], "continuation_ids": [5]}"#, &["in.jsonl:1", "empty context"]);
-    expect_error(&fixture("pythia-tiny"), r#"{"id": 1, "context": "Hello", "continuation": ""}"#, &["in.jsonl:1", "empty continuation"]);
+    expect_error(
+        &m,
+        r#"{"id": 1, "context_ids": [1, 2], "continuation_ids": []}"#,
+        &["in.jsonl:1", "empty continuation"],
+    );
+    expect_error(
+        &m,
+        r#"{"id": 1, "context_ids": [], "continuation_ids": [5]}"#,
+        &["in.jsonl:1", "empty context"],
+    );
+    expect_error(
+        &fixture("pythia-tiny"),
+        r#"{"id": 1, "context": "Hello", "continuation": ""}"#,
+        &["in.jsonl:1", "empty continuation"],
+    );
 }
 
 #[test]
 fn sequences_past_the_context_window() {
     let m = fixture("neox-seq"); // max_position_embeddings 128
-    // A long context is truncated from the left, as lm-eval does: not an error.
+                                 // A long context is truncated from the left, as lm-eval does: not an error.
     let long_ctx: Vec<String> = (0..300).map(|i| (i % 500).to_string()).collect();
-    let (ok, stderr) = score(&m, &format!(r#"{{"id": 1, "context_ids": [{}], "continuation_ids": [3, 4]}}"#, long_ctx.join(",")));
+    let (ok, stderr) = score(
+        &m,
+        &format!(r#"{{"id": 1, "context_ids": [{}], "continuation_ids": [3, 4]}}"#, long_ctx.join(",")),
+    );
     assert!(ok, "{stderr}");
     // A continuation that alone exceeds the window cannot be scored.
     let long_cont: Vec<String> = (0..129).map(|i| (i % 500).to_string()).collect();
-    expect_error(&m, &format!(r#"{{"id": 1, "context_ids": [1], "continuation_ids": [{}]}}"#, long_cont.join(",")), &["in.jsonl:1", "128-token context window"]);
+    expect_error(
+        &m,
+        &format!(r#"{{"id": 1, "context_ids": [1], "continuation_ids": [{}]}}"#, long_cont.join(",")),
+        &["in.jsonl:1", "128-token context window"],
+    );
 }
 
 #[test]
 fn text_input_without_a_tokenizer() {
-    expect_error(&fixture("neox-seq"), r#"{"id": 1, "context": "Hello", "continuation": " world"}"#, &["tokenizer.json", "not found"]);
+    expect_error(
+        &fixture("neox-seq"),
+        r#"{"id": 1, "context": "Hello", "continuation": " world"}"#,
+        &["tokenizer.json", "not found"],
+    );
 }
 
 #[test]
@@ -205,5 +265,8 @@ fn cuda_without_a_driver_is_a_clear_error() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && stderr.contains("no CUDA driver/device found") && !stderr.contains("panicked"), "{stderr}");
+    assert!(
+        !out.status.success() && stderr.contains("no CUDA driver/device found") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
 }

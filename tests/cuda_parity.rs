@@ -66,11 +66,21 @@ fn eps(dt: DType) -> f32 {
 
 /// Panic with seed, shape and the worst index unless |got[i] - want[i]| <= tol(i) everywhere.
 fn assert_close(what: &str, seed: u64, shape: &str, got: &[f32], want: &[f32], tol: impl Fn(usize) -> f32) {
-    assert_eq!(got.len(), want.len(), "{what} (seed {seed}, {shape}): {} values, expected {}", got.len(), want.len());
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{what} (seed {seed}, {shape}): {} values, expected {}",
+        got.len(),
+        want.len()
+    );
     let mut worst: Option<(usize, f32)> = None;
     for i in 0..got.len() {
         let d = (got[i] - want[i]).abs();
-        let ratio = if d.is_nan() || got[i].is_nan() != want[i].is_nan() { f32::INFINITY } else { d / tol(i).max(f32::MIN_POSITIVE) };
+        let ratio = if d.is_nan() || got[i].is_nan() != want[i].is_nan() {
+            f32::INFINITY
+        } else {
+            d / tol(i).max(f32::MIN_POSITIVE)
+        };
         if ratio > 1.0 && worst.is_none_or(|(_, r)| ratio > r) {
             worst = Some((i, ratio));
         }
@@ -109,7 +119,11 @@ fn act(gpu: &CudaBackend, rows: usize, cols: usize, v: &[f32], dt: DType) -> (lm
 fn backends(test: &str) -> Vec<CudaBackend> {
     let Some(first) = cuda_or_skip(test, DTYPES[0]) else { return vec![] };
     let mut v = vec![first];
-    v.extend(DTYPES[1..].iter().map(|&dt| CudaBackend::new(0, dt).unwrap_or_else(|e| panic!("{test}: CudaBackend::new({dt:?}): {e}"))));
+    v.extend(
+        DTYPES[1..]
+            .iter()
+            .map(|&dt| CudaBackend::new(0, dt).unwrap_or_else(|e| panic!("{test}: CudaBackend::new({dt:?}): {e}"))),
+    );
     v
 }
 
@@ -117,12 +131,23 @@ fn backends(test: &str) -> Vec<CudaBackend> {
 fn embedding_matches_cpu() {
     for gpu in backends("embedding_matches_cpu") {
         let dt = gpu.dtype();
-        for (seed, v, h, ids) in [(1u64, 37usize, 100usize, vec![0u32, 36, 5, 5, 17]), (2, 50, 64, vec![49]), (3, 1000, 160, (0..300).map(|i| (i * 7) % 1000).collect())] {
+        for (seed, v, h, ids) in [
+            (1u64, 37usize, 100usize, vec![0u32, 36, 5, 5, 17]),
+            (2, 50, 64, vec![49]),
+            (3, 1000, 160, (0..300).map(|i| (i * 7) % 1000).collect()),
+        ] {
             let mut rng = Rng::new(seed);
             let (tg, tc) = weight(&gpu, "embed", v, h, &rng.vec(v * h, 1.0));
             let got = gpu.to_host(&gpu.embedding(&tg, &ids).unwrap()).unwrap();
             let want = Cpu.embedding(&tc, &ids).unwrap().data;
-            assert_close("embedding", seed, &format!("[{v}, {h}] {} ids {}", ids.len(), dt_name(dt)), &got, &want, |_| 0.0);
+            assert_close(
+                "embedding",
+                seed,
+                &format!("[{v}, {h}] {} ids {}", ids.len(), dt_name(dt)),
+                &got,
+                &want,
+                |_| 0.0,
+            );
         }
         let (tg, _) = weight(&gpu, "embed", 4, 8, &[0.0; 32]);
         assert!(gpu.embedding(&tg, &[4]).is_err(), "an id outside the table is an error, not a fault");
@@ -161,7 +186,15 @@ fn linear_and_lm_head_match_cpu() {
             DType::BF16 => 8e-3,
             _ => 2e-5,
         };
-        for (i, &(m, k, n, bias)) in [(1usize, 64usize, 96usize, true), (5, 100, 33, true), (17, 512, 1536, false), (3, 2048, 8192, true)].iter().enumerate() {
+        for (i, &(m, k, n, bias)) in [
+            (1usize, 64usize, 96usize, true),
+            (5, 100, 33, true),
+            (17, 512, 1536, false),
+            (3, 2048, 8192, true),
+        ]
+        .iter()
+        .enumerate()
+        {
             let seed = 200 + i as u64;
             let mut rng = Rng::new(seed);
             let (xg, xc) = act(&gpu, m, k, &rng.vec(m * k, 1.0), dt);
@@ -193,7 +226,9 @@ fn linear_and_lm_head_match_cpu() {
                 .map(|o| (0..h).map(|kk| (xc.data[(o / v) * h + kk] * wc.data[(o % v) * h + kk]).abs()).sum())
                 .collect();
             // The output is f32 whatever the dtype: only the summation order differs.
-            assert_close("lm_head", seed, &format!("[{r}, {h}] x [{v}, {h}]^T {}", dt_name(dt)), &got, &want, |o| 2e-5 * scale[o] + 1e-6);
+            assert_close("lm_head", seed, &format!("[{r}, {h}] x [{v}, {h}]^T {}", dt_name(dt)), &got, &want, |o| {
+                2e-5 * scale[o] + 1e-6
+            });
         }
     }
 }
@@ -222,7 +257,9 @@ fn bias_gelu_and_residual_add_match_cpu() {
                 gpu.residual_add(&mut xg, &ag, with_b.then_some(&bg)).unwrap();
                 Cpu.residual_add(&mut xc, &ac, with_b.then_some(&bc)).unwrap();
                 let got = gpu.to_host(&xg).unwrap();
-                assert_close("residual_add", seed, &format!("{shape} b {with_b}"), &got, &xc.data, |i| 1e-6 * (1.0 + xc.data[i].abs()));
+                assert_close("residual_add", seed, &format!("{shape} b {with_b}"), &got, &xc.data, |i| {
+                    1e-6 * (1.0 + xc.data[i].abs())
+                });
             }
         }
     }
@@ -232,8 +269,16 @@ fn bias_gelu_and_residual_add_match_cpu() {
 fn rotary_matches_cpu() {
     for gpu in backends("rotary_matches_cpu") {
         let dt = gpu.dtype();
-        for (i, &(heads, hd, rot, t)) in
-            [(2usize, 32usize, 8usize, 5usize), (3, 64, 16, 33), (2, 80, 20, 17), (1, 128, 32, 1), (2, 256, 64, 9), (2, 8, 2, 40)].iter().enumerate()
+        for (i, &(heads, hd, rot, t)) in [
+            (2usize, 32usize, 8usize, 5usize),
+            (3, 64, 16, 33),
+            (2, 80, 20, 17),
+            (1, 128, 32, 1),
+            (2, 256, 64, 9),
+            (2, 8, 2, 40),
+        ]
+        .iter()
+        .enumerate()
         {
             let seed = 400 + i as u64;
             let mut rng = Rng::new(seed);
@@ -242,8 +287,21 @@ fn rotary_matches_cpu() {
             if t > 1 {
                 positions[1] = 0;
             }
-            let layout = BatchLayout { positions, segments: vec![AttnSegment { q_start: 0, q_len: t as u32, ancestors: vec![] }], past_len: 0 };
-            let shape = AttnShape { heads, head_dim: hd, rotary_ndims: rot, rotary_base: 10000.0 };
+            let layout = BatchLayout {
+                positions,
+                segments: vec![AttnSegment {
+                    q_start: 0,
+                    q_len: t as u32,
+                    ancestors: vec![],
+                }],
+                past_len: 0,
+            };
+            let shape = AttnShape {
+                heads,
+                head_dim: hd,
+                rotary_ndims: rot,
+                rotary_base: 10000.0,
+            };
             let (mut qg, mut qc) = act(&gpu, t, 3 * heads * hd, &rng.vec(t * 3 * heads * hd, 2.0), dt);
             gpu.rotary(&mut qg, &gpu.prepare(&layout).unwrap(), shape).unwrap();
             Cpu.rotary(&mut qc, &layout, shape).unwrap();
@@ -256,7 +314,11 @@ fn rotary_matches_cpu() {
 }
 
 fn seg(q_start: u32, q_len: u32, ancestors: &[(u32, u32)]) -> AttnSegment {
-    AttnSegment { q_start, q_len, ancestors: ancestors.to_vec() }
+    AttnSegment {
+        q_start,
+        q_len,
+        ancestors: ancestors.to_vec(),
+    }
 }
 
 /// Batch layouts: (name, past rows, segments). Key index = past row, or past_len + batch row.
@@ -278,7 +340,11 @@ fn attention_layouts() -> Vec<(&'static str, usize, Vec<AttnSegment>)> {
         // A segment whose only ancestor is cached, beside an independent root of 37 rows.
         ("cached parent and an independent root", 6, vec![seg(0, 3, &[(0, 6)]), seg(3, 37, &[])]),
         // Three siblings of one row each sharing a cached parent of 40 keys (a multiple-choice question).
-        ("one-token siblings under a long cached parent", 40, vec![seg(0, 1, &[(0, 40)]), seg(1, 1, &[(0, 40)]), seg(2, 1, &[(0, 40)])]),
+        (
+            "one-token siblings under a long cached parent",
+            40,
+            vec![seg(0, 1, &[(0, 40)]), seg(1, 1, &[(0, 40)]), seg(2, 1, &[(0, 40)])],
+        ),
     ]
 }
 
@@ -300,33 +366,72 @@ fn attention_matches_cpu() {
                     let t: usize = segments.iter().map(|s| s.q_len as usize).sum();
                     let cols = 3 * heads * hd;
                     let mut gen = |rows: usize| -> Vec<f32> {
-                        (0..rows * cols).map(|i| rng.sym(1.0) + if (i % (3 * hd)) < 2 * hd { bias } else { 0.0 }).collect()
+                        (0..rows * cols)
+                            .map(|i| rng.sym(1.0) + if (i % (3 * hd)) < 2 * hd { bias } else { 0.0 })
+                            .collect()
                     };
                     let (qg, qc) = act(&gpu, t, cols, &gen(t), dt);
                     let past = (past_len > 0).then(|| act(&gpu, past_len, cols, &gen(past_len), dt));
-                    let layout = BatchLayout { positions: (0..t as u32).collect(), segments: segments.clone(), past_len };
-                    let shape = AttnShape { heads, head_dim: hd, rotary_ndims: 0, rotary_base: 10000.0 };
-                    let got = gpu.attention(&qg, past.as_ref().map(|p| &p.0), &gpu.prepare(&layout).unwrap(), shape).unwrap();
+                    let layout = BatchLayout {
+                        positions: (0..t as u32).collect(),
+                        segments: segments.clone(),
+                        past_len,
+                    };
+                    let shape = AttnShape {
+                        heads,
+                        head_dim: hd,
+                        rotary_ndims: 0,
+                        rotary_base: 10000.0,
+                    };
+                    let got = gpu
+                        .attention(&qg, past.as_ref().map(|p| &p.0), &gpu.prepare(&layout).unwrap(), shape)
+                        .unwrap();
                     let got = gpu.to_host(&got).unwrap();
                     let want = Cpu.attention(&qc, past.as_ref().map(|p| &p.1), &layout, shape).unwrap().data;
-                    let desc = format!("{name}: {t} rows, past {past_len}, {heads} heads x hd {hd}, q/k bias {bias}, {}", dt_name(dt));
+                    let desc = format!(
+                        "{name}: {t} rows, past {past_len}, {heads} heads x hd {hd}, q/k bias {bias}, {}",
+                        dt_name(dt)
+                    );
                     // The output is a convex combination of v rows (|v| <= 1). Scores as large as |q||k|/sqrt(hd)
                     // (~7000 with the q/k bias) carry f32 rounding of ~1e-7 of that on both sides, which moves
                     // the softmax weights: hence the second term (an emulation of this kernel measured <= 2e-3
                     // against an f64 reference at bias 20, hd 200).
-                    let max_abs = qc.data.iter().chain(past.as_ref().map_or(&[][..], |p| &p.1.data[..])).fold(0f32, |m, v| m.max(v.abs()));
+                    let max_abs = qc
+                        .data
+                        .iter()
+                        .chain(past.as_ref().map_or(&[][..], |p| &p.1.data[..]))
+                        .fold(0f32, |m, v| m.max(v.abs()));
                     let score_term = 1e-6 * max_abs * max_abs * (hd as f32).sqrt();
                     assert_close("attention", seed, &desc, &got, &want, |_| tol + score_term);
                 }
             }
         }
         // Bad inputs are errors.
-        let layout = BatchLayout { positions: vec![0, 1], segments: vec![seg(0, 2, &[(0, 3)])], past_len: 1 };
-        assert!(gpu.prepare(&layout).is_err(), "an ancestor range past the keys must be rejected before launch");
+        let layout = BatchLayout {
+            positions: vec![0, 1],
+            segments: vec![seg(0, 2, &[(0, 3)])],
+            past_len: 1,
+        };
+        assert!(
+            gpu.prepare(&layout).is_err(),
+            "an ancestor range past the keys must be rejected before launch"
+        );
         let (qg, _) = act(&gpu, 2, 3 * 2 * 300, &vec![0.0; 2 * 3 * 2 * 300], dt);
-        let ok_layout = BatchLayout { positions: vec![0, 1], segments: vec![seg(0, 2, &[])], past_len: 0 };
-        let shape = AttnShape { heads: 2, head_dim: 300, rotary_ndims: 0, rotary_base: 10000.0 };
-        assert!(gpu.attention(&qg, None, &gpu.prepare(&ok_layout).unwrap(), shape).is_err(), "hd 300 > 256 is an error");
+        let ok_layout = BatchLayout {
+            positions: vec![0, 1],
+            segments: vec![seg(0, 2, &[])],
+            past_len: 0,
+        };
+        let shape = AttnShape {
+            heads: 2,
+            head_dim: 300,
+            rotary_ndims: 0,
+            rotary_base: 10000.0,
+        };
+        assert!(
+            gpu.attention(&qg, None, &gpu.prepare(&ok_layout).unwrap(), shape).is_err(),
+            "hd 300 > 256 is an error"
+        );
     }
 }
 
@@ -352,7 +457,11 @@ fn gather_and_concat_rows_are_exact() {
             assert_eq!(got, Cpu.concat_rows(&xc, &yc).unwrap().data, "concat_rows (seed {seed}, cols {cols})");
             let (eg, ec) = act(&gpu, 0, cols, &[], dt);
             let got = gpu.to_host(&gpu.concat_rows(&eg, &yg).unwrap()).unwrap();
-            assert_eq!(got, Cpu.concat_rows(&ec, &yc).unwrap().data, "concat_rows of an empty tensor (cols {cols})");
+            assert_eq!(
+                got,
+                Cpu.concat_rows(&ec, &yc).unwrap().data,
+                "concat_rows of an empty tensor (cols {cols})"
+            );
         }
     }
 }
@@ -386,11 +495,18 @@ fn logsoftmax_gather_matches_cpu() {
             let w: Vec<f32> = want.iter().map(|s| s.logprob).collect();
             assert_close("logsoftmax_gather logprob", seed, &shape, &g, &w, |i| 2e-5 * (1.0 + w[i].abs()));
             for (k, (a, b)) in got.iter().zip(&want).enumerate() {
-                assert_eq!(a.is_greedy, b.is_greedy, "logsoftmax_gather (seed {seed}, {shape}): greedy flag of target {k} {:?}", targets[k]);
+                assert_eq!(
+                    a.is_greedy, b.is_greedy,
+                    "logsoftmax_gather (seed {seed}, {shape}): greedy flag of target {k} {:?}",
+                    targets[k]
+                );
             }
             if v > 900 {
                 let n = targets.len();
-                assert!(got[n - 3 - (r - 1)].is_greedy && !got[n - 2 - (r - 1)].is_greedy, "first maximum wins ties");
+                assert!(
+                    got[n - 3 - (r - 1)].is_greedy && !got[n - 2 - (r - 1)].is_greedy,
+                    "first maximum wins ties"
+                );
             }
         }
         let (lg, _) = act(&gpu, 2, 10, &[0.0; 20], DType::F32);
@@ -420,10 +536,16 @@ fn fixture_requests(model: &str) -> (Vec<Request>, usize) {
     let mut reqs = vec![];
     for s in g["sequences"].as_array().unwrap() {
         let seq = ids(&s["ids"]);
-        reqs.extend((1..seq.len()).map(|t| Request { context: seq[..t].to_vec(), continuation: vec![seq[t]] }));
+        reqs.extend((1..seq.len()).map(|t| Request {
+            context: seq[..t].to_vec(),
+            continuation: vec![seq[t]],
+        }));
     }
     for r in g["requests"].as_array().unwrap() {
-        reqs.push(Request { context: ids(&r["context_ids"]), continuation: ids(&r["continuation_ids"]) });
+        reqs.push(Request {
+            context: ids(&r["context_ids"]),
+            continuation: ids(&r["continuation_ids"]),
+        });
     }
     let max_len = g["max_length"].as_u64().map(|m| m as usize).unwrap_or(usize::MAX);
     (reqs, max_len)
@@ -462,7 +584,11 @@ fn cpu_margins(m: &Model<Cpu>, reqs: &[Request], max_len: usize) -> Vec<f32> {
 /// Top-1 minus top-2 logit at every position of `input` (CPU forward over the whole sequence).
 fn logit_margins(m: &Model<Cpu>, input: &[u32]) -> Vec<f32> {
     let t = input.len();
-    let layout = BatchLayout { positions: (0..t as u32).collect(), segments: vec![seg(0, t as u32, &[])], past_len: 0 };
+    let layout = BatchLayout {
+        positions: (0..t as u32).collect(),
+        segments: vec![seg(0, t as u32, &[])],
+        past_len: 0,
+    };
     let mut kv = KvCache::new(m.layers.len());
     let hidden = forward(&Cpu, m, input, &layout, &mut kv, &CacheUpdate::default()).unwrap();
     let mut out = Vec::with_capacity(t);
@@ -517,7 +643,12 @@ fn whole_models_match_cpu() {
                     let n = r.continuation.len().min(max_len);
                     let tol = if dt == DType::F32 { model_tol(dt) } else { model_tol(dt) * n as f64 };
                     let d = (g.logprob - w.logprob).abs();
-                    let where_ = format!("{name} ({}, budget {budget}): request {i} ({} + {} tokens)", dt_name(dt), r.context.len(), r.continuation.len());
+                    let where_ = format!(
+                        "{name} ({}, budget {budget}): request {i} ({} + {} tokens)",
+                        dt_name(dt),
+                        r.context.len(),
+                        r.continuation.len()
+                    );
                     assert!(d <= tol, "{where_}: cuda {} vs cpu {} (|Δ| {d:.3e} > {tol:.1e})", g.logprob, w.logprob);
                     assert_eq!(g.n_tokens, w.n_tokens, "{where_}: token count");
                     let margin_floor = if dt == DType::F32 { 1e-3 } else { 2.0 * model_tol(dt) as f32 };
@@ -550,7 +681,10 @@ fn engine_scores_on_cuda() {
     let ckpt = Checkpoint::open(fixtures().join("models/neox-hd80")).unwrap();
     let (reqs, _) = fixture_requests("neox-hd80");
     let cpu = Engine::load(&ckpt, &EngineOptions::default()).unwrap();
-    let opts = EngineOptions { device: Device::Cuda, ..EngineOptions::default() };
+    let opts = EngineOptions {
+        device: Device::Cuda,
+        ..EngineOptions::default()
+    };
     let gpu = Engine::load(&ckpt, &opts).unwrap();
     assert!(gpu.describe().starts_with("cuda:0"), "{}", gpu.describe());
     let (want, _) = cpu.score(&reqs, &EngineOptions::default(), |_, _| {}).unwrap();
@@ -558,7 +692,12 @@ fn engine_scores_on_cuda() {
     assert_eq!(stats.batches, 1, "the default CUDA budget holds the whole fixture");
     for (i, ((g, w), r)) in got.iter().zip(&want).zip(&reqs).enumerate() {
         let tol = model_tol(DType::F16) * r.continuation.len() as f64; // neox-hd80 is stored in f16
-        assert!((g.logprob - w.logprob).abs() <= tol, "request {i}: cuda {} vs cpu {}", g.logprob, w.logprob);
+        assert!(
+            (g.logprob - w.logprob).abs() <= tol,
+            "request {i}: cuda {} vs cpu {}",
+            g.logprob,
+            w.logprob
+        );
     }
 }
 
@@ -652,9 +791,17 @@ fn half_precision_error_model() {
                 .zip(&reqs)
                 .map(|((g, w), r)| (g.logprob - w.logprob).abs() / r.continuation.len() as f64)
                 .fold(0f64, f64::max);
-            visible(&format!("half_precision_error_model: {name} {}: worst {worst:.2e} nats/token (tolerance {:.1e})", dt_name(dt), model_tol(dt)));
+            visible(&format!(
+                "half_precision_error_model: {name} {}: worst {worst:.2e} nats/token (tolerance {:.1e})",
+                dt_name(dt),
+                model_tol(dt)
+            ));
             if 3.0 * worst > model_tol(dt) {
-                failures.push(format!("{name} {}: rounding alone costs {worst:.2e} nats/token, over a third of the CUDA tolerance {:.1e}", dt_name(dt), model_tol(dt)));
+                failures.push(format!(
+                    "{name} {}: rounding alone costs {worst:.2e} nats/token, over a third of the CUDA tolerance {:.1e}",
+                    dt_name(dt),
+                    model_tol(dt)
+                ));
             }
         }
     }

@@ -40,28 +40,50 @@ fn check(model_name: &str, golden_name: &str) -> f64 {
         let seq = ids(&s["ids"]);
         let expected: Vec<f64> = s["logprobs"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
         let greedy: Vec<bool> = s["greedy"].as_array().unwrap().iter().map(|x| x.as_bool().unwrap()).collect();
-        let reqs: Vec<Request> =
-            (1..seq.len()).map(|t| Request { context: seq[..t].to_vec(), continuation: vec![seq[t]] }).collect();
+        let reqs: Vec<Request> = (1..seq.len())
+            .map(|t| Request {
+                context: seq[..t].to_vec(),
+                continuation: vec![seq[t]],
+            })
+            .collect();
         let (scores, stats) = engine.score(&reqs, &opts, |_, _| {}).unwrap();
-        assert_eq!(stats.computed_tokens, seq.len().saturating_sub(1), "{model_name}: sequence {si} computed once");
+        assert_eq!(
+            stats.computed_tokens,
+            seq.len().saturating_sub(1),
+            "{model_name}: sequence {si} computed once"
+        );
         for (t, (got, want)) in scores.iter().zip(&expected).enumerate() {
             let d = (got.logprob - want).abs();
             worst = worst.max(d);
-            assert!(d <= TOL, "{model_name}: sequence {si} position {t}: lmscore {} vs HF {want} (|Δ| {d:.2e})", got.logprob);
+            assert!(
+                d <= TOL,
+                "{model_name}: sequence {si} position {t}: lmscore {} vs HF {want} (|Δ| {d:.2e})",
+                got.logprob
+            );
             assert_eq!(got.is_greedy, greedy[t], "{model_name}: sequence {si} position {t}: greedy flag");
         }
     }
 
     // Requests, all in one call so the planner shares their prefixes.
     let rows = g["requests"].as_array().unwrap();
-    let reqs: Vec<Request> = rows.iter().map(|r| Request { context: ids(&r["context_ids"]), continuation: ids(&r["continuation_ids"]) }).collect();
+    let reqs: Vec<Request> = rows
+        .iter()
+        .map(|r| Request {
+            context: ids(&r["context_ids"]),
+            continuation: ids(&r["continuation_ids"]),
+        })
+        .collect();
     let (scores, _) = engine.score(&reqs, &opts, |_, _| {}).unwrap();
     for (i, (got, r)) in scores.iter().zip(rows).enumerate() {
         let want = r["logprob"].as_f64().unwrap();
         let n = reqs[i].continuation.len();
         let d = (got.logprob - want).abs();
         worst = worst.max(d / n as f64);
-        assert!(d <= TOL * n as f64, "{model_name}: request {i}: lmscore {} vs HF {want} (|Δ| {d:.2e}, {n} tokens)", got.logprob);
+        assert!(
+            d <= TOL * n as f64,
+            "{model_name}: request {i}: lmscore {} vs HF {want} (|Δ| {d:.2e}, {n} tokens)",
+            got.logprob
+        );
         assert_eq!(got.is_greedy, r["is_greedy"].as_bool().unwrap(), "{model_name}: request {i}: greedy flag");
         assert_eq!(got.n_tokens, n);
     }
@@ -104,7 +126,9 @@ fn text_requests_tokenise_like_lm_eval() {
     let tok = Tokenizer::from_file(&fixtures().join("models/pythia-tiny/tokenizer.json")).unwrap();
     let mut n = 0;
     for r in g["requests"].as_array().unwrap() {
-        let (Some(c), Some(k)) = (r["context"].as_str(), r["continuation"].as_str()) else { continue };
+        let (Some(c), Some(k)) = (r["context"].as_str(), r["continuation"].as_str()) else {
+            continue;
+        };
         let (ctx, cont) = tok.encode_pair(c, k, PairEncoding::Joint).unwrap();
         assert_eq!((ctx, cont), (ids(&r["context_ids"]), ids(&r["continuation_ids"])), "{c:?} + {k:?}");
         n += 1;

@@ -15,7 +15,10 @@ use lmscore::backend::cuda::{entry_points, kernels};
 fn max_ptx_version() -> (u32, u32) {
     let v = std::env::var("LMSCORE_MAX_PTX_VERSION").unwrap_or_else(|_| "9.0".into());
     let (a, b) = v.split_once('.').unwrap_or((&v, "0"));
-    (a.parse().expect("LMSCORE_MAX_PTX_VERSION like 9.0"), b.parse().expect("LMSCORE_MAX_PTX_VERSION like 9.0"))
+    (
+        a.parse().expect("LMSCORE_MAX_PTX_VERSION like 9.0"),
+        b.parse().expect("LMSCORE_MAX_PTX_VERSION like 9.0"),
+    )
 }
 
 #[test]
@@ -45,7 +48,10 @@ fn every_kernel_compiles_with_nvrtc() {
                     ptx_versions.insert(v);
                     match v {
                         Some(v) if v > max_ptx => {
-                            let msg = format!("{name}.cu ({arch}): PTX ISA {}.{} is newer than {}.{}, which driver 580 cannot JIT", v.0, v.1, max_ptx.0, max_ptx.1);
+                            let msg = format!(
+                                "{name}.cu ({arch}): PTX ISA {}.{} is newer than {}.{}, which driver 580 cannot JIT",
+                                v.0, v.1, max_ptx.0, max_ptx.1
+                            );
                             if strict {
                                 failures.push(msg);
                             } else {
@@ -102,7 +108,12 @@ fn every_kernel_compiles_with_nvrtc() {
         max_ptx.0,
         max_ptx.1
     ));
-    assert!(failures.is_empty(), "{} kernel compile problems:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} kernel compile problems:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 /// A broken kernel is an `Error::Cuda` carrying NVRTC's log with file and line (not a panic): the error

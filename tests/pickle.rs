@@ -18,7 +18,11 @@ fn by_name(ts: Vec<HostTensor>) -> HashMap<String, HostTensor> {
 fn read_safetensors(path: &Path) -> Vec<(String, String, Vec<usize>, Vec<u8>)> {
     let bytes = std::fs::read(path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut out: Vec<_> = st.tensors().into_iter().map(|(n, v)| (n, format!("{:?}", v.dtype()), v.shape().to_vec(), v.data().to_vec())).collect();
+    let mut out: Vec<_> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, format!("{:?}", v.dtype()), v.shape().to_vec(), v.data().to_vec()))
+        .collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
 }
@@ -35,7 +39,11 @@ fn torch_written_state_dict_matches_safetensors_twin() {
     let dir = fixtures().join("pickle");
     let ts = load_pickle_state_dict(&dir.join("mixed.bin")).unwrap();
     let names: Vec<&str> = ts.iter().map(|t| t.name.as_str()).collect();
-    assert_eq!(names, ["layer.weight", "layer.bias", "param", "mask", "step", "flags", "row2", "empty", "scalar"], "state-dict order");
+    assert_eq!(
+        names,
+        ["layer.weight", "layer.bias", "param", "mask", "step", "flags", "row2", "empty", "scalar"],
+        "state-dict order"
+    );
     let ts = by_name(ts);
     let twin = read_safetensors(&dir.join("mixed.safetensors"));
     assert_eq!(twin.len(), 7);
@@ -99,7 +107,10 @@ fn pythia_tiny_b_reads() {
     for (name, t) in &ts {
         if t.dtype != DType::U8 {
             assert_eq!(t.dtype, DType::F16, "{name}");
-            assert!(t.to_f32().unwrap().iter().all(|x| x.is_finite() || name.ends_with("masked_bias")), "{name}");
+            assert!(
+                t.to_f32().unwrap().iter().all(|x| x.is_finite() || name.ends_with("masked_bias")),
+                "{name}"
+            );
         }
     }
     let emb = &ts["gpt_neox.embed_in.weight"];
@@ -228,11 +239,22 @@ fn err_of(name: &str, bytes: &[u8]) -> String {
 #[test]
 fn handmade_state_dict_reads() {
     // The builder itself is right: a well-formed file reads back.
-    let t = T { name: "w", storage: "HalfStorage", key: "0", numel: 6, offset: 0, shape: &[2, 3], stride: &[3, 1] };
+    let t = T {
+        name: "w",
+        storage: "HalfStorage",
+        key: "0",
+        numel: 6,
+        offset: 0,
+        shape: &[2, 3],
+        stride: &[3, 1],
+    };
     let dir = tempfile::tempdir().unwrap();
     let p = write_tmp(&dir, "ok.bin", &half_tensor_zip(t, 12));
     let ts = load_pickle_state_dict(&p).unwrap();
-    assert_eq!((ts[0].name.as_str(), ts[0].dtype, ts[0].shape.as_slice(), ts[0].bytes.len()), ("w", DType::F16, &[2, 3][..], 12));
+    assert_eq!(
+        (ts[0].name.as_str(), ts[0].dtype, ts[0].shape.as_slice(), ts[0].bytes.len()),
+        ("w", DType::F16, &[2, 3][..], 12)
+    );
 }
 
 #[test]
@@ -266,14 +288,33 @@ fn truncated_files_are_refused() {
         assert!(e.contains("truncated") || e.contains("zip"), "cut at {cut}: {e}");
     }
     // A complete zip whose data.pkl stops early, at every length.
-    let t = T { name: "w", storage: "HalfStorage", key: "0", numel: 6, offset: 0, shape: &[2, 3], stride: &[3, 1] };
+    let t = T {
+        name: "w",
+        storage: "HalfStorage",
+        key: "0",
+        numel: 6,
+        offset: 0,
+        shape: &[2, 3],
+        stride: &[3, 1],
+    };
     let pkl = state_dict_pickle(&[t]);
     for cut in 0..pkl.len() {
-        let e = err_of("cutpkl.bin", &zip_bytes(&[("archive/data.pkl", &pkl[..cut]), ("archive/data/0", &[0; 12])]));
+        let e = err_of(
+            "cutpkl.bin",
+            &zip_bytes(&[("archive/data.pkl", &pkl[..cut]), ("archive/data/0", &[0; 12])]),
+        );
         assert!(e.contains("data.pkl"), "cut at {cut}: {e}");
     }
     // Storage shorter than declared.
-    let t = T { name: "w", storage: "HalfStorage", key: "0", numel: 6, offset: 0, shape: &[2, 3], stride: &[3, 1] };
+    let t = T {
+        name: "w",
+        storage: "HalfStorage",
+        key: "0",
+        numel: 6,
+        offset: 0,
+        shape: &[2, 3],
+        stride: &[3, 1],
+    };
     let e = err_of("shortstorage.bin", &half_tensor_zip(t, 11));
     assert!(e.contains("truncated") && e.contains("`w`"), "{e}");
 }
@@ -291,30 +332,86 @@ fn zip_without_data_pkl_is_refused() {
 
 #[test]
 fn shape_beyond_storage_is_refused() {
-    let t = T { name: "w", storage: "HalfStorage", key: "0", numel: 6, offset: 0, shape: &[3, 3], stride: &[3, 1] };
+    let t = T {
+        name: "w",
+        storage: "HalfStorage",
+        key: "0",
+        numel: 6,
+        offset: 0,
+        shape: &[3, 3],
+        stride: &[3, 1],
+    };
     let e = err_of("big.bin", &half_tensor_zip(t, 12));
     assert!(e.contains("`w`") && e.contains("needs 9 elements"), "{e}");
-    let t = T { name: "w", storage: "HalfStorage", key: "0", numel: 6, offset: 4, shape: &[3], stride: &[1] };
+    let t = T {
+        name: "w",
+        storage: "HalfStorage",
+        key: "0",
+        numel: 6,
+        offset: 4,
+        shape: &[3],
+        stride: &[1],
+    };
     let e = err_of("offset.bin", &half_tensor_zip(t, 12));
     assert!(e.contains("offset 4"), "{e}");
     // Shapes whose product overflows u64.
-    let t = T { name: "w", storage: "HalfStorage", key: "0", numel: 6, offset: 0, shape: &[1 << 40, 1 << 40, 3], stride: &[1, 1, 1] };
+    let t = T {
+        name: "w",
+        storage: "HalfStorage",
+        key: "0",
+        numel: 6,
+        offset: 0,
+        shape: &[1 << 40, 1 << 40, 3],
+        stride: &[1, 1, 1],
+    };
     let e = err_of("overflow.bin", &half_tensor_zip(t, 12));
     assert!(e.contains("`w`"), "{e}");
 }
 
 #[test]
 fn non_contiguous_and_missing_storage_are_refused() {
-    let t = T { name: "w", storage: "HalfStorage", key: "0", numel: 6, offset: 0, shape: &[2, 3], stride: &[1, 2] };
+    let t = T {
+        name: "w",
+        storage: "HalfStorage",
+        key: "0",
+        numel: 6,
+        offset: 0,
+        shape: &[2, 3],
+        stride: &[1, 2],
+    };
     let e = err_of("strided.bin", &half_tensor_zip(t, 12));
     assert!(e.contains("not contiguous"), "{e}");
-    let t = T { name: "w", storage: "HalfStorage", key: "7", numel: 6, offset: 0, shape: &[2, 3], stride: &[3, 1] };
+    let t = T {
+        name: "w",
+        storage: "HalfStorage",
+        key: "7",
+        numel: 6,
+        offset: 0,
+        shape: &[2, 3],
+        stride: &[3, 1],
+    };
     let e = err_of("nostorage.bin", &half_tensor_zip(t, 12));
     assert!(e.contains("archive/data/7 is missing"), "{e}");
-    let t = T { name: "w", storage: "../../etc", key: "0", numel: 6, offset: 0, shape: &[2], stride: &[1] };
+    let t = T {
+        name: "w",
+        storage: "../../etc",
+        key: "0",
+        numel: 6,
+        offset: 0,
+        shape: &[2],
+        stride: &[1],
+    };
     let e = err_of("badtype.bin", &half_tensor_zip(t, 12));
     assert!(e.contains("refusing"), "{e}");
-    let t = T { name: "w", storage: "HalfStorage", key: "../0", numel: 6, offset: 0, shape: &[2], stride: &[1] };
+    let t = T {
+        name: "w",
+        storage: "HalfStorage",
+        key: "../0",
+        numel: 6,
+        offset: 0,
+        shape: &[2],
+        stride: &[1],
+    };
     let e = err_of("badkey.bin", &half_tensor_zip(t, 12));
     assert!(e.contains("not a plain name"), "{e}");
 }
@@ -327,18 +424,38 @@ fn unknown_opcodes_are_refused() {
         assert!(e.contains("unsupported pickle opcode") && e.contains(what), "{e}");
     }
     // Stack and memo abuse: pops from an empty stack, reads of unset memo slots, non-dict results.
-    for pkl in [&b"\x80\x02R."[..], b"\x80\x02h\x05.", b"\x80\x02t.", b"\x80\x02K\x01.", b"\x80\x02}(K\x01u.", b"\x80\x02]K\x01s.", b"\x80\x09."] {
+    for pkl in [
+        &b"\x80\x02R."[..],
+        b"\x80\x02h\x05.",
+        b"\x80\x02t.",
+        b"\x80\x02K\x01.",
+        b"\x80\x02}(K\x01u.",
+        b"\x80\x02]K\x01s.",
+        b"\x80\x09.",
+    ] {
         err_of("abuse.bin", &zip_bytes(&[("archive/data.pkl", pkl)]));
     }
 }
 
 #[test]
 fn big_endian_storages_are_swapped() {
-    let t = T { name: "w", storage: "FloatStorage", key: "0", numel: 2, offset: 0, shape: &[2], stride: &[1] };
+    let t = T {
+        name: "w",
+        storage: "FloatStorage",
+        key: "0",
+        numel: 2,
+        offset: 0,
+        shape: &[2],
+        stride: &[1],
+    };
     let pkl = state_dict_pickle(&[t]);
     let data: Vec<u8> = [1.5f32, -2.0].iter().flat_map(|x| x.to_be_bytes()).collect();
     let dir = tempfile::tempdir().unwrap();
-    let p = write_tmp(&dir, "be.bin", &zip_bytes(&[("archive/data.pkl", &pkl), ("archive/byteorder", b"big"), ("archive/data/0", &data)]));
+    let p = write_tmp(
+        &dir,
+        "be.bin",
+        &zip_bytes(&[("archive/data.pkl", &pkl), ("archive/byteorder", b"big"), ("archive/data/0", &data)]),
+    );
     assert_eq!(load_pickle_state_dict(&p).unwrap()[0].to_f32().unwrap(), [1.5, -2.0]);
 }
 
@@ -363,7 +480,11 @@ fn corrupted_files_never_panic() {
     for i in 0..400 {
         let mut bytes = good.clone();
         for _ in 0..1 + next() % 4 {
-            let at = if i % 4 == 0 { next() as usize % bytes.len() } else { 30 + next() as usize % (pkl_end - 30) };
+            let at = if i % 4 == 0 {
+                next() as usize % bytes.len()
+            } else {
+                30 + next() as usize % (pkl_end - 30)
+            };
             bytes[at] = next() as u8;
         }
         std::fs::write(&p, &bytes).unwrap();

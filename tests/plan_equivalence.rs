@@ -11,7 +11,10 @@ use lmscore::score::{run_plan, RequestScore};
 use lmscore::testing::{pythia_like, Rng};
 
 fn random_model(seed: u64, parallel_residual: bool) -> Model<Cpu> {
-    let config = ModelConfig { parallel_residual, ..pythia_like(48, 2, 3, 97, 96) };
+    let config = ModelConfig {
+        parallel_residual,
+        ..pythia_like(48, 2, 3, 97, 96)
+    };
     lmscore::testing::random_model(&Cpu, &config, seed).unwrap()
 }
 
@@ -37,14 +40,23 @@ fn requests(seed: u64) -> Vec<Request> {
                 1 => [first_choice.clone(), r.tokens(2, 97)].concat(), // extends choice 0
                 _ => some_tokens(&mut r, 6),
             };
-            out.push(Request { context: context.clone(), continuation });
+            out.push(Request {
+                context: context.clone(),
+                continuation,
+            });
         }
         if q == 2 {
             out.push(out[out.len() - 1].clone()); // an exact duplicate
         }
     }
-    out.push(Request { context: r.tokens(120, 97), continuation: r.tokens(5, 97) }); // truncated on the left
-    out.push(Request { context: vec![5], continuation: r.tokens(30, 97) });
+    out.push(Request {
+        context: r.tokens(120, 97),
+        continuation: r.tokens(5, 97),
+    }); // truncated on the left
+    out.push(Request {
+        context: vec![5],
+        continuation: r.tokens(30, 97),
+    });
     out
 }
 
@@ -96,10 +108,16 @@ fn plan_layout_invariants() {
                 let own = b.layout.past_len as u32 + s.q_start;
                 let mut expected_pos = 0;
                 for &(start, len) in &s.ancestors {
-                    assert!(start + len <= own, "batch {bi}: ancestor keys {start}+{len} after the segment's own keys {own}");
+                    assert!(
+                        start + len <= own,
+                        "batch {bi}: ancestor keys {start}+{len} after the segment's own keys {own}"
+                    );
                     expected_pos += len;
                 }
-                assert_eq!(b.layout.positions[s.q_start as usize], expected_pos, "batch {bi}: first position = ancestor tokens");
+                assert_eq!(
+                    b.layout.positions[s.q_start as usize], expected_pos,
+                    "batch {bi}: first position = ancestor tokens"
+                );
             }
             assert!(covered.iter().all(|&c| c), "batch {bi}: rows not covered");
             for t in &b.targets {
@@ -114,10 +132,16 @@ fn plan_layout_invariants() {
 
 #[test]
 fn bad_requests_are_rejected_with_their_index() {
-    let empty_cont = [Request { context: vec![1], continuation: vec![] }];
+    let empty_cont = [Request {
+        context: vec![1],
+        continuation: vec![],
+    }];
     let e = plan::build(&empty_cont, 96, 100, true).unwrap_err().to_string();
     assert!(e.contains("request 0") && e.contains("empty continuation"), "{e}");
-    let too_long = [Request { context: vec![1], continuation: vec![2; 97] }];
+    let too_long = [Request {
+        context: vec![1],
+        continuation: vec![2; 97],
+    }];
     let e = plan::build(&too_long, 96, 100, true).unwrap_err().to_string();
     assert!(e.contains("longer than the 96-token context window"), "{e}");
     assert!(plan::build(&[], 96, 0, true).is_err());
@@ -137,7 +161,10 @@ fn truthfulqa_mc1_mc2_share_at_least_eight_fold() {
         let context = ids(&doc["context_ids"]);
         for key in ["mc1_continuation_ids", "mc2_continuation_ids"] {
             for c in doc[key].as_array().unwrap() {
-                reqs.push(Request { context: context.clone(), continuation: ids(c) });
+                reqs.push(Request {
+                    context: context.clone(),
+                    continuation: ids(c),
+                });
             }
         }
     }
@@ -154,5 +181,9 @@ fn truthfulqa_mc1_mc2_share_at_least_eight_fold() {
     );
     assert!(ratio >= 8.0, "sharing ratio {ratio:.2} < 8");
     let unshared = plan::build(&reqs, 2048, 4096, false).unwrap();
-    assert_eq!(unshared.computed_tokens, unshared.naive_tokens - reqs.len(), "without sharing every input token runs once");
+    assert_eq!(
+        unshared.computed_tokens,
+        unshared.naive_tokens - reqs.len(),
+        "without sharing every input token runs once"
+    );
 }

@@ -22,7 +22,13 @@ fn lmscore(args: &[&str]) -> std::process::Output {
 /// and what it printed.
 fn report_on_reference_with_stdout() -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
-    let out = lmscore(&["report", "--tsv", reference_tsv().to_str().unwrap(), "--out", dir.path().to_str().unwrap()]);
+    let out = lmscore(&[
+        "report",
+        "--tsv",
+        reference_tsv().to_str().unwrap(),
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
     assert!(
         out.status.success(),
         "lmscore report failed:\n{}\n{}",
@@ -94,8 +100,14 @@ fn results_table_and_run_json_match_the_paper() {
         assert_eq!(results.len(), 12, "{name}");
         for (task, v) in results {
             let (acc, se) = match task.as_str() {
-                "truthfulqa_mc1" => (&theirs["results"]["truthfulqa_mc"]["mc1"], &theirs["results"]["truthfulqa_mc"]["mc1_stderr"]),
-                "truthfulqa_mc2" => (&theirs["results"]["truthfulqa_mc"]["mc2"], &theirs["results"]["truthfulqa_mc"]["mc2_stderr"]),
+                "truthfulqa_mc1" => (
+                    &theirs["results"]["truthfulqa_mc"]["mc1"],
+                    &theirs["results"]["truthfulqa_mc"]["mc1_stderr"],
+                ),
+                "truthfulqa_mc2" => (
+                    &theirs["results"]["truthfulqa_mc"]["mc2"],
+                    &theirs["results"]["truthfulqa_mc"]["mc2_stderr"],
+                ),
                 t => (&theirs["results"][t]["acc"], &theirs["results"][t]["acc_stderr"]),
             };
             // The paper's TSV carries 15 significant digits of the JSON's values.
@@ -148,7 +160,10 @@ fn figure_is_plausible() {
         "Accuracy",
         "Training tokens seen (log scale)",
     ] {
-        assert!(svg.contains(&format!(">{title}<")) || svg.contains(&format!(">\n{title}\n<")), "SVG lacks `{title}`");
+        assert!(
+            svg.contains(&format!(">{title}<")) || svg.contains(&format!(">\n{title}\n<")),
+            "SVG lacks `{title}`"
+        );
     }
     for size in ["70M", "160M", "410M", "1B", "1.4B", "2.8B", "6.9B", "12B"] {
         assert!(svg.contains(size), "legend lacks {size}");
@@ -207,7 +222,10 @@ fn library_entry_point_handles_partial_results() {
 
     // Runs at step 0 are kept in the tables but left out of the analysis, with a warning.
     let mut with_step0 = rows.clone();
-    with_step0.push(ResultRow { revision: "step0".into(), ..rows[0].clone() });
+    with_step0.push(ResultRow {
+        revision: "step0".into(),
+        ..rows[0].clone()
+    });
     let summary = report::write_all(&with_step0, dir.path()).unwrap();
     assert_eq!(summary.tests[0].runs, neqa.runs);
     assert!(summary.warnings.iter().any(|w| w.contains("step0")), "{:?}", summary.warnings);
@@ -238,14 +256,44 @@ fn bad_tsv_rows_name_their_line() {
     let d = dir.path();
     let h = "ModelName\tModelRevision\tTask\tAccuracy\tAccuracy_SE\n";
     let ok = "EleutherAI/pythia-1b\tstep2000\tisp_neqa\t0.5\t0.02\n";
-    expect_row_error(d, &format!("{h}{ok}EleutherAI/pythia-1b\tstep4000\tisp_neqa\tabc\t0.02\n"), 3, "Accuracy `abc`: expected a finite number");
-    expect_row_error(d, &format!("{h}{ok}EleutherAI/pythia-1b\tstep4000\tisp_neqa\t0.5\n"), 3, "expected 5 tab-separated fields");
-    expect_row_error(d, &format!("{h}{ok}\nEleutherAI/pythia-1b\tstep4000\tisp_neqa\t1.2\t0.02\n"), 4, "between 0 and 1");
-    expect_row_error(d, &format!("{h}EleutherAI/pythia-1b\tstep4000\tisp_neqa\t0.5\t-0.1\n"), 2, "expected a finite number >= 0");
-    expect_row_error(d, &format!("{h}EleutherAI/pythia\tstep4000\tisp_neqa\t0.5\t0.1\n"), 2, "ending in its size");
+    expect_row_error(
+        d,
+        &format!("{h}{ok}EleutherAI/pythia-1b\tstep4000\tisp_neqa\tabc\t0.02\n"),
+        3,
+        "Accuracy `abc`: expected a finite number",
+    );
+    expect_row_error(
+        d,
+        &format!("{h}{ok}EleutherAI/pythia-1b\tstep4000\tisp_neqa\t0.5\n"),
+        3,
+        "expected 5 tab-separated fields",
+    );
+    expect_row_error(
+        d,
+        &format!("{h}{ok}\nEleutherAI/pythia-1b\tstep4000\tisp_neqa\t1.2\t0.02\n"),
+        4,
+        "between 0 and 1",
+    );
+    expect_row_error(
+        d,
+        &format!("{h}EleutherAI/pythia-1b\tstep4000\tisp_neqa\t0.5\t-0.1\n"),
+        2,
+        "expected a finite number >= 0",
+    );
+    expect_row_error(
+        d,
+        &format!("{h}EleutherAI/pythia\tstep4000\tisp_neqa\t0.5\t0.1\n"),
+        2,
+        "ending in its size",
+    );
     expect_row_error(d, &format!("{h}EleutherAI/pythia-1b\tmain\tisp_neqa\t0.5\t0.1\n"), 2, "like step143000");
     expect_row_error(d, &format!("{h}{ok}{ok}"), 3, "first on line 2");
-    expect_row_error(d, &format!("ModelName\tRevision\tTask\tAccuracy\tAccuracy_SE\n{ok}"), 1, "no `ModelRevision` column");
+    expect_row_error(
+        d,
+        &format!("ModelName\tRevision\tTask\tAccuracy\tAccuracy_SE\n{ok}"),
+        1,
+        "no `ModelRevision` column",
+    );
     expect_row_error(d, "", 1, "expected a header line");
 
     // Through the CLI: a non-zero exit and the same message.
@@ -257,7 +305,13 @@ fn bad_tsv_rows_name_their_line() {
     assert!(stderr.contains("bad.tsv:3:") && stderr.contains("Accuracy `NaN`"), "{stderr}");
 
     // --db is accepted but not wired yet.
-    let out = lmscore(&["report", "--db", d.join("results.sqlite").to_str().unwrap(), "--out", d.join("out").to_str().unwrap()]);
+    let out = lmscore(&[
+        "report",
+        "--db",
+        d.join("results.sqlite").to_str().unwrap(),
+        "--out",
+        d.join("out").to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not supported yet"));
 }

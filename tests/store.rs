@@ -4,13 +4,25 @@
 use lmscore::store::{MetricRow, RequestRow, RunKey, Store, TaskRecord};
 
 fn key(model: &str, rev: &str) -> RunKey {
-    RunKey { model: model.into(), revision: rev.into(), dtype: "f32".into(), protocol: "paper-2023".into(), device: "cpu".into() }
+    RunKey {
+        model: model.into(),
+        revision: rev.into(),
+        dtype: "f32".into(),
+        protocol: "paper-2023".into(),
+        device: "cpu".into(),
+    }
 }
 
 fn record(task: &str, seed: f64, n_docs: u64) -> TaskRecord {
     let requests: Vec<RequestRow> = (0..n_docs)
         .flat_map(|d| {
-            (0..2).map(move |c| RequestRow { doc: d, choice: c, logprob: -(d as f64) - c as f64 * seed, is_greedy: c == 0, n_tokens: 3 + c })
+            (0..2).map(move |c| RequestRow {
+                doc: d,
+                choice: c,
+                logprob: -(d as f64) - c as f64 * seed,
+                is_greedy: c == 0,
+                n_tokens: 3 + c,
+            })
         })
         .collect();
     TaskRecord {
@@ -21,8 +33,16 @@ fn record(task: &str, seed: f64, n_docs: u64) -> TaskRecord {
         computed_tokens: 60,
         seconds: 0.5,
         metrics: vec![
-            MetricRow { name: "acc".into(), value: seed / 10.0, stderr: Some(0.01) },
-            MetricRow { name: "acc_norm".into(), value: seed / 20.0, stderr: None },
+            MetricRow {
+                name: "acc".into(),
+                value: seed / 10.0,
+                stderr: Some(0.01),
+            },
+            MetricRow {
+                name: "acc_norm".into(),
+                value: seed / 20.0,
+                stderr: None,
+            },
         ],
         requests,
     }
@@ -88,8 +108,10 @@ fn all_task_results_for_reports() {
     s.record(&key("a-70m", "step1"), &record("memo_trap", 4.0, 3)).unwrap();
     s.finish_run(&key("a-70m", "step1")).unwrap();
     let rows = s.all_task_results().unwrap();
-    let flat: Vec<(String, String, String, String, f64, u64)> =
-        rows.iter().map(|r| (r.model.clone(), r.revision.clone(), r.task.clone(), r.metric.clone(), r.value, r.n)).collect();
+    let flat: Vec<(String, String, String, String, f64, u64)> = rows
+        .iter()
+        .map(|r| (r.model.clone(), r.revision.clone(), r.task.clone(), r.metric.clone(), r.value, r.n))
+        .collect();
     assert_eq!(
         flat,
         [
@@ -114,7 +136,11 @@ fn report_rows_use_the_papers_metric_and_names() {
     let k = key("EleutherAI/pythia-70m", "step2000");
     s.record(&k, &record("memo_trap", 4.0, 3)).unwrap();
     let mut mc1 = record("truthfulqa_mc1", 1.0, 3);
-    mc1.metrics = vec![MetricRow { name: "mc1".into(), value: 0.25, stderr: Some(0.1) }];
+    mc1.metrics = vec![MetricRow {
+        name: "mc1".into(),
+        value: 0.25,
+        stderr: Some(0.1),
+    }];
     s.record(&k, &mc1).unwrap();
     let rows = s.report_rows(None).unwrap();
     let flat: Vec<(&str, f64, f64)> = rows.iter().map(|r| (r.task.as_str(), r.accuracy, r.accuracy_se)).collect();
@@ -122,7 +148,10 @@ fn report_rows_use_the_papers_metric_and_names() {
     assert_eq!((rows[0].model.as_str(), rows[0].revision.as_str()), ("EleutherAI/pythia-70m", "step2000"));
     assert!(s.report_rows(Some("lm-eval-0.4")).unwrap().is_empty());
     // The same checkpoint scored on another device: ambiguous for a report.
-    let cuda = RunKey { device: "cuda".into(), ..k.clone() };
+    let cuda = RunKey {
+        device: "cuda".into(),
+        ..k.clone()
+    };
     s.record(&cuda, &record("memo_trap", 4.0, 3)).unwrap();
     let e = s.report_rows(Some("paper-2023")).unwrap_err().to_string();
     assert!(e.contains("scored twice") && e.contains("memo_trap"), "{e}");
@@ -151,7 +180,11 @@ fn merge_is_idempotent_and_reports_conflicts() {
     let r = sa.merge_from(&c).unwrap();
     assert_eq!((r.added, r.identical), (0, 0));
     assert_eq!(r.conflicts.len(), 1, "{:?}", r.conflicts);
-    assert!(r.conflicts[0].contains("m-70m@step1") && r.conflicts[0].contains("neqa") && r.conflicts[0].contains("acc"), "{:?}", r.conflicts);
+    assert!(
+        r.conflicts[0].contains("m-70m@step1") && r.conflicts[0].contains("neqa") && r.conflicts[0].contains("acc"),
+        "{:?}",
+        r.conflicts
+    );
     // The conflicting task kept A's values.
     assert_eq!(sa.task_record(&key("m-70m", "step1"), "neqa").unwrap().unwrap(), record("neqa", 1.0, 3));
     assert_eq!(sa.task_record(&key("m-70m", "step2"), "neqa").unwrap().unwrap(), record("neqa", 3.0, 3));
@@ -159,19 +192,31 @@ fn merge_is_idempotent_and_reports_conflicts() {
     assert_eq!(count(&a, "requests"), 3 * 6);
     assert_eq!(count(&a, "runs"), 2);
     let c2 = rusqlite::Connection::open(&a).unwrap();
-    let finished: Option<String> = c2.query_row("SELECT finished_at FROM runs WHERE revision='step2'", [], |r| r.get(0)).unwrap();
+    let finished: Option<String> = c2
+        .query_row("SELECT finished_at FROM runs WHERE revision='step2'", [], |r| r.get(0))
+        .unwrap();
     assert!(finished.is_some());
     // Merging into a store that does not exist yet creates it; a store cannot be merged into itself.
     let mut fresh = Store::open(dir.path().join("new.db")).unwrap();
     assert_eq!(fresh.merge_from(&a).unwrap().added, 3);
     assert!(fresh.merge_from(&dir.path().join("new.db")).is_err());
-    assert!(fresh.merge_from(&dir.path().join("absent.db")).unwrap_err().to_string().contains("absent.db"));
+    assert!(fresh
+        .merge_from(&dir.path().join("absent.db"))
+        .unwrap_err()
+        .to_string()
+        .contains("absent.db"));
     // Another application's SQLite file is refused and left untouched.
     let foreign = dir.path().join("foreign.db");
-    rusqlite::Connection::open(&foreign).unwrap().execute_batch("CREATE TABLE t (x INTEGER)").unwrap();
+    rusqlite::Connection::open(&foreign)
+        .unwrap()
+        .execute_batch("CREATE TABLE t (x INTEGER)")
+        .unwrap();
     let e = fresh.merge_from(&foreign).unwrap_err().to_string();
     assert!(e.contains("foreign.db") && e.contains("not an lmscore results store"), "{e}");
-    let tables: i64 = rusqlite::Connection::open(&foreign).unwrap().query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0)).unwrap();
+    let tables: i64 = rusqlite::Connection::open(&foreign)
+        .unwrap()
+        .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(tables, 1);
 }
 
@@ -187,7 +232,10 @@ fn bad_files_are_errors_naming_them() {
     // A store with another schema version.
     let other = dir.path().join("v9.db");
     drop(Store::open(&other).unwrap());
-    rusqlite::Connection::open(&other).unwrap().execute("UPDATE meta SET value='9' WHERE key='schema_version'", []).unwrap();
+    rusqlite::Connection::open(&other)
+        .unwrap()
+        .execute("UPDATE meta SET value='9' WHERE key='schema_version'", [])
+        .unwrap();
     let e = Store::open(&other).err().unwrap().to_string();
     assert!(e.contains("schema version 9"), "{e}");
 }

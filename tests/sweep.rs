@@ -23,7 +23,11 @@ fn sample_data() -> PathBuf {
 const TASKS: &str = "memo_trap,neqa";
 
 fn checkpoints_arg() -> String {
-    format!("tiny@step1={},tiny@step2={}", models().join("pythia-tiny").display(), models().join("pythia-tiny-b").display())
+    format!(
+        "tiny@step1={},tiny@step2={}",
+        models().join("pythia-tiny").display(),
+        models().join("pythia-tiny-b").display()
+    )
 }
 
 /// Everything a store holds that is a result (timings and timestamps aside), keyed by (run, task).
@@ -52,7 +56,19 @@ fn lmscore(args: &[&str]) -> Command {
 
 fn sweep_args<'a>(db: &'a str, cks: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let data = Box::leak(sample_data().display().to_string().into_boxed_str());
-    let mut v = vec!["sweep", "--checkpoints", cks, "--tasks", TASKS, "--data-dir", data, "--db", db, "--offline", "--quiet"];
+    let mut v = vec![
+        "sweep",
+        "--checkpoints",
+        cks,
+        "--tasks",
+        TASKS,
+        "--data-dir",
+        data,
+        "--db",
+        db,
+        "--offline",
+        "--quiet",
+    ];
     v.extend(extra);
     v
 }
@@ -70,7 +86,10 @@ fn run_ok(mut c: Command) -> String {
 #[test]
 fn checkpoint_specs_parse() {
     let s = CheckpointSpec::parse("EleutherAI/pythia-160m@step2000").unwrap();
-    assert_eq!((s.model.as_str(), s.revision.as_str(), &s.source), ("EleutherAI/pythia-160m", "step2000", &Source::Hub));
+    assert_eq!(
+        (s.model.as_str(), s.revision.as_str(), &s.source),
+        ("EleutherAI/pythia-160m", "step2000", &Source::Hub)
+    );
     let s = CheckpointSpec::parse("EleutherAI/pythia-1.4b").unwrap();
     assert_eq!(s.revision, "main");
     let s = CheckpointSpec::parse("pythia-70m@step4000=/data/ckpts/70m=x").unwrap();
@@ -78,8 +97,21 @@ fn checkpoint_specs_parse() {
     assert_eq!(s.source, Source::Local(PathBuf::from("/data/ckpts/70m=x")));
     assert_eq!(CheckpointSpec::parse("mine=/tmp/x").unwrap().revision, "main");
     assert_eq!(CheckpointSpec::parse("org/m@refs/pr/1").unwrap().revision, "refs/pr/1");
-    for bad in ["", "@step1", "a/b/c@main", "org/m@", "org/m@step 1", "org/m@../x", "name@rev=", "bad name!", "org/..@main"] {
-        let e = CheckpointSpec::parse(bad).err().unwrap_or_else(|| panic!("{bad:?} must be refused")).to_string();
+    for bad in [
+        "",
+        "@step1",
+        "a/b/c@main",
+        "org/m@",
+        "org/m@step 1",
+        "org/m@../x",
+        "name@rev=",
+        "bad name!",
+        "org/..@main",
+    ] {
+        let e = CheckpointSpec::parse(bad)
+            .err()
+            .unwrap_or_else(|| panic!("{bad:?} must be refused"))
+            .to_string();
         assert!(e.contains("expected HUB_ID"), "{bad:?}: {e}");
     }
     let list = CheckpointSpec::parse_list("EleutherAI/pythia-70m@step1, x@y=/d ,").unwrap();
@@ -150,7 +182,11 @@ fn fake_cache(dir: &Path) -> PathBuf {
 fn offline_resolution_from_the_cache() {
     let tmp = tempfile::tempdir().unwrap();
     let cache = fake_cache(tmp.path());
-    let opts = HubOptions { offline: true, cache_dir: Some(cache.clone()), progress: false };
+    let opts = HubOptions {
+        offline: true,
+        cache_dir: Some(cache.clone()),
+        progress: false,
+    };
     let spec = CheckpointSpec::parse("EleutherAI/pythia-tiny@step1").unwrap();
     let dir = hub::resolve(&spec, &opts).unwrap();
     assert!(dir.ends_with("snapshots/0123456789abcdef0123456789abcdef01234567"));
@@ -160,9 +196,13 @@ fn offline_resolution_from_the_cache() {
     assert_eq!(hub::resolve(&by_commit, &opts).unwrap(), dir);
 
     // What is missing is said, and nothing is downloaded.
-    let e = hub::resolve(&CheckpointSpec::parse("EleutherAI/pythia-tiny@step2").unwrap(), &opts).unwrap_err().to_string();
+    let e = hub::resolve(&CheckpointSpec::parse("EleutherAI/pythia-tiny@step2").unwrap(), &opts)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("--offline") && e.contains("step2 was never downloaded"), "{e}");
-    let e = hub::resolve(&CheckpointSpec::parse("EleutherAI/pythia-999m@main").unwrap(), &opts).unwrap_err().to_string();
+    let e = hub::resolve(&CheckpointSpec::parse("EleutherAI/pythia-999m@main").unwrap(), &opts)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("nothing cached for EleutherAI/pythia-999m"), "{e}");
     std::fs::remove_file(dir.join("tokenizer.json")).unwrap();
     let e = hub::resolve(&spec, &opts).unwrap_err().to_string();
@@ -175,11 +215,18 @@ fn offline_resolution_from_the_cache() {
     }
     let e = hub::resolve(&spec, &opts).unwrap_err().to_string();
     assert!(e.contains("pytorch_model-00002-of-00002.bin"), "{e}");
-    std::fs::copy(models().join("neox-hd64-bin-sharded/pytorch_model-00002-of-00002.bin"), dir.join("pytorch_model-00002-of-00002.bin")).unwrap();
+    std::fs::copy(
+        models().join("neox-hd64-bin-sharded/pytorch_model-00002-of-00002.bin"),
+        dir.join("pytorch_model-00002-of-00002.bin"),
+    )
+    .unwrap();
     assert_eq!(hub::resolve(&spec, &opts).unwrap(), dir);
     // Local directories.
     let local = CheckpointSpec::parse(&format!("x@y={}", tmp.path().join("absent").display())).unwrap();
-    assert!(hub::resolve(&local, &opts).unwrap_err().to_string().contains("local model directory not found"));
+    assert!(hub::resolve(&local, &opts)
+        .unwrap_err()
+        .to_string()
+        .contains("local model directory not found"));
 }
 
 #[test]
@@ -204,7 +251,10 @@ fn sweep_from_the_hub_cache_and_an_unreachable_hub() {
     let out = c.output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("EleutherAI/pythia-tiny@step2") && stderr.contains("Hugging Face Hub failed"), "{stderr}");
+    assert!(
+        stderr.contains("EleutherAI/pythia-tiny@step2") && stderr.contains("Hugging Face Hub failed"),
+        "{stderr}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -224,7 +274,11 @@ fn sweep_two_checkpoints_two_tasks() {
         data_dir: sample_data(),
         db: db.clone(),
         shard: None,
-        hub: HubOptions { offline: true, cache_dir: None, progress: false },
+        hub: HubOptions {
+            offline: true,
+            cache_dir: None,
+            progress: false,
+        },
         skip_bad_rows: false,
         tokenizer: None,
         progress: false,
@@ -236,15 +290,27 @@ fn sweep_two_checkpoints_two_tasks() {
     let rows = Store::open(&db).unwrap().all_task_results().unwrap();
     assert_eq!(rows.len(), 8);
     for r in &rows {
-        assert_eq!((r.dtype.as_str(), r.protocol.as_str(), r.device.as_str(), r.n), ("f32", "paper-2023", "cpu", 20));
+        assert_eq!(
+            (r.dtype.as_str(), r.protocol.as_str(), r.device.as_str(), r.n),
+            ("f32", "paper-2023", "cpu", 20)
+        );
         assert!((0.0..=1.0).contains(&r.value) && r.stderr.is_some(), "{r:?}");
     }
     // Against the goldens: sample rows are full-file rows 0-17, 203, 493 (memo_trap) and 0-19 (neqa).
     let golden: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(root().join("tests/fixtures/goldens/pythia-tiny-tasks.json")).unwrap()).unwrap();
     let store = Store::open(&db).unwrap();
-    let key = RunKey { model: "tiny".into(), revision: "step1".into(), dtype: "f32".into(), protocol: "paper-2023".into(), device: "cpu".into() };
-    for (task, rows) in [("memo_trap", (0..18).chain([203, 493]).collect::<Vec<usize>>()), ("neqa", (0..20).collect())] {
+    let key = RunKey {
+        model: "tiny".into(),
+        revision: "step1".into(),
+        dtype: "f32".into(),
+        protocol: "paper-2023".into(),
+        device: "cpu".into(),
+    };
+    for (task, rows) in [
+        ("memo_trap", (0..18).chain([203, 493]).collect::<Vec<usize>>()),
+        ("neqa", (0..20).collect()),
+    ] {
         let rec = store.task_record(&key, task).unwrap().unwrap();
         let g = &golden["paper-2023"][task]["logprobs"];
         let mut worst = 0f64;
@@ -274,10 +340,12 @@ fn kill_and_resume_loses_and_duplicates_nothing() {
     let want = dump(Path::new(&reference));
     assert_eq!(want.len(), 4);
 
-    let seed: u64 = std::env::var("LMSCORE_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1));
+    let seed: u64 = std::env::var("LMSCORE_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+    });
     println!("kill-and-resume seed {seed} (LMSCORE_SEED={seed} reproduces the kill times); an uninterrupted sweep takes {full:?}");
     let mut x = seed | 1;
     let mut rand01 = move || {
@@ -299,7 +367,11 @@ fn kill_and_resume_loses_and_duplicates_nothing() {
     for attempt in 0.. {
         assert!(attempt < 200, "could not complete {kills} kills (seed {seed})");
         let started = Instant::now();
-        let mut child = lmscore(&sweep_args(&db_s, &cks, &[])).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let mut child = lmscore(&sweep_args(&db_s, &cks, &[]))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
         if killed < kills {
             let at = horizon.mul_f64(rand01());
             std::thread::sleep(at);
@@ -340,7 +412,10 @@ fn kill_and_resume_loses_and_duplicates_nothing() {
     assert_eq!(count(&db, "SELECT count(*) FROM runs"), 2);
     assert_eq!(count(&db, "SELECT count(*) FROM runs WHERE finished_at IS NOT NULL"), 2);
     assert_eq!(count(&db, "SELECT count(*) FROM task_runs"), 4);
-    assert_eq!(count(&db, "SELECT count(*) FROM requests"), count(Path::new(&reference), "SELECT count(*) FROM requests"));
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM requests"),
+        count(Path::new(&reference), "SELECT count(*) FROM requests")
+    );
     assert_eq!(count(&db, "SELECT count(*) FROM task_results"), 8);
 }
 
@@ -363,7 +438,10 @@ fn crash_inside_the_store_transaction() {
         let d = dump(&db);
         assert_eq!(d.len(), stored_before + n - 1, "after aborting in write {n}");
         assert_eq!(count(&db, "SELECT count(*) FROM task_results"), 2 * d.len() as i64);
-        assert_eq!(count(&db, "SELECT count(*) FROM requests"), d.values().map(|r| r.requests.len() as i64).sum::<i64>());
+        assert_eq!(
+            count(&db, "SELECT count(*) FROM requests"),
+            d.values().map(|r| r.requests.len() as i64).sum::<i64>()
+        );
     }
     run_ok(lmscore(&sweep_args(&db_s, &cks, &[])));
     assert_eq!(dump(&db), dump(&reference));
@@ -380,21 +458,36 @@ fn shards_merged_equal_one_run() {
     run_ok(lmscore(&sweep_args(&a, &cks, &["--shard", "0/2"])));
     run_ok(lmscore(&sweep_args(&b, &cks, &["--shard", "1/2"])));
     let (da, db_) = (dump(Path::new(&a)), dump(Path::new(&b)));
-    assert!(da.keys().all(|(k, _)| k.revision == "step1") && da.len() == 2, "shard 0 holds checkpoint 0");
-    assert!(db_.keys().all(|(k, _)| k.revision == "step2") && db_.len() == 2, "shard 1 holds checkpoint 1");
+    assert!(
+        da.keys().all(|(k, _)| k.revision == "step1") && da.len() == 2,
+        "shard 0 holds checkpoint 0"
+    );
+    assert!(
+        db_.keys().all(|(k, _)| k.revision == "step2") && db_.len() == 2,
+        "shard 1 holds checkpoint 1"
+    );
     let stderr = run_ok(lmscore(&["merge", "--into", &merged, &a, &b]));
     assert!(stderr.contains("2 tasks added"), "{stderr}");
     assert_eq!(dump(Path::new(&merged)), dump(Path::new(&whole)));
     // Idempotent.
     let stderr = run_ok(lmscore(&["merge", "--into", &merged, &a, &b, &whole]));
-    assert!(stderr.contains("0 tasks added, 2 already present") && stderr.contains("0 tasks added, 4 already present"), "{stderr}");
+    assert!(
+        stderr.contains("0 tasks added, 2 already present") && stderr.contains("0 tasks added, 4 already present"),
+        "{stderr}"
+    );
     assert_eq!(dump(Path::new(&merged)), dump(Path::new(&whole)));
     assert_eq!(count(Path::new(&merged), "SELECT count(*) FROM runs WHERE finished_at IS NOT NULL"), 2);
     // A conflicting store is reported and not merged.
-    rusqlite::Connection::open(&b).unwrap().execute("UPDATE task_results SET value = value / 2 WHERE task = 'neqa' AND metric = 'acc'", []).unwrap();
+    rusqlite::Connection::open(&b)
+        .unwrap()
+        .execute("UPDATE task_results SET value = value / 2 WHERE task = 'neqa' AND metric = 'acc'", [])
+        .unwrap();
     let out = lmscore(&["merge", "--into", &merged, &b]).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && stderr.contains("conflict") && stderr.contains("tiny@step2") && stderr.contains("neqa"), "{stderr}");
+    assert!(
+        !out.status.success() && stderr.contains("conflict") && stderr.contains("tiny@step2") && stderr.contains("neqa"),
+        "{stderr}"
+    );
     assert_eq!(dump(Path::new(&merged)), dump(Path::new(&whole)));
 }
 
@@ -410,7 +503,10 @@ fn duplicate_checkpoints_and_missing_data_are_errors() {
     let cks = format!("gone@s1={},t@s2={tiny}", tmp.path().join("gone").display());
     let out = lmscore(&sweep_args(&db, &cks, &[])).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && stderr.contains("gone@s1") && stderr.contains("not found"), "{stderr}");
+    assert!(
+        !out.status.success() && stderr.contains("gone@s1") && stderr.contains("not found"),
+        "{stderr}"
+    );
     assert_eq!(dump(Path::new(&db)).len(), 2);
     // Neither --checkpoints nor --preset.
     let out = lmscore(&["sweep", "--db", &db]).output().unwrap();

@@ -24,12 +24,20 @@ fn tokenizer() -> Tokenizer {
 }
 
 fn opts() -> LoadOptions {
-    LoadOptions { data_dir: shared().join("data"), skip_bad_rows: false, offline: true }
+    LoadOptions {
+        data_dir: shared().join("data"),
+        skip_bad_rows: false,
+        offline: true,
+    }
 }
 
 fn golden(task: &str) -> Vec<Value> {
     let path = shared().join(format!("data/derived/requests/{task}.jsonl"));
-    std::fs::read_to_string(&path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 fn ids(v: &Value) -> Vec<u32> {
@@ -53,7 +61,16 @@ fn check_prize(task: &str) -> usize {
         assert_eq!(d.context, g["context"].as_str().unwrap(), "{at}: context");
         assert_eq!(d.continuations, strs(&g["continuations"]), "{at}: continuations");
         let lens: Vec<u64> = d.choices.iter().map(|c| py_len(c) as u64).collect();
-        assert_eq!(lens, g["choice_char_lens"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect::<Vec<_>>(), "{at}: lens");
+        assert_eq!(
+            lens,
+            g["choice_char_lens"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap())
+                .collect::<Vec<_>>(),
+            "{at}: lens"
+        );
         assert_eq!(d.gold as u64, g["gold"].as_u64().unwrap(), "{at}: gold");
         let gc: Vec<Vec<u32>> = g["continuation_ids"].as_array().unwrap().iter().map(ids).collect();
         assert_eq!(d.requests.len(), gc.len(), "{at}: number of requests");
@@ -98,12 +115,21 @@ fn memo_trap_apostrophe_quirk() {
 
 fn check_truthfulqa(protocol: Protocol, data_dir: &Path) -> usize {
     let tok = tokenizer();
-    let o = LoadOptions { data_dir: data_dir.to_path_buf(), skip_bad_rows: false, offline: true };
+    let o = LoadOptions {
+        data_dir: data_dir.to_path_buf(),
+        skip_bad_rows: false,
+        offline: true,
+    };
     let mc1 = tasks::load_task("truthfulqa_mc1", protocol, &tok, &o).unwrap();
     let mc2 = tasks::load_task("truthfulqa_mc2", protocol, &tok, &o).unwrap();
     assert_eq!(mc1.plan_group, mc2.plan_group, "MC1 and MC2 are scored in one plan");
     assert_eq!(mc1.scoring, Scoring::Mc1);
-    assert_eq!(mc2.scoring, Scoring::Mc2 { split: protocol == Protocol::Paper2023 });
+    assert_eq!(
+        mc2.scoring,
+        Scoring::Mc2 {
+            split: protocol == Protocol::Paper2023
+        }
+    );
     let g = golden("truthfulqa");
     assert_eq!(mc1.docs.len(), 817);
     assert_eq!(mc2.docs.len(), 817);
@@ -114,7 +140,12 @@ fn check_truthfulqa(protocol: Protocol, data_dir: &Path) -> usize {
             let at = format!("truthfulqa {key} doc {i} ({protocol})");
             assert_eq!(d.context, g["context"].as_str().unwrap(), "{at}: context");
             assert_eq!(d.continuations, strs(&g[format!("{key}_continuations")]), "{at}: continuations");
-            let labels: Vec<u8> = g[format!("{key}_labels")].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u8).collect();
+            let labels: Vec<u8> = g[format!("{key}_labels")]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u8)
+                .collect();
             assert_eq!(d.labels, labels, "{at}: labels");
             let gc: Vec<Vec<u32>> = g[format!("{key}_continuation_ids")].as_array().unwrap().iter().map(ids).collect();
             assert_eq!(d.requests.len(), gc.len(), "{at}: number of requests");
@@ -149,7 +180,11 @@ fn truthfulqa_mc_task_json_equals_jsonl() {
     std::fs::create_dir(tmp.path().join("truthfulqa")).unwrap();
     std::fs::copy(shared().join("data/truthfulqa/mc_task.json"), tmp.path().join("truthfulqa/mc_task.json")).unwrap();
     let tok = tokenizer();
-    let from_json = LoadOptions { data_dir: tmp.path().to_path_buf(), skip_bad_rows: false, offline: true };
+    let from_json = LoadOptions {
+        data_dir: tmp.path().to_path_buf(),
+        skip_bad_rows: false,
+        offline: true,
+    };
     for (name, key) in [("truthfulqa_mc1", "mc1"), ("truthfulqa_mc2", "mc2")] {
         let a = tasks::load_task(name, Protocol::Paper2023, &tok, &opts()).unwrap();
         let b = tasks::load_task(name, Protocol::Paper2023, &tok, &from_json).unwrap();
@@ -171,8 +206,13 @@ fn truthfulqa_unsorted_mc2_labels_are_kept() {
     let mc2 = tasks::load_task("truthfulqa_mc2", Protocol::Paper2023, &tok, &opts()).unwrap();
     assert_eq!(mc2.docs[25].labels, vec![1, 1, 1, 0, 1, 0, 0, 0, 0]);
     assert_eq!(mc2.docs[208].labels, vec![1, 1, 0, 1, 0, 0, 0]);
-    let unsorted: Vec<usize> =
-        mc2.docs.iter().enumerate().filter(|(_, d)| d.labels.windows(2).any(|w| w[0] == 0 && w[1] == 1)).map(|(i, _)| i).collect();
+    let unsorted: Vec<usize> = mc2
+        .docs
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| d.labels.windows(2).any(|w| w[0] == 0 && w[1] == 1))
+        .map(|(i, _)| i)
+        .collect();
     assert_eq!(unsorted, vec![25, 208]);
 }
 
@@ -192,7 +232,10 @@ fn joint_encoding_agrees_on_all_golden_requests() {
     }
     for g in golden("truthfulqa") {
         for key in ["mc1", "mc2"] {
-            for (c, ids_c) in strs(&g[format!("{key}_continuations")]).iter().zip(g[format!("{key}_continuation_ids")].as_array().unwrap()) {
+            for (c, ids_c) in strs(&g[format!("{key}_continuations")])
+                .iter()
+                .zip(g[format!("{key}_continuation_ids")].as_array().unwrap())
+            {
                 let (ctx, cont) = tok.encode_pair(g["context"].as_str().unwrap(), c, PairEncoding::Joint).unwrap();
                 assert_eq!((ctx, cont), (ids(&g["context_ids"]), ids(ids_c)));
                 n += 1;

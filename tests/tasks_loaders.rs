@@ -13,7 +13,11 @@ fn fixtures() -> PathBuf {
 }
 
 fn tokenizer() -> Tokenizer {
-    Tokenizer::from_file(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/models/pythia-tiny/tokenizer.json"))).unwrap()
+    Tokenizer::from_file(Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/models/pythia-tiny/tokenizer.json"
+    )))
+    .unwrap()
 }
 
 /// The harnesses' pair encoding, written out independently: regime A (`paper-2023`) encodes each string on
@@ -56,7 +60,11 @@ fn data_dir_with(file: &Path, dir: &str, name: &str) -> tempfile::TempDir {
 }
 
 fn opts(dir: &Path, skip: bool) -> LoadOptions {
-    LoadOptions { data_dir: dir.to_path_buf(), skip_bad_rows: skip, offline: true }
+    LoadOptions {
+        data_dir: dir.to_path_buf(),
+        skip_bad_rows: skip,
+        offline: true,
+    }
 }
 
 /// Choices as the harnesses' own Python code gives them (prize_expected.json was written with
@@ -78,13 +86,27 @@ fn prize_classes_string_and_list() {
                 assert_eq!(d.requests.len(), d.choices.len());
                 if protocol == Protocol::Paper2023 {
                     let lens: Vec<u64> = d.choices.iter().map(|c| py_len(c) as u64).collect();
-                    assert_eq!(lens, e["paper_lens"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect::<Vec<_>>());
+                    assert_eq!(
+                        lens,
+                        e["paper_lens"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|x| x.as_u64().unwrap())
+                            .collect::<Vec<_>>()
+                    );
                     // Regime A: the context is encoded on its own, and the continuation too.
                     assert_eq!(d.requests[0].context, tok.encode(&d.context).unwrap());
                     assert_eq!(d.requests[0].continuation, tok.encode(&d.continuations[0]).unwrap());
                 }
                 for (r, c) in d.requests.iter().zip(&d.continuations) {
-                    assert_eq!((&r.context, &r.continuation), (&lm_eval_pair(&tok, &d.context, c, protocol).0, &lm_eval_pair(&tok, &d.context, c, protocol).1));
+                    assert_eq!(
+                        (&r.context, &r.continuation),
+                        (
+                            &lm_eval_pair(&tok, &d.context, c, protocol).0,
+                            &lm_eval_pair(&tok, &d.context, c, protocol).1
+                        )
+                    );
                 }
             }
         }
@@ -120,7 +142,10 @@ fn missing_datasets_file_names() {
         }
     }
     // lm-eval 0.4's round-1 tasks.
-    for (task, file) in [("redefine_math", "redefine-math_classification.jsonl"), ("quote_repetition", "quote-repetition_classification.jsonl")] {
+    for (task, file) in [
+        ("redefine_math", "redefine-math_classification.jsonl"),
+        ("quote_repetition", "quote-repetition_classification.jsonl"),
+    ] {
         let dir = data_dir_with(&fixtures().join("prize_list.jsonl"), task, file);
         let t = tasks::load_task(task, Protocol::LmEval04, &tok, &opts(dir.path(), false)).unwrap();
         assert_eq!(t.docs.len(), 5);
@@ -158,7 +183,10 @@ fn prize_bad_rows() {
         let one = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(one.path(), format!("{}\n{}\n", lines[0], lines[line - 1])).unwrap();
         let e = prize::load_file(one.path(), Protocol::Paper2023, &tok, false).unwrap_err().to_string();
-        assert!(e.starts_with(&format!("{}:2:", one.path().display())) && e.contains(msg), "line {line}: {e}");
+        assert!(
+            e.starts_with(&format!("{}:2:", one.path().display())) && e.contains(msg),
+            "line {line}: {e}"
+        );
     }
     // The unterminated list is fine for the paper's split parser but not for a Python-literal parser.
     let one = tempfile::NamedTempFile::new().unwrap();
@@ -187,7 +215,10 @@ fn truthfulqa_bad_rows() {
     let path = dir.path().join("truthfulqa/truthfulqa_mc_validation.jsonl");
     for name in ["truthfulqa_mc1", "truthfulqa_mc2"] {
         let e = err_text(tasks::load_task(name, Protocol::Paper2023, &tok, &opts(dir.path(), false)));
-        assert!(e.starts_with(&format!("{}:2:", path.display())) && e.contains("`mc2_targets` has 8 choices but 7 labels"), "{e}");
+        assert!(
+            e.starts_with(&format!("{}:2:", path.display())) && e.contains("`mc2_targets` has 8 choices but 7 labels"),
+            "{e}"
+        );
         // MC1 and MC2 keep or skip the same questions.
         let t = tasks::load_task(name, Protocol::Paper2023, &tok, &opts(dir.path(), true)).unwrap();
         assert_eq!((t.docs.len(), t.skipped_rows), (2, 3), "{name}");
@@ -197,13 +228,21 @@ fn truthfulqa_bad_rows() {
     for (line, msg) in [(3, "has no false answer"), (4, "missing `mc1_targets`")] {
         let one = tempfile::NamedTempFile::with_suffix(".jsonl").unwrap();
         std::fs::write(one.path(), format!("{}\n", lines[line - 1])).unwrap();
-        let e = tasks::truthfulqa::load_file("truthfulqa_mc2", one.path(), true, Protocol::Paper2023, &tok, false).unwrap_err().to_string();
+        let e = tasks::truthfulqa::load_file("truthfulqa_mc2", one.path(), true, Protocol::Paper2023, &tok, false)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(":1:") && e.contains(msg), "{e}");
     }
     // mc_task.json entries are named by their position in the array.
     let json = tempfile::NamedTempFile::with_suffix(".json").unwrap();
-    std::fs::write(json.path(), r#"[{"question": "q", "mc1_targets": {"a": 1, "b": 0}, "mc2_targets": {"a": 1, "b": 2}}]"#).unwrap();
-    let e = tasks::truthfulqa::load_file("truthfulqa_mc2", json.path(), true, Protocol::Paper2023, &tok, false).unwrap_err().to_string();
+    std::fs::write(
+        json.path(),
+        r#"[{"question": "q", "mc1_targets": {"a": 1, "b": 0}, "mc2_targets": {"a": 1, "b": 2}}]"#,
+    )
+    .unwrap();
+    let e = tasks::truthfulqa::load_file("truthfulqa_mc2", json.path(), true, Protocol::Paper2023, &tok, false)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("question #1") && e.contains("labels must be 0 or 1"), "{e}");
 }
 
@@ -211,7 +250,10 @@ fn truthfulqa_bad_rows() {
 fn custom_tasks() {
     let tok = tokenizer();
     let spec = format!("custom:{}", fixtures().join("custom.jsonl").display());
-    assert_eq!(tasks::expand_task_list(&format!("neqa,{spec}"), Protocol::Paper2023).unwrap(), vec!["neqa".to_string(), spec.clone()]);
+    assert_eq!(
+        tasks::expand_task_list(&format!("neqa,{spec}"), Protocol::Paper2023).unwrap(),
+        vec!["neqa".to_string(), spec.clone()]
+    );
     let o = opts(Path::new("/nonexistent"), false);
     for protocol in [Protocol::Paper2023, Protocol::LmEval04] {
         let t = tasks::load_task(&spec, protocol, &tok, &o).unwrap();
@@ -251,9 +293,17 @@ fn custom_tasks() {
 fn task_lists() {
     assert_eq!(tasks::expand_task_list("all", Protocol::Paper2023).unwrap(), STUDY_TASKS.to_vec());
     assert_eq!(tasks::expand_task_list("all", Protocol::LmEval04).unwrap(), STUDY_TASKS.to_vec());
-    assert_eq!(tasks::expand_task_list(" neqa, memo_trap,neqa ", Protocol::Paper2023).unwrap(), vec!["neqa", "memo_trap"]);
-    assert_eq!(tasks::expand_task_list("redefine_math,quote_repetition", Protocol::LmEval04).unwrap(), vec!["redefine_math", "quote_repetition"]);
-    let e = tasks::expand_task_list("memo_trap,memotrap", Protocol::Paper2023).unwrap_err().to_string();
+    assert_eq!(
+        tasks::expand_task_list(" neqa, memo_trap,neqa ", Protocol::Paper2023).unwrap(),
+        vec!["neqa", "memo_trap"]
+    );
+    assert_eq!(
+        tasks::expand_task_list("redefine_math,quote_repetition", Protocol::LmEval04).unwrap(),
+        vec!["redefine_math", "quote_repetition"]
+    );
+    let e = tasks::expand_task_list("memo_trap,memotrap", Protocol::Paper2023)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("unknown task `memotrap`") && STUDY_TASKS.iter().all(|t| e.contains(t)), "{e}");
     let e = tasks::expand_task_list("redefine_math", Protocol::Paper2023).unwrap_err().to_string();
     assert!(e.contains("--protocol lm-eval-0.4"), "{e}");
@@ -275,7 +325,11 @@ fn missing_data_errors() {
     std::env::set_var("HF_ENDPOINT", "http://127.0.0.1:9");
     let local = empty.path().join("hindsight_neglect/hindsight-neglect_classification.jsonl");
     // Online: the Hub is tried and fails.
-    let o = LoadOptions { data_dir: empty.path().to_path_buf(), skip_bad_rows: false, offline: false };
+    let o = LoadOptions {
+        data_dir: empty.path().to_path_buf(),
+        skip_bad_rows: false,
+        offline: false,
+    };
     let e = err_text(tasks::load_task("hindsight_neglect", Protocol::Paper2023, &tok, &o));
     assert!(e.contains(&local.display().to_string()), "{e}");
     assert!(e.contains("jmichaelov/inverse_scaling_prize-hindsight_neglect"), "{e}");
@@ -284,19 +338,32 @@ fn missing_data_errors() {
     // Offline: the Hub is not tried, and the message says so.
     let o = LoadOptions { offline: true, ..o };
     let e = err_text(tasks::load_task("hindsight_neglect", Protocol::Paper2023, &tok, &o));
-    assert!(e.contains("--offline") && e.contains("jmichaelov/inverse_scaling_prize-hindsight_neglect") && e.contains("place the file at"), "{e}");
+    assert!(
+        e.contains("--offline") && e.contains("jmichaelov/inverse_scaling_prize-hindsight_neglect") && e.contains("place the file at"),
+        "{e}"
+    );
     // lm-eval 0.4's round-1 tasks are not in shared/data either.
     let e = err_text(tasks::load_task("redefine_math", Protocol::LmEval04, &tok, &o));
-    assert!(e.contains("redefine_math/redefine-math_classification.jsonl") && e.contains("inverse-scaling/redefine-math"), "{e}");
+    assert!(
+        e.contains("redefine_math/redefine-math_classification.jsonl") && e.contains("inverse-scaling/redefine-math"),
+        "{e}"
+    );
     // TruthfulQA has no readable Hub copy: the message names both local files.
     let e = err_text(tasks::load_task("truthfulqa_mc1", Protocol::Paper2023, &tok, &o));
-    assert!(e.contains("truthfulqa_mc_validation.jsonl") && e.contains("mc_task.json") && e.contains("Parquet"), "{e}");
+    assert!(
+        e.contains("truthfulqa_mc_validation.jsonl") && e.contains("mc_task.json") && e.contains("Parquet"),
+        "{e}"
+    );
     // A file found in the HF cache is used (layout: datasets--owner--name/refs/main + snapshots/<commit>/file).
     let repo = cache.path().join("hub/datasets--jmichaelov--inverse_scaling_prize-hindsight_neglect");
     std::fs::create_dir_all(repo.join("refs")).unwrap();
     std::fs::write(repo.join("refs/main"), "0123abcd").unwrap();
     std::fs::create_dir_all(repo.join("snapshots/0123abcd")).unwrap();
-    std::fs::copy(fixtures().join("prize_list.jsonl"), repo.join("snapshots/0123abcd/hindsight-neglect_classification.jsonl")).unwrap();
+    std::fs::copy(
+        fixtures().join("prize_list.jsonl"),
+        repo.join("snapshots/0123abcd/hindsight-neglect_classification.jsonl"),
+    )
+    .unwrap();
     let t = tasks::load_task("hindsight_neglect", Protocol::Paper2023, &tok, &o).unwrap();
     assert_eq!(t.docs.len(), 5);
     assert!(t.source.starts_with(cache.path()));

@@ -8,13 +8,21 @@ use std::path::PathBuf;
 
 fn shared_data() -> PathBuf {
     let p = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data"));
-    assert!(p.join("truthfulqa").is_dir(), "{} is missing: these tests need the project's shared data beside the crate, as CI has it", p.display());
+    assert!(
+        p.join("truthfulqa").is_dir(),
+        "{} is missing: these tests need the project's shared data beside the crate, as CI has it",
+        p.display()
+    );
     p
 }
 
 fn load(name: &str, protocol: Protocol, keep: &[usize]) -> LoadedTask {
     let tok = Tokenizer::from_file(&shared_data().join("tokenizer/tokenizer.json")).unwrap();
-    let opts = LoadOptions { data_dir: shared_data(), skip_bad_rows: false, offline: true };
+    let opts = LoadOptions {
+        data_dir: shared_data(),
+        skip_bad_rows: false,
+        offline: true,
+    };
     let mut t = tasks::load_task(name, protocol, &tok, &opts).unwrap();
     let docs = std::mem::take(&mut t.docs);
     t.docs = keep.iter().map(|&i| docs[i].clone()).collect();
@@ -104,7 +112,11 @@ fn stderr_formulas() {
     // acc: sqrt(p (1-p) / (n-1)). The paper's memo_trap, pythia-70m step2000: acc 763/936.
     let xs: Vec<f64> = (0..936).map(|i| if i < 763 { 1.0 } else { 0.0 }).collect();
     assert_eq!(metrics::mean(&xs), 0.8151709401709402);
-    assert!((metrics::mean_stderr(&xs) - 0.012694151184752483).abs() < 1e-15, "{}", metrics::mean_stderr(&xs));
+    assert!(
+        (metrics::mean_stderr(&xs) - 0.012694151184752483).abs() < 1e-15,
+        "{}",
+        metrics::mean_stderr(&xs)
+    );
     let p: f64 = 763.0 / 936.0;
     assert!((metrics::mean_stderr(&xs) - (p * (1.0 - p) / 935.0).sqrt()).abs() < 1e-15);
     // neqa, pythia-70m step2000: 0.46 = 138/300, stderr 0.0288230676849157.

@@ -28,7 +28,11 @@ fn root() -> PathBuf {
 
 fn shared_data() -> PathBuf {
     let p = root().join("../shared/data");
-    assert!(p.join("memo_trap").is_dir(), "{} is missing: these tests need the project's shared data beside the crate, as CI has it", p.display());
+    assert!(
+        p.join("memo_trap").is_dir(),
+        "{} is missing: these tests need the project's shared data beside the crate, as CI has it",
+        p.display()
+    );
     p
 }
 
@@ -54,7 +58,11 @@ fn engine() -> &'static (Engine, Tokenizer) {
 }
 
 fn load(name: &str, protocol: Protocol) -> LoadedTask {
-    let opts = LoadOptions { data_dir: shared_data(), skip_bad_rows: false, offline: true };
+    let opts = LoadOptions {
+        data_dir: shared_data(),
+        skip_bad_rows: false,
+        offline: true,
+    };
     tasks::load_task(name, protocol, &engine().1, &opts).unwrap()
 }
 
@@ -89,7 +97,11 @@ struct Report {
 /// doc i). Checks per-request LLs and per-doc metric values.
 fn compare(t: &LoadedTask, o: &TaskOutcome, protocol: Protocol, doc_ids: &[usize]) -> Report {
     let g = golden_lls(protocol, &t.name);
-    let mut rep = Report { requests: 0, max_dll: 0.0, differing_docs: vec![] };
+    let mut rep = Report {
+        requests: 0,
+        max_dll: 0.0,
+        differing_docs: vec![],
+    };
     let mut k = 0;
     for (di, d) in t.docs.iter().enumerate() {
         let gl = &g[doc_ids[di]];
@@ -97,7 +109,12 @@ fn compare(t: &LoadedTask, o: &TaskOutcome, protocol: Protocol, doc_ids: &[usize
         let ours: Vec<f64> = o.requests[k..k + gl.len()].iter().map(|r| r.logprob).collect();
         for (ci, (a, b)) in ours.iter().zip(gl).enumerate() {
             let dll = (a - b).abs();
-            assert!(dll <= LL_TOL, "{} ({protocol}) doc {} choice {ci}: logprob {a} vs golden {b} (|Δ| {dll:.2e} > {LL_TOL})", t.name, doc_ids[di]);
+            assert!(
+                dll <= LL_TOL,
+                "{} ({protocol}) doc {} choice {ci}: logprob {a} vs golden {b} (|Δ| {dll:.2e} > {LL_TOL})",
+                t.name,
+                doc_ids[di]
+            );
             rep.max_dll = rep.max_dll.max(dll);
             rep.requests += 1;
         }
@@ -107,18 +124,33 @@ fn compare(t: &LoadedTask, o: &TaskOutcome, protocol: Protocol, doc_ids: &[usize
             Scoring::Choice => {
                 let lens: Vec<usize> = d.choices.iter().map(|c| metrics::py_len(c)).collect();
                 if metrics::acc(&ours, d.gold) != metrics::acc(gl, d.gold) {
-                    assert!(top_gap(gl) <= TIE_TOL, "{} doc {}: acc differs and the golden LLs {gl:?} are not a near-tie", t.name, doc_ids[di]);
+                    assert!(
+                        top_gap(gl) <= TIE_TOL,
+                        "{} doc {}: acc differs and the golden LLs {gl:?} are not a near-tie",
+                        t.name,
+                        doc_ids[di]
+                    );
                     rep.differing_docs.push(("acc", doc_ids[di]));
                 }
                 if metrics::acc_norm(&ours, &lens, d.gold) != metrics::acc_norm(gl, &lens, d.gold) {
                     let normed: Vec<f64> = gl.iter().zip(&lens).map(|(l, &n)| l / n as f64).collect();
-                    assert!(top_gap(&normed) <= TIE_TOL, "{} doc {}: acc_norm differs and the golden is not a near-tie", t.name, doc_ids[di]);
+                    assert!(
+                        top_gap(&normed) <= TIE_TOL,
+                        "{} doc {}: acc_norm differs and the golden is not a near-tie",
+                        t.name,
+                        doc_ids[di]
+                    );
                     rep.differing_docs.push(("acc_norm", doc_ids[di]));
                 }
             }
             Scoring::Mc1 => {
                 if metrics::mc1(&ours) != metrics::mc1(gl) {
-                    assert!(top_gap(gl) <= TIE_TOL, "{} doc {}: mc1 differs and the golden LLs are not a near-tie", t.name, doc_ids[di]);
+                    assert!(
+                        top_gap(gl) <= TIE_TOL,
+                        "{} doc {}: mc1 differs and the golden LLs are not a near-tie",
+                        t.name,
+                        doc_ids[di]
+                    );
                     rep.differing_docs.push(("mc1", doc_ids[di]));
                 }
             }
@@ -145,14 +177,31 @@ fn compare_metrics(o: &TaskOutcome, protocol: Protocol, rep: &Report) {
     let g = &goldens()[protocol.name()][o.task.as_str()];
     assert_eq!(o.n_docs as u64, g["n"].as_u64().unwrap(), "{}: n", o.task);
     for m in &o.metrics {
-        let gv = g["metrics"][m.name.as_str()].as_f64().unwrap_or_else(|| panic!("golden {} has no {}", o.task, m.name));
+        let gv = g["metrics"][m.name.as_str()]
+            .as_f64()
+            .unwrap_or_else(|| panic!("golden {} has no {}", o.task, m.name));
         let gs = g["metrics"][format!("{}_stderr", m.name)].as_f64().unwrap();
         let flips = rep.differing_docs.iter().filter(|(x, _)| *x == m.name).count() as f64;
         let tol = if m.name == "mc2" { MC2_TOL } else { flips / o.n_docs as f64 + 1e-12 };
-        assert!((m.value - gv).abs() <= tol, "{} ({protocol}) {}: {} vs golden {gv}", o.task, m.name, m.value);
+        assert!(
+            (m.value - gv).abs() <= tol,
+            "{} ({protocol}) {}: {} vs golden {gv}",
+            o.task,
+            m.name,
+            m.value
+        );
         let stol = if m.name == "mc2" || flips > 0.0 { 1e-4 } else { 1e-12 };
-        assert!((m.stderr - gs).abs() <= stol, "{} ({protocol}) {}_stderr: {} vs golden {gs}", o.task, m.name, m.stderr);
-        eprintln!("  {} ({protocol}) {:<8} {:.6} ± {:.6}   golden {gv:.6} ± {gs:.6}", o.task, m.name, m.value, m.stderr);
+        assert!(
+            (m.stderr - gs).abs() <= stol,
+            "{} ({protocol}) {}_stderr: {} vs golden {gs}",
+            o.task,
+            m.name,
+            m.stderr
+        );
+        eprintln!(
+            "  {} ({protocol}) {:<8} {:.6} ± {:.6}   golden {gv:.6} ± {gs:.6}",
+            o.task, m.name, m.value, m.stderr
+        );
     }
 }
 
@@ -213,7 +262,10 @@ fn truthfulqa_subset(protocol: Protocol) {
             rep.differing_docs
         );
     }
-    eprintln!("truthfulqa subset ({protocol}): {} requests in {secs:.1} s", loaded.iter().map(|t| t.n_requests()).sum::<usize>());
+    eprintln!(
+        "truthfulqa subset ({protocol}): {} requests in {secs:.1} s",
+        loaded.iter().map(|t| t.n_requests()).sum::<usize>()
+    );
 }
 
 #[test]
@@ -241,7 +293,11 @@ fn truthfulqa_full_lm_eval_04() {
 // ---- the command line ----
 
 fn lmscore(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_lmscore")).current_dir(root()).args(args).output().unwrap()
+    std::process::Command::new(env!("CARGO_BIN_EXE_lmscore"))
+        .current_dir(root())
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 /// The README command: no --data-dir, so the bundled sample; JSON layout and request log.
@@ -264,7 +320,10 @@ fn cli_score_on_bundled_sample() {
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "stdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("memo_trap") && stdout.contains("acc_norm") && stdout.contains("mc2"), "{stdout}");
+    assert!(
+        stdout.contains("memo_trap") && stdout.contains("acc_norm") && stdout.contains("mc2"),
+        "{stdout}"
+    );
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let r = &v["results"];
     for k in ["acc", "acc_stderr", "acc_norm", "acc_norm_stderr"] {
@@ -275,16 +334,29 @@ fn cli_score_on_bundled_sample() {
     assert_eq!(v["config"]["protocol"], "paper-2023");
     assert_eq!(v["config"]["device"], "cpu");
     assert_eq!(v["config"]["dtype"], "f32");
-    for k in ["naive_tokens", "computed_tokens", "scored_rows", "batches", "sharing_ratio", "tokens_per_second"] {
+    for k in [
+        "naive_tokens",
+        "computed_tokens",
+        "scored_rows",
+        "batches",
+        "sharing_ratio",
+        "tokens_per_second",
+    ] {
         assert!(!v["plan"]["neqa"][k].is_null(), "plan.neqa.{k}");
         assert!(!v["plan"]["total"][k].is_null(), "plan.total.{k}");
     }
     assert_eq!(v["plan"]["truthfulqa_mc1"]["shared_with"][0], "truthfulqa_mc2");
     // The sample's TruthfulQA is counted once in the total.
     let p = &v["plan"];
-    let sum = p["memo_trap"]["naive_tokens"].as_u64().unwrap() + p["neqa"]["naive_tokens"].as_u64().unwrap() + p["truthfulqa_mc1"]["naive_tokens"].as_u64().unwrap();
+    let sum = p["memo_trap"]["naive_tokens"].as_u64().unwrap()
+        + p["neqa"]["naive_tokens"].as_u64().unwrap()
+        + p["truthfulqa_mc1"]["naive_tokens"].as_u64().unwrap();
     assert_eq!(p["total"]["naive_tokens"].as_u64().unwrap(), sum);
-    let rows: Vec<Value> = std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rows: Vec<Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(rows.len(), 40 + 40 + 111 + 154);
     assert_eq!(rows[0]["task"], "memo_trap");
     for k in ["doc", "choice", "logprob", "is_greedy", "n_tokens"] {
@@ -299,7 +371,16 @@ fn cli_score_on_bundled_sample() {
 #[test]
 fn cli_missing_data_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = lmscore(&["score", "--model", "tests/fixtures/models/pythia-tiny", "--tasks", "sig_figs", "--data-dir", tmp.path().to_str().unwrap(), "--offline"]);
+    let out = lmscore(&[
+        "score",
+        "--model",
+        "tests/fixtures/models/pythia-tiny",
+        "--tasks",
+        "sig_figs",
+        "--data-dir",
+        tmp.path().to_str().unwrap(),
+        "--offline",
+    ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("sig_figs/sig-figs_classification.jsonl"), "{err}");
@@ -308,7 +389,10 @@ fn cli_missing_data_is_a_clear_error() {
     let out = lmscore(&["score", "--model", "tests/fixtures/models/pythia-tiny", "--tasks", "memo_trap,nonsense"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("unknown task `nonsense`") && err.contains("pattern_matching_suppression"), "{err}");
+    assert!(
+        err.contains("unknown task `nonsense`") && err.contains("pattern_matching_suppression"),
+        "{err}"
+    );
 }
 
 /// A data file that is not the official release (here: the sample's memo_trap outside a SAMPLE.md
@@ -317,11 +401,27 @@ fn cli_missing_data_is_a_clear_error() {
 fn cli_sha256_mismatch_is_a_warning() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::create_dir(tmp.path().join("memo_trap")).unwrap();
-    std::fs::copy(root().join("data/sample/memo_trap/memo-trap_classification.jsonl"), tmp.path().join("memo_trap/memo-trap_classification.jsonl")).unwrap();
-    let out = lmscore(&["score", "--model", "tests/fixtures/models/pythia-tiny", "--tasks", "memo_trap", "--data-dir", tmp.path().to_str().unwrap(), "--offline"]);
+    std::fs::copy(
+        root().join("data/sample/memo_trap/memo-trap_classification.jsonl"),
+        tmp.path().join("memo_trap/memo-trap_classification.jsonl"),
+    )
+    .unwrap();
+    let out = lmscore(&[
+        "score",
+        "--model",
+        "tests/fixtures/models/pythia-tiny",
+        "--tasks",
+        "memo_trap",
+        "--data-dir",
+        tmp.path().to_str().unwrap(),
+        "--offline",
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
-    assert!(err.contains("warning:") && err.contains("f09aac90bf841f2eb899d23beed8c8ccad2e1d3ab4f0fd3f1ff403fd5c7e11f2"), "{err}");
+    assert!(
+        err.contains("warning:") && err.contains("f09aac90bf841f2eb899d23beed8c8ccad2e1d3ab4f0fd3f1ff403fd5c7e11f2"),
+        "{err}"
+    );
 }
 
 /// The string requests of the HF oracle golden (`pythia-tiny.json`, tokenised like lm-eval 0.4), run as a
@@ -342,12 +442,22 @@ fn custom_task_matches_hf_string_requests() {
         .collect();
     std::fs::write(&file, text).unwrap();
     let (eng, tok) = engine();
-    let opts = LoadOptions { data_dir: tmp.path().to_path_buf(), skip_bad_rows: false, offline: true };
+    let opts = LoadOptions {
+        data_dir: tmp.path().to_path_buf(),
+        skip_bad_rows: false,
+        offline: true,
+    };
     let t = tasks::load_task(&format!("custom:{}", file.display()), Protocol::LmEval04, tok, &opts).unwrap();
     let ids = |v: &Value| -> Vec<u32> { v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect() };
     for (d, r) in t.docs.iter().zip(&rows) {
         assert_eq!(d.requests[0].context, ids(&r["context_ids"]), "context ids of {:?}", r["context"]);
-        assert_eq!(d.requests[0].continuation, ids(&r["continuation_ids"]), "continuation ids of {:?} + {:?}", r["context"], r["continuation"]);
+        assert_eq!(
+            d.requests[0].continuation,
+            ids(&r["continuation_ids"]),
+            "continuation ids of {:?} + {:?}",
+            r["context"],
+            r["continuation"]
+        );
     }
     let o = &tasks::evaluate(eng, std::slice::from_ref(&t), &EngineOptions::default(), |_, _| {}).unwrap()[0];
     let mut worst: f64 = 0.0;

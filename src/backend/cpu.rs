@@ -37,17 +37,21 @@ impl Tensor2 for CpuTensor {
 #[derive(Clone, Debug, Default)]
 pub struct Cpu;
 
-
 fn check_same_shape(what: &str, a: &CpuTensor, b: &CpuTensor) -> Result<()> {
     if (a.rows, a.cols) != (b.rows, b.cols) {
-        return Err(Error::invalid(format!("{what}: shapes [{}, {}] and [{}, {}] differ", a.rows, a.cols, b.rows, b.cols)));
+        return Err(Error::invalid(format!(
+            "{what}: shapes [{}, {}] and [{}, {}] differ",
+            a.rows, a.cols, b.rows, b.cols
+        )));
     }
     Ok(())
 }
 
 /// 1 / base^(2j / R) for j in 0..R/2, computed in f32 exactly as HF does (never the stored fp16 inv_freq).
 pub fn rotary_inv_freq(rotary_ndims: usize, base: f32) -> Vec<f32> {
-    (0..rotary_ndims / 2).map(|j| 1.0f32 / base.powf((2 * j) as f32 / rotary_ndims as f32)).collect()
+    (0..rotary_ndims / 2)
+        .map(|j| 1.0f32 / base.powf((2 * j) as f32 / rotary_ndims as f32))
+        .collect()
 }
 
 /// Exact GELU, 0.5 x (1 + erf(x / sqrt 2)), as torch.nn.functional.gelu.
@@ -93,7 +97,10 @@ impl Backend for Cpu {
         let mut out = vec![0f32; ids.len() * h];
         for (dst, &id) in out.chunks_mut(h).zip(ids) {
             if id as usize >= table.rows {
-                return Err(Error::invalid(format!("token id {id} is outside the embedding table of {} rows", table.rows)));
+                return Err(Error::invalid(format!(
+                    "token id {id} is outside the embedding table of {} rows",
+                    table.rows
+                )));
             }
             dst.copy_from_slice(table.row(id as usize));
         }
@@ -117,7 +124,10 @@ impl Backend for Cpu {
     fn linear(&self, x: &CpuTensor, w: &CpuTensor, b: Option<&CpuTensor>) -> Result<CpuTensor> {
         let (m, k, n) = (x.rows, x.cols, w.rows);
         if w.cols != k {
-            return Err(Error::invalid(format!("linear: input has {k} features, weight [{}, {}] expects {}", w.rows, w.cols, w.cols)));
+            return Err(Error::invalid(format!(
+                "linear: input has {k} features, weight [{}, {}] expects {}",
+                w.rows, w.cols, w.cols
+            )));
         }
         // Start from the broadcast bias so the GEMM accumulates onto it (dst = 1*dst + x w^T).
         let mut out = match b {
@@ -128,13 +138,24 @@ impl Backend for Cpu {
             // SAFETY: pointers and strides describe the three row-major buffers above, which outlive the call.
             unsafe {
                 gemm::gemm(
-                    m, n, k,
-                    out.as_mut_ptr(), 1, n as isize,
+                    m,
+                    n,
+                    k,
+                    out.as_mut_ptr(),
+                    1,
+                    n as isize,
                     b.is_some(),
-                    x.data.as_ptr(), 1, k as isize,
-                    w.data.as_ptr(), k as isize, 1, // rhs = w^T: element (kk, j) = w[j, kk]
-                    1.0, 1.0,
-                    false, false, false,
+                    x.data.as_ptr(),
+                    1,
+                    k as isize,
+                    w.data.as_ptr(),
+                    k as isize,
+                    1, // rhs = w^T: element (kk, j) = w[j, kk]
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
                     gemm::Parallelism::Rayon(0),
                 );
             }
@@ -179,7 +200,10 @@ impl Backend for Cpu {
         let h = heads * hd;
         let p = layout.past_len;
         if past.map_or(0, |t| t.rows) != p {
-            return Err(Error::invalid(format!("attention: layout expects {p} cached rows, cache holds {}", past.map_or(0, |t| t.rows))));
+            return Err(Error::invalid(format!(
+                "attention: layout expects {p} cached rows, cache holds {}",
+                past.map_or(0, |t| t.rows)
+            )));
         }
         let key_row = |i: usize| -> &[f32] {
             if i < p {
@@ -296,10 +320,16 @@ impl Backend for Cpu {
             .map(|&(row, tok)| {
                 let (row, tok) = (row as usize, tok as usize);
                 if row >= logits.rows || tok >= logits.cols {
-                    return Err(Error::invalid(format!("logsoftmax_gather: target ({row}, {tok}) outside logits [{}, {}]", logits.rows, logits.cols)));
+                    return Err(Error::invalid(format!(
+                        "logsoftmax_gather: target ({row}, {tok}) outside logits [{}, {}]",
+                        logits.rows, logits.cols
+                    )));
                 }
                 let (lse, arg) = stats[row];
-                Ok(TokenScore { logprob: (logits.data[row * logits.cols + tok] as f64 - lse) as f32, is_greedy: arg == tok })
+                Ok(TokenScore {
+                    logprob: (logits.data[row * logits.cols + tok] as f64 - lse) as f32,
+                    is_greedy: arg == tok,
+                })
             })
             .collect()
     }

@@ -42,7 +42,10 @@ impl Checkpoint {
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
         if !dir.is_dir() {
-            return Err(Error::file(&dir, "model directory not found (expected a Hugging Face model directory with config.json)"));
+            return Err(Error::file(
+                &dir,
+                "model directory not found (expected a Hugging Face model directory with config.json)",
+            ));
         }
         let config_path = dir.join("config.json");
         if !config_path.exists() {
@@ -88,7 +91,10 @@ impl Checkpoint {
     pub fn tensor_with_shape(&self, name: &str, shape: &[usize]) -> Result<HostTensor> {
         let t = self.tensor(name)?;
         if t.shape != shape {
-            return Err(Error::tensor(name, format!("has shape {:?}, expected {:?} from config.json", t.shape, shape)));
+            return Err(Error::tensor(
+                name,
+                format!("has shape {:?}, expected {:?} from config.json", t.shape, shape),
+            ));
         }
         match t.dtype {
             DType::F16 | DType::BF16 | DType::F32 => Ok(t),
@@ -98,15 +104,34 @@ impl Checkpoint {
 
     pub fn tensor(&self, name: &str) -> Result<HostTensor> {
         let &i = self.index.get(name).ok_or_else(|| {
-            Error::tensor(name, format!("missing from the checkpoint in {} (is this a GPT-NeoX / Pythia model?)", self.dir.display()))
+            Error::tensor(
+                name,
+                format!(
+                    "missing from the checkpoint in {} (is this a GPT-NeoX / Pythia model?)",
+                    self.dir.display()
+                ),
+            )
         })?;
         match &self.shards[i] {
-            Shard::Safetensors { path, map, data_start, infos } => {
+            Shard::Safetensors {
+                path,
+                map,
+                data_start,
+                infos,
+            } => {
                 let (dtype, shape, start, end) = &infos[name];
                 if *dtype == DType::Other {
-                    return Err(Error::tensor(name, format!("in {} has a dtype lmscore cannot read (expected F16, BF16 or F32)", path.display())));
+                    return Err(Error::tensor(
+                        name,
+                        format!("in {} has a dtype lmscore cannot read (expected F16, BF16 or F32)", path.display()),
+                    ));
                 }
-                Ok(HostTensor { name: name.into(), dtype: *dtype, shape: shape.clone(), bytes: map[data_start + start..data_start + end].to_vec() })
+                Ok(HostTensor {
+                    name: name.into(),
+                    dtype: *dtype,
+                    shape: shape.clone(),
+                    bytes: map[data_start + start..data_start + end].to_vec(),
+                })
             }
             Shard::Pickle { tensors } => Ok(tensors[name].clone()),
         }
@@ -143,9 +168,14 @@ fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
     let dir = index.parent().unwrap_or(Path::new("."));
     let mut files: Vec<PathBuf> = Vec::new();
     for (tensor, file) in map {
-        let file = file.as_str().ok_or_else(|| Error::file(index, format!("weight_map[{tensor}] is not a file name")))?;
+        let file = file
+            .as_str()
+            .ok_or_else(|| Error::file(index, format!("weight_map[{tensor}] is not a file name")))?;
         if file.contains('/') || file.contains("..") {
-            return Err(Error::file(index, format!("weight_map[{tensor}] = {file:?} points outside the model directory")));
+            return Err(Error::file(
+                index,
+                format!("weight_map[{tensor}] = {file:?} points outside the model directory"),
+            ));
         }
         let path = dir.join(file);
         if !path.exists() {
@@ -181,5 +211,10 @@ fn open_safetensors(path: &Path) -> Result<Shard> {
             (name, (dtype, info.shape.clone(), info.data_offsets.0, info.data_offsets.1))
         })
         .collect();
-    Ok(Shard::Safetensors { path: path.to_path_buf(), map, data_start: 8 + header_len, infos })
+    Ok(Shard::Safetensors {
+        path: path.to_path_buf(),
+        map,
+        data_start: 8 + header_len,
+        infos,
+    })
 }

@@ -54,11 +54,20 @@ pub fn load_from_bytes(path: &Path, bytes: &[u8]) -> Result<Vec<HostTensor>> {
     }
     let mut zip = zip::ZipArchive::new(Cursor::new(bytes))
         .map_err(|e| Error::file(path, format!("not a readable zip archive ({e}); is it truncated or corrupt?")))?;
-    let pkl_names: Vec<String> = zip.file_names().filter(|n| *n == "data.pkl" || n.ends_with("/data.pkl")).map(str::to_string).collect();
+    let pkl_names: Vec<String> = zip
+        .file_names()
+        .filter(|n| *n == "data.pkl" || n.ends_with("/data.pkl"))
+        .map(str::to_string)
+        .collect();
     let pkl_name = match pkl_names.as_slice() {
         [one] => one.clone(),
         [] => return Err(Error::file(path, "zip archive holds no data.pkl: not a torch.save checkpoint")),
-        many => return Err(Error::file(path, format!("zip archive holds {} data.pkl files ({}), expected one", many.len(), many.join(", ")))),
+        many => {
+            return Err(Error::file(
+                path,
+                format!("zip archive holds {} data.pkl files ({}), expected one", many.len(), many.join(", ")),
+            ))
+        }
     };
     let prefix = &pkl_name[..pkl_name.len() - "data.pkl".len()];
     let big_endian = match stored_entry(path, bytes, &mut zip, &format!("{prefix}byteorder"))? {
@@ -66,7 +75,12 @@ pub fn load_from_bytes(path: &Path, bytes: &[u8]) -> Result<Vec<HostTensor>> {
         Some(b) => match std::str::from_utf8(b).map(str::trim) {
             Ok("little") => false,
             Ok("big") => true,
-            _ => return Err(Error::file(path, format!("{prefix}byteorder holds {:?}, expected \"little\" or \"big\"", String::from_utf8_lossy(b)))),
+            _ => {
+                return Err(Error::file(
+                    path,
+                    format!("{prefix}byteorder holds {:?}, expected \"little\" or \"big\"", String::from_utf8_lossy(b)),
+                ))
+            }
         },
     };
     let pkl = stored_entry(path, bytes, &mut zip, &pkl_name)?.ok_or_else(|| Error::file(path, format!("{pkl_name} is missing")))?;
@@ -84,7 +98,10 @@ pub fn load_from_bytes(path: &Path, bytes: &[u8]) -> Result<Vec<HostTensor>> {
                 let file = format!("{prefix}data/{}", st.key);
                 let d =
                     stored_entry(path, bytes, &mut zip, &file)?.ok_or_else(|| bad(format!("its storage file {file} is missing from the archive")))?;
-                let declared = st.numel.checked_mul(es).ok_or_else(|| bad(format!("storage {} declares an impossible size", st.key)))?;
+                let declared = st
+                    .numel
+                    .checked_mul(es)
+                    .ok_or_else(|| bad(format!("storage {} declares an impossible size", st.key)))?;
                 if (d.len() as u64) < declared {
                     return Err(bad(format!(
                         "storage {file} holds {} bytes, but data.pkl declares {} elements of {} bytes ({}); is the file truncated?",
@@ -98,7 +115,11 @@ pub fn load_from_bytes(path: &Path, bytes: &[u8]) -> Result<Vec<HostTensor>> {
                 d
             }
         };
-        let numel = t.shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).ok_or_else(|| bad(format!("shape {:?} overflows", t.shape)))?;
+        let numel = t
+            .shape
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| bad(format!("shape {:?} overflows", t.shape)))?;
         if numel > 1 || t.shape.is_empty() {
             check_contiguous(&t.shape, &t.stride).map_err(bad)?;
         }
@@ -122,7 +143,12 @@ pub fn load_from_bytes(path: &Path, bytes: &[u8]) -> Result<Vec<HostTensor>> {
             }
             b
         };
-        out.push(HostTensor { name, dtype: st.kind.dtype, shape, bytes });
+        out.push(HostTensor {
+            name,
+            dtype: st.kind.dtype,
+            shape,
+            bytes,
+        });
     }
     Ok(out)
 }
@@ -130,17 +156,28 @@ pub fn load_from_bytes(path: &Path, bytes: &[u8]) -> Result<Vec<HostTensor>> {
 /// The bytes of one uncompressed zip entry, straight from the archive; None if there is no such entry.
 fn stored_entry<'a>(path: &Path, bytes: &'a [u8], zip: &mut zip::ZipArchive<Cursor<&'a [u8]>>, name: &str) -> Result<Option<&'a [u8]>> {
     let Some(i) = zip.index_for_name(name) else { return Ok(None) };
-    let f = zip.by_index_raw(i).map_err(|e| Error::file(path, format!("zip entry {name} is unreadable ({e}); is the file truncated?")))?;
+    let f = zip
+        .by_index_raw(i)
+        .map_err(|e| Error::file(path, format!("zip entry {name} is unreadable ({e}); is the file truncated?")))?;
     if f.compression() != zip::CompressionMethod::Stored || f.encrypted() {
-        return Err(Error::file(path, format!("zip entry {name} is compressed or encrypted; torch.save writes stored (uncompressed) entries")));
+        return Err(Error::file(
+            path,
+            format!("zip entry {name} is compressed or encrypted; torch.save writes stored (uncompressed) entries"),
+        ));
     }
     let start = f.data_start();
-    let end = start.checked_add(f.size()).filter(|&e| e <= bytes.len() as u64 && f.compressed_size() == f.size());
+    let end = start
+        .checked_add(f.size())
+        .filter(|&e| e <= bytes.len() as u64 && f.compressed_size() == f.size());
     match end {
         Some(end) => Ok(Some(&bytes[start as usize..end as usize])),
-        None => {
-            Err(Error::file(path, format!("zip entry {name} ({} bytes at offset {start}) runs past the end of the file; is it truncated?", f.size())))
-        }
+        None => Err(Error::file(
+            path,
+            format!(
+                "zip entry {name} ({} bytes at offset {start}) runs past the end of the file; is it truncated?",
+                f.size()
+            ),
+        )),
     }
 }
 
@@ -172,16 +209,56 @@ struct StorageKind {
 }
 
 const STORAGES: &[StorageKind] = &[
-    StorageKind { name: "HalfStorage", dtype: DType::F16, elem_size: 2 },
-    StorageKind { name: "BFloat16Storage", dtype: DType::BF16, elem_size: 2 },
-    StorageKind { name: "FloatStorage", dtype: DType::F32, elem_size: 4 },
-    StorageKind { name: "ByteStorage", dtype: DType::U8, elem_size: 1 },
-    StorageKind { name: "DoubleStorage", dtype: DType::Other, elem_size: 8 },
-    StorageKind { name: "LongStorage", dtype: DType::Other, elem_size: 8 },
-    StorageKind { name: "IntStorage", dtype: DType::Other, elem_size: 4 },
-    StorageKind { name: "ShortStorage", dtype: DType::Other, elem_size: 2 },
-    StorageKind { name: "CharStorage", dtype: DType::Other, elem_size: 1 },
-    StorageKind { name: "BoolStorage", dtype: DType::Other, elem_size: 1 },
+    StorageKind {
+        name: "HalfStorage",
+        dtype: DType::F16,
+        elem_size: 2,
+    },
+    StorageKind {
+        name: "BFloat16Storage",
+        dtype: DType::BF16,
+        elem_size: 2,
+    },
+    StorageKind {
+        name: "FloatStorage",
+        dtype: DType::F32,
+        elem_size: 4,
+    },
+    StorageKind {
+        name: "ByteStorage",
+        dtype: DType::U8,
+        elem_size: 1,
+    },
+    StorageKind {
+        name: "DoubleStorage",
+        dtype: DType::Other,
+        elem_size: 8,
+    },
+    StorageKind {
+        name: "LongStorage",
+        dtype: DType::Other,
+        elem_size: 8,
+    },
+    StorageKind {
+        name: "IntStorage",
+        dtype: DType::Other,
+        elem_size: 4,
+    },
+    StorageKind {
+        name: "ShortStorage",
+        dtype: DType::Other,
+        elem_size: 2,
+    },
+    StorageKind {
+        name: "CharStorage",
+        dtype: DType::Other,
+        elem_size: 1,
+    },
+    StorageKind {
+        name: "BoolStorage",
+        dtype: DType::Other,
+        elem_size: 1,
+    },
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -286,7 +363,15 @@ struct Vm<'a> {
 
 impl<'a> Vm<'a> {
     fn new(data: &'a [u8]) -> Self {
-        Vm { data, pos: 0, stack: Vec::new(), marks: Vec::new(), memo: HashMap::new(), lists: Vec::new(), dicts: Vec::new() }
+        Vm {
+            data,
+            pos: 0,
+            stack: Vec::new(),
+            marks: Vec::new(),
+            memo: HashMap::new(),
+            lists: Vec::new(),
+            dicts: Vec::new(),
+        }
     }
 
     fn take(&mut self, n: u64, what: &str) -> VmResult<&'a [u8]> {
@@ -316,7 +401,10 @@ impl<'a> Vm<'a> {
     /// A newline-terminated ASCII line (GLOBAL's operands).
     fn line(&mut self, what: &str) -> VmResult<&'a str> {
         let rest = &self.data[self.pos..];
-        let n = rest.iter().position(|&b| b == b'\n').ok_or_else(|| format!("truncated: {what} at byte {} has no terminating newline", self.pos))?;
+        let n = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or_else(|| format!("truncated: {what} at byte {} has no terminating newline", self.pos))?;
         let s = std::str::from_utf8(&rest[..n]).map_err(|_| format!("{what} at byte {} is not UTF-8", self.pos))?;
         self.pos += n + 1;
         Ok(s)
@@ -355,7 +443,11 @@ impl<'a> Vm<'a> {
         Ok(())
     }
     fn memo_get(&mut self, idx: u64) -> VmResult<()> {
-        let v = self.memo.get(&idx).cloned().ok_or_else(|| format!("memo entry {idx} read at byte {} was never stored", self.pos))?;
+        let v = self
+            .memo
+            .get(&idx)
+            .cloned()
+            .ok_or_else(|| format!("memo entry {idx} read at byte {} was never stored", self.pos))?;
         self.push(v);
         Ok(())
     }
@@ -388,7 +480,10 @@ impl<'a> Vm<'a> {
     fn reduce(&mut self, func: Value, args: Value) -> VmResult<Value> {
         let at = self.pos;
         let Value::Global(g) = func else {
-            return Err(format!("REDUCE at byte {at} calls a {}, expected an imported class or function", func.kind()));
+            return Err(format!(
+                "REDUCE at byte {at} calls a {}, expected an imported class or function",
+                func.kind()
+            ));
         };
         let Value::Tuple(args) = args else {
             return Err(format!("REDUCE at byte {at}: arguments are a {}, expected a tuple", args.kind()));
@@ -396,28 +491,45 @@ impl<'a> Vm<'a> {
         match g {
             Global::OrderedDict => {
                 if !args.is_empty() {
-                    return Err(format!("REDUCE at byte {at}: OrderedDict called with {} arguments, expected none", args.len()));
+                    return Err(format!(
+                        "REDUCE at byte {at}: OrderedDict called with {} arguments, expected none",
+                        args.len()
+                    ));
                 }
                 self.dicts.push(Dict::default());
                 Ok(Value::Dict(self.dicts.len() - 1))
             }
             Global::RebuildTensorV2 => {
                 if args.len() != 6 && args.len() != 7 {
-                    return Err(format!("REDUCE at byte {at}: _rebuild_tensor_v2 called with {} arguments, expected 6 or 7", args.len()));
+                    return Err(format!(
+                        "REDUCE at byte {at}: _rebuild_tensor_v2 called with {} arguments, expected 6 or 7",
+                        args.len()
+                    ));
                 }
                 let Value::Storage(storage) = &args[0] else {
-                    return Err(format!("REDUCE at byte {at}: _rebuild_tensor_v2's storage is a {}, expected a persistent storage", args[0].kind()));
+                    return Err(format!(
+                        "REDUCE at byte {at}: _rebuild_tensor_v2's storage is a {}, expected a persistent storage",
+                        args[0].kind()
+                    ));
                 };
                 let offset = non_negative(&args[1], "storage offset", at)?;
                 let shape = int_tuple(&args[2], "size", at)?;
                 let stride = int_tuple(&args[3], "stride", at)?;
-                Ok(Value::Tensor(Rc::new(TensorDesc { storage: storage.clone(), offset, shape, stride })))
+                Ok(Value::Tensor(Rc::new(TensorDesc {
+                    storage: storage.clone(),
+                    offset,
+                    shape,
+                    stride,
+                })))
             }
             Global::RebuildParameter => match args.first() {
                 Some(t @ Value::Tensor(_)) if args.len() == 3 => Ok(t.clone()),
                 _ => Err(format!("REDUCE at byte {at}: _rebuild_parameter expects (tensor, requires_grad, hooks)")),
             },
-            Global::Storage(k) => Err(format!("REDUCE at byte {at}: torch.{} may only appear in a persistent id, not be called", k.name)),
+            Global::Storage(k) => Err(format!(
+                "REDUCE at byte {at}: torch.{} may only appear in a persistent id, not be called",
+                k.name
+            )),
         }
     }
 
@@ -431,7 +543,11 @@ impl<'a> Vm<'a> {
                     return Err(format!("BINPERSID at byte {at}: storage key {key:?} is not a plain name"));
                 }
                 let numel = non_negative(numel, "storage numel", at)?;
-                Ok(Value::Storage(Rc::new(StorageRef { kind: *kind, key: key.clone(), numel })))
+                Ok(Value::Storage(Rc::new(StorageRef {
+                    kind: *kind,
+                    key: key.clone(),
+                    numel,
+                })))
             }
             _ => Err(bad()),
         }
@@ -484,7 +600,11 @@ impl<'a> Vm<'a> {
                     self.push(Value::Int(v as i64));
                 }
                 0x8a | 0x8b => {
-                    let n = if op == 0x8a { self.u8("LONG1")? as u64 } else { self.u32("LONG4")? as u64 };
+                    let n = if op == 0x8a {
+                        self.u8("LONG1")? as u64
+                    } else {
+                        self.u32("LONG4")? as u64
+                    };
                     let b = self.take(n, "LONG")?;
                     if n > 8 {
                         return Err(format!("integer of {n} bytes at byte {at} does not fit in 64 bits"));
@@ -519,7 +639,11 @@ impl<'a> Vm<'a> {
                 }
                 b'T' | b'U' => {
                     // BINSTRING / SHORT_BINSTRING: Python 2 str, read as text.
-                    let n = if op == b'T' { self.u32("BINSTRING")? as u64 } else { self.u8("SHORT_BINSTRING")? as u64 };
+                    let n = if op == b'T' {
+                        self.u32("BINSTRING")? as u64
+                    } else {
+                        self.u8("SHORT_BINSTRING")? as u64
+                    };
                     let v = self.utf8(n, "BINSTRING")?;
                     self.push(v);
                 }
@@ -556,7 +680,11 @@ impl<'a> Vm<'a> {
                     self.push(Value::List(self.lists.len() - 1));
                 }
                 b'a' | b'e' => {
-                    let items = if op == b'a' { vec![self.pop("APPEND")?] } else { self.pop_mark("APPENDS")? };
+                    let items = if op == b'a' {
+                        vec![self.pop("APPEND")?]
+                    } else {
+                        self.pop_mark("APPENDS")?
+                    };
                     match *self.top("APPEND")? {
                         Value::List(l) => self.lists[l].extend(items),
                         ref other => return Err(format!("APPEND at byte {at} on a {}, expected a list", other.kind())),
@@ -652,7 +780,10 @@ impl<'a> Vm<'a> {
 
     fn finish(self, v: Value) -> VmResult<Vec<(String, TensorDesc)>> {
         let Value::Dict(d) = v else {
-            return Err(format!("the pickle holds a {}, expected a state dict (a dict of name -> tensor)", v.kind()));
+            return Err(format!(
+                "the pickle holds a {}, expected a state dict (a dict of name -> tensor)",
+                v.kind()
+            ));
         };
         let mut dicts = self.dicts;
         let entries = std::mem::take(&mut dicts[d].entries);

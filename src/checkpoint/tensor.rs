@@ -64,7 +64,13 @@ impl HostTensor {
         if self.bytes.len() != n * self.dtype.size() {
             return Err(Error::tensor(
                 &self.name,
-                format!("holds {} bytes, expected {} for shape {:?} in {}", self.bytes.len(), n * self.dtype.size(), self.shape, self.dtype.name()),
+                format!(
+                    "holds {} bytes, expected {} for shape {:?} in {}",
+                    self.bytes.len(),
+                    n * self.dtype.size(),
+                    self.shape,
+                    self.dtype.name()
+                ),
             ));
         }
         // chunks_exact rather than a cast: the bytes of a memory map need not be aligned.
@@ -73,7 +79,10 @@ impl HostTensor {
             DType::F16 => self.bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
             DType::BF16 => self.bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
             DType::U8 | DType::Other => {
-                return Err(Error::tensor(&self.name, format!("has dtype {}, expected a float weight (F16, BF16 or F32)", self.dtype.name())))
+                return Err(Error::tensor(
+                    &self.name,
+                    format!("has dtype {}, expected a float weight (F16, BF16 or F32)", self.dtype.name()),
+                ))
             }
         })
     }

@@ -68,7 +68,11 @@ pub fn run(args: Args) -> Result<()> {
     let ckpt = Checkpoint::open(&args.model)?;
     let rows = read_rows(&args.input)?;
     let needs_tokenizer = rows.iter().any(|r| matches!(r.input, RowInput::Text { .. }));
-    let tokenizer = if needs_tokenizer { Some(Tokenizer::from_file(&ckpt.tokenizer_path())?) } else { None };
+    let tokenizer = if needs_tokenizer {
+        Some(Tokenizer::from_file(&ckpt.tokenizer_path())?)
+    } else {
+        None
+    };
     let vocab = ckpt.config.vocab_size;
     let max_len = opts.max_length.unwrap_or(ckpt.config.max_positions);
     let mut requests = Vec::with_capacity(rows.len());
@@ -87,11 +91,10 @@ pub fn run(args: Args) -> Result<()> {
     }
     let engine = Engine::load(&ckpt, &opts)?;
     let bar = token_progress(0, "scoring");
-    let (scores, stats) = engine
-        .score(&requests, &opts, |tokens, total| {
-            bar.set_length(total as u64);
-            bar.inc(tokens as u64);
-        })?;
+    let (scores, stats) = engine.score(&requests, &opts, |tokens, total| {
+        bar.set_length(total as u64);
+        bar.inc(tokens as u64);
+    })?;
     bar.finish_and_clear();
     let mut out = String::new();
     for (r, s) in rows.iter().zip(&scores) {
@@ -136,17 +139,30 @@ fn read_rows(path: &Path) -> Result<Vec<Row>> {
         let v: Value = serde_json::from_str(&line).map_err(|e| bad(format!("not valid JSON: {e}")))?;
         let obj = v.as_object().ok_or_else(|| bad("expected a JSON object".into()))?;
         let id = obj.get("id").cloned().unwrap_or(Value::from(rows.len()));
-        let text = |k: &str| obj.get(k).map(|x| x.as_str().map(str::to_string).ok_or_else(|| bad(format!("`{k}` must be a string"))));
+        let text = |k: &str| {
+            obj.get(k)
+                .map(|x| x.as_str().map(str::to_string).ok_or_else(|| bad(format!("`{k}` must be a string"))))
+        };
         let ids = |k: &str| {
             obj.get(k).map(|x| {
                 x.as_array()
-                    .and_then(|a| a.iter().map(|t| t.as_u64().filter(|&n| n <= u32::MAX as u64).map(|n| n as u32)).collect::<Option<Vec<u32>>>())
+                    .and_then(|a| {
+                        a.iter()
+                            .map(|t| t.as_u64().filter(|&n| n <= u32::MAX as u64).map(|n| n as u32))
+                            .collect::<Option<Vec<u32>>>()
+                    })
                     .ok_or_else(|| bad(format!("`{k}` must be an array of non-negative token ids")))
             })
         };
         let input = match (text("context"), text("continuation"), ids("context_ids"), ids("continuation_ids")) {
-            (Some(c), Some(k), None, None) => RowInput::Text { context: c?, continuation: k? },
-            (None, None, Some(c), Some(k)) => RowInput::Ids { context: c?, continuation: k? },
+            (Some(c), Some(k), None, None) => RowInput::Text {
+                context: c?,
+                continuation: k?,
+            },
+            (None, None, Some(c), Some(k)) => RowInput::Ids {
+                context: c?,
+                continuation: k?,
+            },
             _ => {
                 return Err(bad(
                     "expected either \"context\" and \"continuation\" (strings) or \"context_ids\" and \"continuation_ids\" (token id arrays)".into(),

@@ -21,7 +21,13 @@ pub fn run(args: Args) -> Result<()> {
     let mut conflicts = Vec::new();
     for src in &args.from {
         let r = into.merge_from(src)?;
-        eprintln!("{}: {} tasks added, {} already present, {} conflicts", src.display(), r.added, r.identical, r.conflicts.len());
+        eprintln!(
+            "{}: {} tasks added, {} already present, {} conflicts",
+            src.display(),
+            r.added,
+            r.identical,
+            r.conflicts.len()
+        );
         conflicts.extend(r.conflicts.into_iter().map(|c| format!("{}: {c}", src.display())));
     }
     if conflicts.is_empty() {

@@ -1,7 +1,7 @@
 //! Subcommand implementations: argument structs and the glue from arguments to library calls.
 
 pub mod loglikelihood;
+pub mod merge;
 pub mod report;
 pub mod score;
-pub mod merge;
 pub mod sweep;

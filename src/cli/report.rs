@@ -14,6 +14,9 @@ pub struct Args {
     /// SQLite results store to report on (instead of --tsv).
     #[arg(long)]
     pub db: Option<PathBuf>,
+    /// With --db: report only runs of this protocol (paper-2023 or lm-eval-0.4); needed when a store holds both.
+    #[arg(long, requires = "db")]
+    pub protocol: Option<String>,
     /// Output directory (created if missing).
     #[arg(long)]
     pub out: PathBuf,
@@ -23,10 +26,14 @@ pub fn run(args: Args) -> Result<()> {
     let rows = match (&args.tsv, &args.db) {
         (Some(tsv), _) => report::read_tsv(tsv)?,
         (None, Some(db)) => {
-            return Err(Error::invalid(format!(
-                "--db {}: reading results from the SQLite store is not supported yet; export them to a TSV and use --tsv",
-                db.display()
-            )))
+            if !db.exists() {
+                return Err(Error::file(db, "results store not found (make one with `lmscore sweep --db FILE`)"));
+            }
+            let rows = lmscore::store::Store::open(db)?.report_rows(args.protocol.as_deref())?;
+            if rows.is_empty() {
+                return Err(Error::file(db, "the store holds no completed task results to report on"));
+            }
+            rows
         }
         (None, None) => return Err(Error::invalid("give the results to report with --tsv FILE")),
     };
@@ -36,7 +43,11 @@ pub fn run(args: Args) -> Result<()> {
     }
     print!("{}", report::format_tests_table(&summary.tests));
     let inverse = summary.trends.iter().filter(|t| t.inverse_scaling).count();
-    let shaped = summary.trends.iter().filter(|t| matches!(t.shape, report::Shape::U | report::Shape::InvertedU)).count();
+    let shaped = summary
+        .trends
+        .iter()
+        .filter(|t| matches!(t.shape, report::Shape::U | report::Shape::InvertedU))
+        .count();
     eprintln!(
         "{} results, {} runs, {} tasks; trend flags (p < {}): {inverse} inverse scaling over training, {shaped} U-shaped or inverted-U of {} (task, model) pairs",
         summary.rows,

@@ -73,7 +73,10 @@ pub struct Args {
 
 /// The bundled sample data: `data/sample` under the working directory, else in the source tree.
 fn default_data_dir() -> Result<PathBuf> {
-    let candidates = [PathBuf::from("data/sample"), PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/data/sample"))];
+    let candidates = [
+        PathBuf::from("data/sample"),
+        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/data/sample")),
+    ];
     for c in &candidates {
         if c.is_dir() {
             return Ok(c.clone());
@@ -96,7 +99,10 @@ fn find_tokenizer(args: &Args, ckpt: &Checkpoint, data_dir: &Path) -> Result<Pat
             return Ok(t.clone());
         }
     }
-    Err(Error::file(&tried[0], format!("tokenizer.json not found (also tried {}); pass --tokenizer FILE", tried[1].display())))
+    Err(Error::file(
+        &tried[0],
+        format!("tokenizer.json not found (also tried {}); pass --tokenizer FILE", tried[1].display()),
+    ))
 }
 
 fn dtype_name(d: DType) -> String {
@@ -110,13 +116,20 @@ pub fn run(args: Args) -> Result<()> {
         Some(d) => d.clone(),
         None => {
             let d = default_data_dir()?;
-            eprintln!("note: no --data-dir given: using the bundled sample data in {} (a few documents per task, not the full sets)", d.display());
+            eprintln!(
+                "note: no --data-dir given: using the bundled sample data in {} (a few documents per task, not the full sets)",
+                d.display()
+            );
             d
         }
     };
     let ckpt = Checkpoint::open(&args.model)?;
     let tokenizer = Tokenizer::from_file(&find_tokenizer(&args, &ckpt, &data_dir)?)?;
-    let load = LoadOptions { data_dir: data_dir.clone(), skip_bad_rows: args.skip_bad_rows, offline: args.offline };
+    let load = LoadOptions {
+        data_dir: data_dir.clone(),
+        skip_bad_rows: args.skip_bad_rows,
+        offline: args.offline,
+    };
     let mut loaded: Vec<LoadedTask> = Vec::with_capacity(names.len());
     for name in &names {
         let t = tasks::load_task(name, args.protocol, &tokenizer, &load)?;
@@ -126,7 +139,11 @@ pub fn run(args: Args) -> Result<()> {
             t.docs.len(),
             t.n_requests(),
             t.source.display(),
-            if t.skipped_rows > 0 { format!(" ({} bad rows skipped)", t.skipped_rows) } else { String::new() }
+            if t.skipped_rows > 0 {
+                format!(" ({} bad rows skipped)", t.skipped_rows)
+            } else {
+                String::new()
+            }
         );
         loaded.push(t);
     }
@@ -172,13 +189,18 @@ pub fn run(args: Args) -> Result<()> {
         let mut out = String::new();
         for o in &outcomes {
             for r in &o.requests {
-                let row = json!({"task": o.task, "doc": r.doc, "choice": r.choice, "logprob": r.logprob, "is_greedy": r.is_greedy, "n_tokens": r.n_tokens});
+                let row =
+                    json!({"task": o.task, "doc": r.doc, "choice": r.choice, "logprob": r.logprob, "is_greedy": r.is_greedy, "n_tokens": r.n_tokens});
                 out.push_str(&row.to_string());
                 out.push('\n');
             }
         }
         write_atomically(path, out.as_bytes())?;
-        eprintln!("wrote {} request scores to {}", outcomes.iter().map(|o| o.requests.len()).sum::<usize>(), path.display());
+        eprintln!(
+            "wrote {} request scores to {}",
+            outcomes.iter().map(|o| o.requests.len()).sum::<usize>(),
+            path.display()
+        );
     }
     Ok(())
 }
@@ -229,7 +251,10 @@ pub fn results_json(outcomes: &[TaskOutcome], config: Value) -> Value {
 /// The results table printed on stdout.
 pub fn table(outcomes: &[TaskOutcome]) -> String {
     let w = outcomes.iter().map(|o| o.task.len()).max().unwrap_or(4).max(4);
-    let mut s = format!("{:<w$}  {:<8}  {:>8}    {:<8}  {:>6}  {:>10}\n", "task", "metric", "value", "stderr", "n", "tokens/s");
+    let mut s = format!(
+        "{:<w$}  {:<8}  {:>8}    {:<8}  {:>6}  {:>10}\n",
+        "task", "metric", "value", "stderr", "n", "tokens/s"
+    );
     for o in outcomes {
         for (i, m) in o.metrics.iter().enumerate() {
             let (task, n, tps) = if i == 0 {
@@ -237,7 +262,10 @@ pub fn table(outcomes: &[TaskOutcome]) -> String {
             } else {
                 ("", String::new(), String::new())
             };
-            s.push_str(&format!("{task:<w$}  {:<8}  {:>8.4} ± {:<8.4}  {n:>6}  {tps:>10}\n", m.name, m.value, m.stderr));
+            s.push_str(&format!(
+                "{task:<w$}  {:<8}  {:>8.4} ± {:<8.4}  {n:>6}  {tps:>10}\n",
+                m.name, m.value, m.stderr
+            ));
         }
     }
     s

@@ -64,7 +64,11 @@ pub fn run(args: Args) -> Result<()> {
         data_dir: args.data_dir,
         db: args.db,
         shard: args.shard,
-        hub: HubOptions { offline: args.offline, cache_dir: None, progress: false },
+        hub: HubOptions {
+            offline: args.offline,
+            cache_dir: None,
+            progress: false,
+        },
         skip_bad_rows: args.skip_bad_rows,
         tokenizer: args.tokenizer,
         progress: !args.quiet,

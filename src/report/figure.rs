@@ -99,7 +99,10 @@ fn prepare(rows: &[ResultRow]) -> Result<FigureData> {
     Ok(FigureData {
         panels: by_task
             .into_iter()
-            .map(|(task, series)| Panel { title: task_display_name(&task), series })
+            .map(|(task, series)| Panel {
+                title: task_display_name(&task),
+                series,
+            })
             .collect(),
         models: models.into_iter().map(|((_, m), l)| (m, l)).collect(),
         x_range: (x0, x1),
@@ -155,7 +158,11 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, fig: &FigureData) -> 
 
     let desc_style = TextStyle::from((FONT, 28).into_font()).pos(Pos::new(HPos::Center, VPos::Center));
     let (yw, yh) = y_desc.dim_in_pixel();
-    y_desc.draw(&Text::new("Accuracy", (yw as i32 / 2, yh as i32 / 2), desc_style.transform(FontTransform::Rotate270)))?;
+    y_desc.draw(&Text::new(
+        "Accuracy",
+        (yw as i32 / 2, yh as i32 / 2),
+        desc_style.transform(FontTransform::Rotate270),
+    ))?;
     let (xw, xh) = x_desc.dim_in_pixel();
     x_desc.draw(&Text::new(
         "Training tokens seen (log scale)",
@@ -188,7 +195,14 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, fig: &FigureData) -> 
             .margin_right(22)
             .x_label_area_size(34)
             .y_label_area_size(64)
-            .build_cartesian_2d(TickedAxis { lo: x0, hi: x1, ticks: fig.x_ticks.clone() }, y0..y1)?;
+            .build_cartesian_2d(
+                TickedAxis {
+                    lo: x0,
+                    hi: x1,
+                    ticks: fig.x_ticks.clone(),
+                },
+                y0..y1,
+            )?;
         chart
             .configure_mesh()
             .x_label_formatter(&x_fmt)
@@ -256,7 +270,9 @@ pub fn write_figure(rows: &[ResultRow]) -> Result<(String, Vec<u8>)> {
         enc.set_color(png::ColorType::Rgb);
         enc.set_depth(png::BitDepth::Eight);
         let mut writer = enc.write_header().map_err(|e| Error::invalid(format!("figure (PNG encoding): {e}")))?;
-        writer.write_image_data(&rgb).map_err(|e| Error::invalid(format!("figure (PNG encoding): {e}")))?;
+        writer
+            .write_image_data(&rgb)
+            .map_err(|e| Error::invalid(format!("figure (PNG encoding): {e}")))?;
         writer.finish().map_err(|e| Error::invalid(format!("figure (PNG encoding): {e}")))?;
     }
     Ok((svg, png_bytes))

@@ -47,14 +47,16 @@ impl ResultRow {
     /// Nominal parameter count from the model name, or what was expected.
     pub fn params(&self) -> std::result::Result<f64, String> {
         parse_params(&self.model).ok_or_else(|| {
-            format!("model `{}`: expected a Pythia model name ending in its size, like EleutherAI/pythia-1.4b or pythia-70m-deduped", self.model)
+            format!(
+                "model `{}`: expected a Pythia model name ending in its size, like EleutherAI/pythia-1.4b or pythia-70m-deduped",
+                self.model
+            )
         })
     }
 
     /// Training step from the revision, or what was expected.
     pub fn step(&self) -> std::result::Result<u64, String> {
-        parse_step(&self.revision)
-            .ok_or_else(|| format!("revision `{}`: expected a checkpoint revision like step143000", self.revision))
+        parse_step(&self.revision).ok_or_else(|| format!("revision `{}`: expected a checkpoint revision like step143000", self.revision))
     }
 
     /// Training tokens seen at this checkpoint: step x 2,097,152.
@@ -127,12 +129,25 @@ pub fn read_tsv(path: impl AsRef<Path>) -> Result<Vec<ResultRow>> {
     let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)).enumerate();
     let header: Vec<&str> = match lines.next() {
         Some((_, h)) if !h.trim().is_empty() => h.split('\t').map(str::trim).collect(),
-        _ => return Err(Error::row(path, 1, format!("expected a header line with the columns {}", TSV_COLUMNS.join(", ")))),
+        _ => {
+            return Err(Error::row(
+                path,
+                1,
+                format!("expected a header line with the columns {}", TSV_COLUMNS.join(", ")),
+            ))
+        }
     };
     let mut col = [0usize; 5];
     for (k, name) in TSV_COLUMNS.iter().enumerate() {
         col[k] = header.iter().position(|h| h == name).ok_or_else(|| {
-            Error::row(path, 1, format!("header has no `{name}` column: expected the columns {} (tab-separated)", TSV_COLUMNS.join(", ")))
+            Error::row(
+                path,
+                1,
+                format!(
+                    "header has no `{name}` column: expected the columns {} (tab-separated)",
+                    TSV_COLUMNS.join(", ")
+                ),
+            )
         })?;
     }
     let mut rows = Vec::new();
@@ -171,7 +186,10 @@ pub fn read_tsv(path: impl AsRef<Path>) -> Result<Vec<ResultRow>> {
             return Err(Error::row(
                 path,
                 lineno,
-                format!("second result for model {}, revision {}, task {} (first on line {first}): expected one row per run and task", row.model, row.revision, row.task),
+                format!(
+                    "second result for model {}, revision {}, task {} (first on line {first}): expected one row per run and task",
+                    row.model, row.revision, row.task
+                ),
             ));
         }
         rows.push(row);
@@ -261,11 +279,11 @@ pub(crate) fn series_by_task(rows: &[ResultRow]) -> BTreeMap<String, Vec<Series>
             continue;
         }
         let key = ((params / 1e3).round() as u64, r.model.clone());
-        let s = map
-            .entry(r.task.clone())
-            .or_default()
-            .entry(key)
-            .or_insert_with(|| Series { model: r.model.clone(), params, points: vec![] });
+        let s = map.entry(r.task.clone()).or_default().entry(key).or_insert_with(|| Series {
+            model: r.model.clone(),
+            params,
+            points: vec![],
+        });
         s.points.push(((step * TOKENS_PER_STEP) as f64, r.accuracy, r.accuracy_se, step));
     }
     map.into_iter()
@@ -381,7 +399,15 @@ pub fn write_all(rows: &[ResultRow], out_dir: &Path) -> Result<ReportSummary> {
     let mut tasks: Vec<String> = rows.iter().map(|r| r.task.clone()).collect();
     tasks.sort();
     tasks.dedup();
-    Ok(ReportSummary { rows: rows.len(), runs, tasks, tests, trends, files, warnings })
+    Ok(ReportSummary {
+        rows: rows.len(),
+        runs,
+        tasks,
+        tests,
+        trends,
+        files,
+        warnings,
+    })
 }
 
 #[cfg(test)]

@@ -104,7 +104,11 @@ fn cell(df: usize, t: f64, p: f64) -> String {
     if !t.is_finite() || p.is_nan() {
         return "NA".to_string();
     }
-    let p = if p < 0.001 { "p<0.001".to_string() } else { format!("p={}", r_round(p, 3)) };
+    let p = if p < 0.001 {
+        "p<0.001".to_string()
+    } else {
+        format!("p={}", r_round(p, 3))
+    };
     format!("t({df})={}, {p}", r_round(t, 2))
 }
 

@@ -141,7 +141,11 @@ impl<B: DrawingBackend> DrawingBackend for Typeset<B> {
     ) -> Result<(), DrawingErrorKind<Self::ErrorType>> {
         self.inner.draw_rect(upper_left, bottom_right, style, fill)
     }
-    fn draw_path<S: BackendStyle, I: IntoIterator<Item = BackendCoord>>(&mut self, path: I, style: &S) -> Result<(), DrawingErrorKind<Self::ErrorType>> {
+    fn draw_path<S: BackendStyle, I: IntoIterator<Item = BackendCoord>>(
+        &mut self,
+        path: I,
+        style: &S,
+    ) -> Result<(), DrawingErrorKind<Self::ErrorType>> {
         self.inner.draw_path(path, style)
     }
     fn draw_circle<S: BackendStyle>(
@@ -153,7 +157,11 @@ impl<B: DrawingBackend> DrawingBackend for Typeset<B> {
     ) -> Result<(), DrawingErrorKind<Self::ErrorType>> {
         self.inner.draw_circle(center, radius, style, fill)
     }
-    fn fill_polygon<S: BackendStyle, I: IntoIterator<Item = BackendCoord>>(&mut self, vert: I, style: &S) -> Result<(), DrawingErrorKind<Self::ErrorType>> {
+    fn fill_polygon<S: BackendStyle, I: IntoIterator<Item = BackendCoord>>(
+        &mut self,
+        vert: I,
+        style: &S,
+    ) -> Result<(), DrawingErrorKind<Self::ErrorType>> {
         self.inner.fill_polygon(vert, style)
     }
     fn blit_bitmap(&mut self, pos: BackendCoord, size: (u32, u32), src: &[u8]) -> Result<(), DrawingErrorKind<Self::ErrorType>> {
@@ -165,7 +173,12 @@ impl<B: DrawingBackend> DrawingBackend for Typeset<B> {
         Ok((width(&f, text).ceil() as u32, em(style.size()).ceil() as u32))
     }
 
-    fn draw_text<TStyle: BackendTextStyle>(&mut self, text: &str, style: &TStyle, pos: BackendCoord) -> Result<(), DrawingErrorKind<Self::ErrorType>> {
+    fn draw_text<TStyle: BackendTextStyle>(
+        &mut self,
+        text: &str,
+        style: &TStyle,
+        pos: BackendCoord,
+    ) -> Result<(), DrawingErrorKind<Self::ErrorType>> {
         if !self.raster {
             return self.inner.draw_text(text, style, pos);
         }
@@ -177,8 +190,13 @@ impl<B: DrawingBackend> DrawingBackend for Typeset<B> {
         let transform = style.transform();
         for (dx, dy, cov) in rasterise(text, style.size(), anchor.h_pos, anchor.v_pos) {
             let (tx, ty) = transform.transform(dx, dy);
-            self.inner
-                .draw_pixel((pos.0 + tx, pos.1 + ty), BackendColor { alpha: color.alpha * cov as f64, rgb: color.rgb })?;
+            self.inner.draw_pixel(
+                (pos.0 + tx, pos.1 + ty),
+                BackendColor {
+                    alpha: color.alpha * cov as f64,
+                    rgb: color.rgb,
+                },
+            )?;
         }
         Ok(())
     }

@@ -202,7 +202,11 @@ pub fn format_trends_tsv(rows: &[TrendRow]) -> String {
             if r.inverse_scaling { "yes" } else { "no" },
             opt(r.curvature),
             opt(r.curvature_t),
-            if r.shape == Shape::NotTested { "NA".to_string() } else { r.curvature_df.to_string() },
+            if r.shape == Shape::NotTested {
+                "NA".to_string()
+            } else {
+                r.curvature_df.to_string()
+            },
             opt(r.curvature_p),
             opt(r.vertex_tokens.round()),
             r.shape.as_str(),
@@ -238,7 +242,10 @@ pub fn format_trends_markdown(rows: &[TrendRow]) -> String {
     let inverse: Vec<&TrendRow> = rows.iter().filter(|r| r.inverse_scaling).collect();
     let _ = writeln!(s, "## Inverse scaling over training: {} of {} flagged\n", inverse.len(), rows.len());
     if !inverse.is_empty() {
-        let _ = writeln!(s, "| Task | Model | Best earlier (step: acc) | Last (step: acc) | Drop | z | p (one-sided) |");
+        let _ = writeln!(
+            s,
+            "| Task | Model | Best earlier (step: acc) | Last (step: acc) | Drop | z | p (one-sided) |"
+        );
         let _ = writeln!(s, "|---|---|---|---|---|---|---|");
         for r in &inverse {
             let _ = writeln!(
@@ -279,7 +286,10 @@ pub fn format_trends_markdown(rows: &[TrendRow]) -> String {
         s.push('\n');
     }
     let _ = writeln!(s, "## All tasks and models\n");
-    let _ = writeln!(s, "| Task | Model | Checkpoints | Last acc | Best earlier acc | Drop p | Inverse scaling | Curvature p | Shape |");
+    let _ = writeln!(
+        s,
+        "| Task | Model | Checkpoints | Last acc | Best earlier acc | Drop p | Inverse scaling | Curvature p | Shape |"
+    );
     let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let _ = writeln!(
@@ -318,7 +328,15 @@ mod tests {
     #[test]
     fn drop_and_inverted_u() {
         // Rises then falls by 0.1 (7 standard errors of the difference): inverse scaling and an inverted U.
-        let r = trend_flags(&rows(&[(1000, 0.5), (2000, 0.6), (4000, 0.7), (8000, 0.72), (16000, 0.7), (32000, 0.6), (64000, 0.5)]));
+        let r = trend_flags(&rows(&[
+            (1000, 0.5),
+            (2000, 0.6),
+            (4000, 0.7),
+            (8000, 0.72),
+            (16000, 0.7),
+            (32000, 0.6),
+            (64000, 0.5),
+        ]));
         assert_eq!(r.len(), 1);
         assert!(r[0].inverse_scaling, "{r:?}");
         assert_eq!(r[0].best_step, Some(8000));

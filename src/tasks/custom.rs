@@ -64,7 +64,10 @@ fn parse_row(line: &str) -> std::result::Result<(String, Vec<String>, usize, Str
 
 pub fn load(name: &str, path: &Path, protocol: Protocol, tokenizer: &Tokenizer, skip_bad_rows: bool) -> Result<LoadedTask> {
     if !path.is_file() {
-        return Err(Error::file(path, format!("custom task file not found (task `{name}`; expected JSONL rows {{\"context\", \"choices\", \"gold\"}})")));
+        return Err(Error::file(
+            path,
+            format!("custom task file not found (task `{name}`; expected JSONL rows {{\"context\", \"choices\", \"gold\"}})"),
+        ));
     }
     let text = crate::error::read_to_string(path)?;
     let mut docs = vec![];
@@ -74,7 +77,18 @@ pub fn load(name: &str, path: &Path, protocol: Protocol, tokenizer: &Tokenizer, 
             continue;
         }
         let doc = parse_row(line).and_then(|(context, choices, gold, delim)| {
-            build_doc(RawDoc { line: i + 1, context, choices, gold, labels: vec![] }, &delim, protocol.pair_encoding(), tokenizer)
+            build_doc(
+                RawDoc {
+                    line: i + 1,
+                    context,
+                    choices,
+                    gold,
+                    labels: vec![],
+                },
+                &delim,
+                protocol.pair_encoding(),
+                tokenizer,
+            )
         });
         match doc {
             Ok(d) => docs.push(d),

@@ -145,11 +145,18 @@ fn download(repo: &Repo, df: &DataFile, hub: &HubSource) -> std::result::Result<
 /// split, else the only JSON(L) file. Parquet-only repositories are reported (lmscore reads JSON Lines only).
 fn pick_file(files: &[String], df: &DataFile, hub: &HubSource) -> std::result::Result<String, String> {
     let is_json = |f: &&String| f.ends_with(".jsonl") || f.ends_with(".json");
-    let json: Vec<&String> = files.iter().filter(is_json).filter(|f| !f.contains("dataset_info") && !f.ends_with("README.json")).collect();
+    let json: Vec<&String> = files
+        .iter()
+        .filter(is_json)
+        .filter(|f| !f.contains("dataset_info") && !f.ends_with("README.json"))
+        .collect();
     if let Some(f) = files.iter().find(|f| f.rsplit('/').next() == Some(df.file)) {
         return Ok(f.clone());
     }
-    let of_split: Vec<&&String> = json.iter().filter(|f| f.rsplit('/').next().is_some_and(|n| n.contains(hub.split))).collect();
+    let of_split: Vec<&&String> = json
+        .iter()
+        .filter(|f| f.rsplit('/').next().is_some_and(|n| n.contains(hub.split)))
+        .collect();
     if of_split.len() == 1 {
         return Ok((*of_split[0]).clone());
     }
@@ -165,7 +172,11 @@ fn pick_file(files: &[String], df: &DataFile, hub: &HubSource) -> std::result::R
             hub.split
         ));
     }
-    Err(format!("no JSON Lines file for split `{}` among its files ({})", hub.split, files.join(", ")))
+    Err(format!(
+        "no JSON Lines file for split `{}` among its files ({})",
+        hub.split,
+        files.join(", ")
+    ))
 }
 
 /// Warn on stderr when `path`'s sha256 differs from `expected`.
@@ -191,7 +202,9 @@ pub fn sha256_hex(data: &[u8]) -> String {
         0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f,
         0x682e6ff3, 0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
     ];
-    let mut h: [u32; 8] = [0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19];
+    let mut h: [u32; 8] = [
+        0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
+    ];
     let mut msg = data.to_vec();
     let bit_len = (data.len() as u64).wrapping_mul(8);
     msg.push(0x80);

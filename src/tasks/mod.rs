@@ -201,7 +201,10 @@ pub fn expand_task_list(spec: &str, protocol: Protocol) -> Result<Vec<String>> {
         }
     }
     if out.is_empty() {
-        return Err(Error::invalid(format!("no tasks given; known tasks for protocol {protocol}: {}, \"all\" or custom:PATH", known.join(", "))));
+        return Err(Error::invalid(format!(
+            "no tasks given; known tasks for protocol {protocol}: {}, \"all\" or custom:PATH",
+            known.join(", ")
+        )));
     }
     Ok(out)
 }
@@ -246,7 +249,10 @@ pub fn evaluate(engine: &Engine, tasks: &[LoadedTask], opts: &EngineOptions, mut
             for (ci, r) in d.requests.iter().enumerate() {
                 let at = || format!("task {}, doc {di} ({}:{}), choice {ci}", t.name, t.source.display(), d.line);
                 if let Some(id) = r.context.iter().chain(&r.continuation).find(|&&id| id as usize >= vocab) {
-                    return Err(Error::invalid(format!("{}: token id {id} is outside the model's vocabulary of {vocab}", at())));
+                    return Err(Error::invalid(format!(
+                        "{}: token id {id} is outside the model's vocabulary of {vocab}",
+                        at()
+                    )));
                 }
                 crate::plan::model_input(r, max_len).map_err(|e| Error::invalid(format!("{}: {e}", at())))?;
             }
@@ -260,8 +266,10 @@ pub fn evaluate(engine: &Engine, tasks: &[LoadedTask], opts: &EngineOptions, mut
             None => groups.push((t.plan_group.clone(), vec![i])),
         }
     }
-    let group_requests: Vec<Vec<Request>> =
-        groups.iter().map(|(_, members)| members.iter().flat_map(|&i| tasks[i].requests().cloned()).collect()).collect();
+    let group_requests: Vec<Vec<Request>> = groups
+        .iter()
+        .map(|(_, members)| members.iter().flat_map(|&i| tasks[i].requests().cloned()).collect())
+        .collect();
     // Total tokens for the progress callback: the planner's count of computed tokens.
     let total: usize = if group_requests.iter().all(|r| r.is_empty()) {
         0
@@ -307,13 +315,23 @@ pub fn score_task(t: &LoadedTask, scores: &[crate::score::RequestScore]) -> Resu
     for (di, d) in t.docs.iter().enumerate() {
         for ci in 0..d.requests.len() {
             let s = &scores[k];
-            requests.push(RequestLog { doc: di, choice: ci, logprob: s.logprob, is_greedy: s.is_greedy, n_tokens: s.n_tokens });
+            requests.push(RequestLog {
+                doc: di,
+                choice: ci,
+                logprob: s.logprob,
+                is_greedy: s.is_greedy,
+                n_tokens: s.n_tokens,
+            });
             k += 1;
         }
     }
     let metrics = per_doc
         .into_iter()
-        .map(|(name, values)| Metric { name: name.to_string(), value: metrics::mean(&values), stderr: metrics::mean_stderr(&values) })
+        .map(|(name, values)| Metric {
+            name: name.to_string(),
+            value: metrics::mean(&values),
+            stderr: metrics::mean_stderr(&values),
+        })
         .collect();
     Ok(TaskOutcome {
         task: t.name.clone(),
@@ -329,7 +347,12 @@ pub fn score_task(t: &LoadedTask, scores: &[crate::score::RequestScore]) -> Resu
 /// Per-document metric values, one list per metric, from the log-likelihoods of every request in order.
 pub fn doc_metrics(t: &LoadedTask, lls: &[f64]) -> Result<Vec<(&'static str, Vec<f64>)>> {
     if lls.len() != t.n_requests() {
-        return Err(Error::invalid(format!("task {}: {} scores for {} requests", t.name, lls.len(), t.n_requests())));
+        return Err(Error::invalid(format!(
+            "task {}: {} scores for {} requests",
+            t.name,
+            lls.len(),
+            t.n_requests()
+        )));
     }
     let mut k = 0;
     let mut out: Vec<(&'static str, Vec<f64>)> = match t.scoring {
@@ -348,7 +371,10 @@ pub fn doc_metrics(t: &LoadedTask, lls: &[f64]) -> Result<Vec<(&'static str, Vec
             }
             Scoring::Mc1 => out[0].1.push(metrics::mc1(ll)),
             Scoring::Mc2 { split: true } => out[0].1.push(metrics::mc2_split(ll, &d.labels).ok_or_else(|| {
-                Error::file(&t.source, format!("line {}: MC2 labels have no false answer (the v0.3 formula needs one)", d.line))
+                Error::file(
+                    &t.source,
+                    format!("line {}: MC2 labels have no false answer (the v0.3 formula needs one)", d.line),
+                )
             })?),
             Scoring::Mc2 { split: false } => out[0].1.push(metrics::mc2_fixed(ll, &d.labels)),
         }

@@ -34,7 +34,16 @@ pub struct PrizeTask {
 const fn paper(name: &'static str, dir: &'static str, file: &'static str, sha: &'static str, rows: usize, repo: &'static str) -> PrizeTask {
     PrizeTask {
         name,
-        data: DataFile { dir, file, sha256: Some(sha), hub: Some(HubSource { repo, revision: HUB_REVISION, split: "test" }) },
+        data: DataFile {
+            dir,
+            file,
+            sha256: Some(sha),
+            hub: Some(HubSource {
+                repo,
+                revision: HUB_REVISION,
+                split: "test",
+            }),
+        },
         rows: Some(rows),
     }
 }
@@ -130,7 +139,11 @@ pub const PRIZE_TASKS: [PrizeTask; 12] = [
             dir: "redefine_math",
             file: "redefine-math_classification.jsonl",
             sha256: None,
-            hub: Some(HubSource { repo: "inverse-scaling/redefine-math", revision: HUB_REVISION, split: "train" }),
+            hub: Some(HubSource {
+                repo: "inverse-scaling/redefine-math",
+                revision: HUB_REVISION,
+                split: "train",
+            }),
         },
         rows: None,
     },
@@ -140,7 +153,11 @@ pub const PRIZE_TASKS: [PrizeTask; 12] = [
             dir: "quote_repetition",
             file: "quote-repetition_classification.jsonl",
             sha256: None,
-            hub: Some(HubSource { repo: "inverse-scaling/quote-repetition", revision: HUB_REVISION, split: "train" }),
+            hub: Some(HubSource {
+                repo: "inverse-scaling/quote-repetition",
+                revision: HUB_REVISION,
+                split: "train",
+            }),
         },
         rows: None,
     },
@@ -297,7 +314,9 @@ fn parse_py_string(c: &[char], i: &mut usize) -> std::result::Result<String, Str
     *i += if triple { 3 } else { 1 };
     let mut out = String::new();
     loop {
-        let Some(&ch) = c.get(*i) else { return Err("unterminated string literal".into()) };
+        let Some(&ch) = c.get(*i) else {
+            return Err("unterminated string literal".into());
+        };
         if ch == q && (!triple || (c.get(*i + 1) == Some(&q) && c.get(*i + 2) == Some(&q))) {
             *i += if triple { 3 } else { 1 };
             return Ok(out);
@@ -310,7 +329,9 @@ fn parse_py_string(c: &[char], i: &mut usize) -> std::result::Result<String, Str
             *i += 1;
             continue;
         }
-        let Some(&e) = c.get(*i + 1) else { return Err("unterminated string literal".into()) };
+        let Some(&e) = c.get(*i + 1) else {
+            return Err("unterminated string literal".into());
+        };
         if raw {
             // A raw string keeps the backslash; it still protects the next character from ending the string.
             out.push('\\');
@@ -367,7 +388,9 @@ fn parse_py_string(c: &[char], i: &mut usize) -> std::result::Result<String, Str
 /// One row of the release format, checked. `Err` is the message for a bad row.
 pub fn parse_row(line: &str, protocol: Protocol) -> std::result::Result<(String, Vec<String>, usize), String> {
     let v: Value = serde_json::from_str(line).map_err(|e| format!("not valid JSON: {e}"))?;
-    let obj = v.as_object().ok_or("expected a JSON object with `prompt`, `classes` and `answer_index`")?;
+    let obj = v
+        .as_object()
+        .ok_or("expected a JSON object with `prompt`, `classes` and `answer_index`")?;
     let prompt = match obj.get("prompt") {
         Some(Value::String(s)) => s.clone(),
         Some(_) => return Err("`prompt` must be a string".into()),
@@ -385,7 +408,9 @@ pub fn parse_row(line: &str, protocol: Protocol) -> std::result::Result<(String,
         None => return Err("missing `classes` (expected keys `prompt`, `classes`, `answer_index`)".into()),
     };
     let answer = match obj.get("answer_index") {
-        Some(x) => x.as_u64().ok_or_else(|| format!("`answer_index` must be a non-negative integer, found {x}"))?,
+        Some(x) => x
+            .as_u64()
+            .ok_or_else(|| format!("`answer_index` must be a non-negative integer, found {x}"))?,
         None => return Err("missing `answer_index` (expected keys `prompt`, `classes`, `answer_index`)".into()),
     };
     let choices = parse_classes(&classes, protocol).map_err(|e| format!("unparsable `classes`: {e}"))?;
@@ -396,7 +421,10 @@ pub fn parse_row(line: &str, protocol: Protocol) -> std::result::Result<(String,
         });
     }
     if answer as usize >= choices.len() {
-        return Err(format!("`answer_index` {answer} is out of range for {} choices {choices:?}", choices.len()));
+        return Err(format!(
+            "`answer_index` {answer} is out of range for {} choices {choices:?}",
+            choices.len()
+        ));
     }
     Ok((prompt, choices, answer as usize))
 }
@@ -413,7 +441,13 @@ pub struct RawDoc {
 
 /// Build one doc's requests: continuation = `delimiter + choice`.
 pub fn build_doc(raw: RawDoc, delimiter: &str, how: PairEncoding, tokenizer: &Tokenizer) -> std::result::Result<Doc, String> {
-    let RawDoc { line, context, choices, gold, labels } = raw;
+    let RawDoc {
+        line,
+        context,
+        choices,
+        gold,
+        labels,
+    } = raw;
     let continuations: Vec<String> = choices.iter().map(|c| format!("{delimiter}{c}")).collect();
     for (i, cont) in continuations.iter().enumerate() {
         if cont.is_empty() {
@@ -430,9 +464,20 @@ pub fn build_doc(raw: RawDoc, delimiter: &str, how: PairEncoding, tokenizer: &To
                  (lm-eval 0.4 would score it as log-likelihood 0); use a delimiter such as \" \""
             ));
         }
-        requests.push(Request { context: ctx_ids.clone(), continuation });
+        requests.push(Request {
+            context: ctx_ids.clone(),
+            continuation,
+        });
     }
-    Ok(Doc { line, context, choices, continuations, gold, labels, requests })
+    Ok(Doc {
+        line,
+        context,
+        choices,
+        continuations,
+        gold,
+        labels,
+        requests,
+    })
 }
 
 /// Read a release-format JSONL file. Bad rows fail with file and line, or are skipped and counted.
@@ -445,7 +490,13 @@ pub fn load_file(path: &Path, protocol: Protocol, tokenizer: &Tokenizer, skip_ba
             continue;
         }
         let doc = parse_row(line, protocol).and_then(|(prompt, choices, gold)| {
-            let raw = RawDoc { line: i + 1, context: prompt, choices, gold, labels: vec![] };
+            let raw = RawDoc {
+                line: i + 1,
+                context: prompt,
+                choices,
+                gold,
+                labels: vec![],
+            };
             build_doc(raw, protocol.prize_delimiter(), protocol.pair_encoding(), tokenizer)
         });
         match doc {
@@ -484,7 +535,10 @@ mod tests {
 
     #[test]
     fn literal_parser() {
-        assert_eq!(parse_py_str_list(" [ 'a' , \"b\" 'c', '''d''', r'\\e', '\\u00e9\\x41\\101',] ").unwrap(), vec!["a", "bc", "d", "\\e", "éAA"]);
+        assert_eq!(
+            parse_py_str_list(" [ 'a' , \"b\" 'c', '''d''', r'\\e', '\\u00e9\\x41\\101',] ").unwrap(),
+            vec!["a", "bc", "d", "\\e", "éAA"]
+        );
         assert_eq!(parse_py_str_list("[]").unwrap(), Vec::<String>::new());
         assert!(parse_py_str_list("['a', 1]").is_err());
         assert!(parse_py_str_list("['a'").is_err());

@@ -97,11 +97,21 @@ pub fn load(name: &str, mc2: bool, protocol: Protocol, tokenizer: &Tokenizer, op
 /// Load from an explicit file (`.jsonl`: HF rows; otherwise the `mc_task.json` array).
 pub fn load_file(name: &str, path: &Path, mc2: bool, protocol: Protocol, tokenizer: &Tokenizer, skip_bad_rows: bool) -> Result<LoadedTask> {
     let is_jsonl = path.extension().is_some_and(|e| e == "jsonl");
-    let (questions, mut skipped) = if is_jsonl { read_jsonl(path, skip_bad_rows)? } else { read_mc_task_json(path, skip_bad_rows)? };
+    let (questions, mut skipped) = if is_jsonl {
+        read_jsonl(path, skip_bad_rows)?
+    } else {
+        read_mc_task_json(path, skip_bad_rows)?
+    };
     let mut docs: Vec<Doc> = Vec::with_capacity(questions.len());
     for q in questions {
         let (choices, labels) = if mc2 { q.mc2 } else { q.mc1 };
-        let raw = RawDoc { line: q.line, context: context(&q.question), choices, gold: 0, labels };
+        let raw = RawDoc {
+            line: q.line,
+            context: context(&q.question),
+            choices,
+            gold: 0,
+            labels,
+        };
         match build_doc(raw, " ", protocol.pair_encoding(), tokenizer) {
             Ok(d) => docs.push(d),
             Err(_) if skip_bad_rows => skipped += 1,
@@ -115,7 +125,13 @@ pub fn load_file(name: &str, path: &Path, mc2: bool, protocol: Protocol, tokeniz
         name: name.to_string(),
         protocol,
         source: path.to_path_buf(),
-        scoring: if mc2 { Scoring::Mc2 { split: protocol.mc2_split_formula() } } else { Scoring::Mc1 },
+        scoring: if mc2 {
+            Scoring::Mc2 {
+                split: protocol.mc2_split_formula(),
+            }
+        } else {
+            Scoring::Mc1
+        },
         docs,
         skipped_rows: skipped,
         plan_group: format!("truthfulqa:{}", path.display()),
@@ -126,7 +142,10 @@ fn bad(path: &Path, is_jsonl: bool, line: usize, msg: &str) -> Error {
     if is_jsonl {
         Error::row(path, line, format!("{msg} (pass --skip-bad-rows to skip bad rows)"))
     } else {
-        Error::file(path, format!("question #{line} (1-based entry of the JSON array): {msg} (pass --skip-bad-rows to skip bad rows)"))
+        Error::file(
+            path,
+            format!("question #{line} (1-based entry of the JSON array): {msg} (pass --skip-bad-rows to skip bad rows)"),
+        )
     }
 }
 
@@ -142,7 +161,10 @@ fn check(q: &Question) -> std::result::Result<(), String> {
         }
     }
     if q.mc1.1[0] != 1 || q.mc1.1[1..].iter().any(|&l| l != 0) {
-        return Err(format!("`mc1_targets` labels must be [1, 0, 0, ...] (the true answer first), found {:?}", q.mc1.1));
+        return Err(format!(
+            "`mc1_targets` labels must be [1, 0, 0, ...] (the true answer first), found {:?}",
+            q.mc1.1
+        ));
     }
     if !q.mc2.1.contains(&0) {
         return Err("`mc2_targets` has no false answer (label 0); the MC2 formula needs one".into());
@@ -163,7 +185,9 @@ fn label(v: &Value) -> std::result::Result<u8, String> {
 
 fn targets_from_lists(obj: &serde_json::Map<String, Value>, key: &str) -> std::result::Result<(Vec<String>, Vec<u8>), String> {
     let t = obj.get(key).ok_or_else(|| format!("missing `{key}`"))?;
-    let t = t.as_object().ok_or_else(|| format!("`{key}` must be an object with `choices` and `labels`"))?;
+    let t = t
+        .as_object()
+        .ok_or_else(|| format!("`{key}` must be an object with `choices` and `labels`"))?;
     let choices = t
         .get("choices")
         .and_then(Value::as_array)
@@ -185,7 +209,9 @@ fn targets_from_lists(obj: &serde_json::Map<String, Value>, key: &str) -> std::r
 
 fn targets_from_object(obj: &serde_json::Map<String, Value>, key: &str) -> std::result::Result<(Vec<String>, Vec<u8>), String> {
     let t = obj.get(key).ok_or_else(|| format!("missing `{key}`"))?;
-    let t = t.as_object().ok_or_else(|| format!("`{key}` must be an object mapping each answer to 0 or 1"))?;
+    let t = t
+        .as_object()
+        .ok_or_else(|| format!("`{key}` must be an object mapping each answer to 0 or 1"))?;
     let mut choices = vec![];
     let mut labels = vec![];
     for (answer, l) in t {
@@ -196,10 +222,21 @@ fn targets_from_object(obj: &serde_json::Map<String, Value>, key: &str) -> std::
 }
 
 fn question(obj: &Value, line: usize, lists: bool) -> std::result::Result<Question, String> {
-    let obj = obj.as_object().ok_or("expected a JSON object with `question`, `mc1_targets`, `mc2_targets`")?;
-    let question = obj.get("question").and_then(Value::as_str).ok_or("missing or non-string `question`")?.to_string();
+    let obj = obj
+        .as_object()
+        .ok_or("expected a JSON object with `question`, `mc1_targets`, `mc2_targets`")?;
+    let question = obj
+        .get("question")
+        .and_then(Value::as_str)
+        .ok_or("missing or non-string `question`")?
+        .to_string();
     let targets = if lists { targets_from_lists } else { targets_from_object };
-    let q = Question { line, question, mc1: targets(obj, "mc1_targets")?, mc2: targets(obj, "mc2_targets")? };
+    let q = Question {
+        line,
+        question,
+        mc1: targets(obj, "mc1_targets")?,
+        mc2: targets(obj, "mc2_targets")?,
+    };
     check(&q)?;
     Ok(q)
 }
@@ -213,7 +250,9 @@ pub fn read_jsonl(path: &Path, skip_bad_rows: bool) -> Result<(Vec<Question>, us
         if line.trim().is_empty() {
             continue;
         }
-        let q = serde_json::from_str::<Value>(line).map_err(|e| format!("not valid JSON: {e}")).and_then(|v| question(&v, i + 1, true));
+        let q = serde_json::from_str::<Value>(line)
+            .map_err(|e| format!("not valid JSON: {e}"))
+            .and_then(|v| question(&v, i + 1, true));
         match q {
             Ok(q) => out.push(q),
             Err(_) if skip_bad_rows => skipped += 1,
@@ -227,7 +266,9 @@ pub fn read_jsonl(path: &Path, skip_bad_rows: bool) -> Result<(Vec<Question>, us
 pub fn read_mc_task_json(path: &Path, skip_bad_rows: bool) -> Result<(Vec<Question>, usize)> {
     let text = crate::error::read_to_string(path)?;
     let v: Value = serde_json::from_str(&text).map_err(|e| Error::file(path, format!("not valid JSON: {e}")))?;
-    let arr = v.as_array().ok_or_else(|| Error::file(path, "expected a JSON array of questions (TruthfulQA mc_task.json)"))?;
+    let arr = v
+        .as_array()
+        .ok_or_else(|| Error::file(path, "expected a JSON array of questions (TruthfulQA mc_task.json)"))?;
     let mut out = vec![];
     let mut skipped = 0;
     for (i, entry) in arr.iter().enumerate() {

@@ -166,7 +166,8 @@ pub fn compile_source(name: &str, src: &str, arch: &str, extra: &[&str]) -> Resu
 fn compile_program(name: &str, src: &str, options: &[String]) -> Result<Compiled> {
     let c_src = CString::new(src).map_err(|_| Error::Cuda(format!("kernels/{name}.cu contains a NUL byte")))?;
     let c_name = CString::new(format!("{name}.cu")).expect("kernel names have no NUL");
-    let prog = nvrtc::create_program(&c_src, Some(&c_name)).map_err(|e| Error::Cuda(format!("NVRTC could not create a program for {name}.cu: {e:?}")))?;
+    let prog =
+        nvrtc::create_program(&c_src, Some(&c_name)).map_err(|e| Error::Cuda(format!("NVRTC could not create a program for {name}.cu: {e:?}")))?;
     // Destroy the program whatever happens below.
     struct Guard(nvrtc_sys::nvrtcProgram);
     impl Drop for Guard {
@@ -178,7 +179,9 @@ fn compile_program(name: &str, src: &str, options: &[String]) -> Result<Compiled
     let guard = Guard(prog);
     // SAFETY: `prog` is a live program; c_src and c_name outlive it (dropped after `guard`).
     let status = unsafe { nvrtc::compile_program(guard.0, options) };
-    let log = unsafe { nvrtc::get_program_log(guard.0) }.map(|raw| c_chars_to_string(&raw)).unwrap_or_default();
+    let log = unsafe { nvrtc::get_program_log(guard.0) }
+        .map(|raw| c_chars_to_string(&raw))
+        .unwrap_or_default();
     if let Err(e) = status {
         return Err(Error::Cuda(format!("NVRTC failed to compile {name}.cu ({e:?}) with {options:?}:\n{log}")));
     }
@@ -249,7 +252,9 @@ pub fn cubin_for(name: &str, cc: (i32, i32)) -> Result<Vec<u8>> {
         return Ok(bin);
     }
     let compiled = compile_program(name, &src, &options)?;
-    let bin = compiled.cubin.ok_or_else(|| Error::Cuda(format!("NVRTC produced no cubin for {name}.cu ({arch})")))?;
+    let bin = compiled
+        .cubin
+        .ok_or_else(|| Error::Cuda(format!("NVRTC produced no cubin for {name}.cu ({arch})")))?;
     if let Some(p) = path.as_deref() {
         write_atomically(p, &bin);
     }
@@ -262,7 +267,11 @@ fn write_atomically(path: &Path, bytes: &[u8]) {
     if std::fs::create_dir_all(dir).is_err() {
         return;
     }
-    let tmp = dir.join(format!(".{}.{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("k"), std::process::id()));
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("k"),
+        std::process::id()
+    ));
     if std::fs::write(&tmp, bytes).is_ok() && std::fs::rename(&tmp, path).is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
@@ -286,7 +295,11 @@ mod tests {
 
     #[test]
     fn ptx_version_is_parsed() {
-        let c = Compiled { ptx: "//\n.version 9.0\n.target sm_90\n".into(), cubin: None, log: String::new() };
+        let c = Compiled {
+            ptx: "//\n.version 9.0\n.target sm_90\n".into(),
+            cubin: None,
+            log: String::new(),
+        };
         assert_eq!(c.ptx_version(), Some((9, 0)));
     }
 

@@ -40,11 +40,18 @@ pub fn attention_tables(layout: &BatchLayout) -> Result<AttnTables> {
         return Err(Error::invalid(format!("attention: {keys} keys do not fit 32-bit indices")));
     }
     let mut seen = vec![false; t];
-    let mut out = AttnTables { tiles: vec![], seg_off: vec![0], ranges: vec![] };
+    let mut out = AttnTables {
+        tiles: vec![],
+        seg_off: vec![0],
+        ranges: vec![],
+    };
     for (si, seg) in layout.segments.iter().enumerate() {
         let (start, len) = (seg.q_start as usize, seg.q_len as usize);
         if start + len > t {
-            return Err(Error::invalid(format!("attention: segment {si} covers rows {start}..{} of a {t}-row batch", start + len)));
+            return Err(Error::invalid(format!(
+                "attention: segment {si} covers rows {start}..{} of a {t}-row batch",
+                start + len
+            )));
         }
         for (r, s) in seen[start..start + len].iter_mut().enumerate() {
             if *s {
@@ -73,7 +80,9 @@ pub fn attention_tables(layout: &BatchLayout) -> Result<AttnTables> {
         }
     }
     if let Some(r) = seen.iter().position(|s| !s) {
-        return Err(Error::invalid(format!("attention: segments do not cover every row of the batch (row {r} is in none)")));
+        return Err(Error::invalid(format!(
+            "attention: segments do not cover every row of the batch (row {r} is in none)"
+        )));
     }
     if layout.positions.len() != t {
         return Err(Error::invalid(format!("layout: {} positions for {t} rows", layout.positions.len())));
@@ -87,7 +96,9 @@ pub fn attention_dims_per_lane(hd: usize) -> Result<usize> {
         0 => Err(Error::invalid("attention: head dim 0")),
         n @ 1..=4 => Ok(n),
         5..=8 => Ok(8),
-        _ => Err(Error::invalid(format!("attention: head dim {hd} exceeds the kernel's maximum {ATTN_MAX_HEAD_DIM}"))),
+        _ => Err(Error::invalid(format!(
+            "attention: head dim {hd} exceeds the kernel's maximum {ATTN_MAX_HEAD_DIM}"
+        ))),
     }
 }
 
@@ -113,7 +124,14 @@ mod tests {
         let t: u32 = segs.iter().map(|s| s.1).sum();
         BatchLayout {
             positions: (0..t).collect(),
-            segments: segs.iter().map(|&(q_start, q_len, a)| AttnSegment { q_start, q_len, ancestors: a.to_vec() }).collect(),
+            segments: segs
+                .iter()
+                .map(|&(q_start, q_len, a)| AttnSegment {
+                    q_start,
+                    q_len,
+                    ancestors: a.to_vec(),
+                })
+                .collect(),
             past_len,
         }
     }
@@ -143,7 +161,10 @@ mod tests {
 
     #[test]
     fn head_dims_map_to_compiled_variants() {
-        let dpl: Vec<usize> = [16, 32, 64, 80, 96, 128, 160, 256].iter().map(|&hd| attention_dims_per_lane(hd).unwrap()).collect();
+        let dpl: Vec<usize> = [16, 32, 64, 80, 96, 128, 160, 256]
+            .iter()
+            .map(|&hd| attention_dims_per_lane(hd).unwrap())
+            .collect();
         assert_eq!(dpl, vec![1, 1, 2, 3, 3, 4, 8, 8]);
         assert!(attention_dims_per_lane(257).is_err());
         // 48 KB without opting in, up to hd 128; hd 256 needs the opt-in (82 KB, under every sm_80+ limit).

@@ -20,7 +20,9 @@ use super::{AttnShape, Backend, BatchLayout, Tensor2, TokenScore};
 use crate::checkpoint::{DType, HostTensor};
 use crate::error::{Error, Result};
 use cudarc::cublas::{result as blas_result, sys as blas_sys, CudaBlas};
-use cudarc::driver::{sys as cu_sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DriverError, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    sys as cu_sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DriverError, LaunchConfig, PushKernelArg,
+};
 use half::{bf16, f16};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -42,8 +44,12 @@ pub fn device_count() -> Result<usize> {
     }
     match CudaContext::device_count() {
         Ok(n) if n > 0 => Ok(n as usize),
-        Ok(_) => Err(Error::Cuda("no CUDA driver/device found (the driver reports 0 devices); use --device cpu".into())),
-        Err(e) => Err(Error::Cuda(format!("no CUDA driver/device found (cuInit/cuDeviceGetCount: {e}); use --device cpu"))),
+        Ok(_) => Err(Error::Cuda(
+            "no CUDA driver/device found (the driver reports 0 devices); use --device cpu".into(),
+        )),
+        Err(e) => Err(Error::Cuda(format!(
+            "no CUDA driver/device found (cuInit/cuDeviceGetCount: {e}); use --device cpu"
+        ))),
     }
 }
 
@@ -165,11 +171,16 @@ impl CudaBackend {
     pub fn new(ordinal: usize, dtype: DType) -> Result<Self> {
         let count = device_count()?;
         if ordinal >= count {
-            return Err(Error::Cuda(format!("no CUDA driver/device found: device {ordinal} asked for, {count} present")));
+            return Err(Error::Cuda(format!(
+                "no CUDA driver/device found: device {ordinal} asked for, {count} present"
+            )));
         }
         check_available()?;
         if !matches!(dtype, DType::F16 | DType::BF16 | DType::F32) {
-            return Err(Error::invalid(format!("the CUDA backend computes in f16, bf16 or f32, not {}", dtype.name())));
+            return Err(Error::invalid(format!(
+                "the CUDA backend computes in f16, bf16 or f32, not {}",
+                dtype.name()
+            )));
         }
         let drv = |what: &str, e: DriverError| Error::Cuda(format!("{what}: {e}"));
         let ctx = CudaContext::new(ordinal).map_err(|e| drv("creating the CUDA context", e))?;
@@ -189,14 +200,23 @@ impl CudaBackend {
         // Compile (or fetch from the disk cache) every op file in parallel, then load the cubins.
         let names = kernels::op_names();
         let cubins: Vec<Result<Vec<u8>>> = std::thread::scope(|s| {
-            let handles: Vec<_> = names.iter().map(|&n| s.spawn(move || kernels::cubin_for(n, compute_capability))).collect();
-            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(Error::Cuda("kernel compilation thread panicked".into())))).collect()
+            let handles: Vec<_> = names
+                .iter()
+                .map(|&n| s.spawn(move || kernels::cubin_for(n, compute_capability)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err(Error::Cuda("kernel compilation thread panicked".into()))))
+                .collect()
         });
         let mut modules = HashMap::new();
         for (name, cubin) in names.iter().zip(cubins) {
-            let module = ctx
-                .load_module(cudarc::nvrtc::Ptx::from_binary(cubin?))
-                .map_err(|e| Error::Cuda(format!("loading the compiled kernels/{name}.cu for sm_{}{}: {e}", compute_capability.0, compute_capability.1)))?;
+            let module = ctx.load_module(cudarc::nvrtc::Ptx::from_binary(cubin?)).map_err(|e| {
+                Error::Cuda(format!(
+                    "loading the compiled kernels/{name}.cu for sm_{}{}: {e}",
+                    compute_capability.0, compute_capability.1
+                ))
+            })?;
             modules.insert(*name, module);
         }
         Ok(CudaBackend {
@@ -241,7 +261,9 @@ impl CudaBackend {
         }
         let mut out = self.alloc("from_host", rows, cols, dtype)?;
         if !values.is_empty() {
-            self.stream.memcpy_htod(&encode(values, dtype), &mut out.buf).map_err(|e| Error::Cuda(format!("from_host: {e}")))?;
+            self.stream
+                .memcpy_htod(&encode(values, dtype), &mut out.buf)
+                .map_err(|e| Error::Cuda(format!("from_host: {e}")))?;
         }
         Ok(out)
     }
@@ -256,8 +278,13 @@ impl CudaBackend {
         if let Some(f) = cache.get(name) {
             return Ok(f.clone());
         }
-        let m = self.modules.get(module).ok_or_else(|| Error::Cuda(format!("kernel module {module} is not loaded")))?;
-        let f = m.load_function(name).map_err(|e| Error::Cuda(format!("kernel {name} not found in kernels/{module}.cu: {e}")))?;
+        let m = self
+            .modules
+            .get(module)
+            .ok_or_else(|| Error::Cuda(format!("kernel module {module} is not loaded")))?;
+        let f = m
+            .load_function(name)
+            .map_err(|e| Error::Cuda(format!("kernel {name} not found in kernels/{module}.cu: {e}")))?;
         cache.insert(name.to_string(), f.clone());
         Ok(f)
     }
@@ -278,7 +305,9 @@ impl CudaBackend {
     fn upload_u32(&self, op: &str, values: &[u32]) -> Result<CudaSlice<u32>> {
         let mut dst = self.alloc_raw::<u32>(op, values.len().max(1), "u32 table")?;
         if !values.is_empty() {
-            self.stream.memcpy_htod(values, &mut dst).map_err(|e| Error::Cuda(format!("{op}: upload of {} u32: {e}", values.len())))?;
+            self.stream
+                .memcpy_htod(values, &mut dst)
+                .map_err(|e| Error::Cuda(format!("{op}: upload of {} u32: {e}", values.len())))?;
         }
         Ok(dst)
     }
@@ -308,7 +337,10 @@ impl CudaBackend {
     fn check_float(op: &str, t: &CudaTensor) -> Result<()> {
         match t.dtype {
             DType::F32 | DType::F16 | DType::BF16 => Ok(()),
-            other => Err(Error::invalid(format!("{op}: tensor of dtype {} (expected f32, f16 or bf16)", other.name()))),
+            other => Err(Error::invalid(format!(
+                "{op}: tensor of dtype {} (expected f32, f16 or bf16)",
+                other.name()
+            ))),
         }
     }
 
@@ -322,11 +354,15 @@ impl CudaBackend {
         }
         let too_big = |v: usize| v > i32::MAX as usize;
         if too_big(m) || too_big(k) || too_big(n) {
-            return Err(Error::invalid(format!("{op}: GEMM of [{m}, {k}] x [{n}, {k}]^T exceeds 32-bit dimensions")));
+            return Err(Error::invalid(format!(
+                "{op}: GEMM of [{m}, {k}] x [{n}, {k}]^T exceeds 32-bit dimensions"
+            )));
         }
         let alpha = 1.0f32;
         // cuBLAS runs on whatever context is current on this thread: make it ours.
-        self.ctx.bind_to_thread().map_err(|e| Error::Cuda(format!("{op}: binding the CUDA context: {e}")))?;
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| Error::Cuda(format!("{op}: binding the CUDA context: {e}")))?;
         let (wp, _gw) = w.buf.device_ptr(&self.stream);
         let (xp, _gx) = x.buf.device_ptr(&self.stream);
         let (yp, _gy) = y.buf.device_ptr_mut(&self.stream);
@@ -354,7 +390,13 @@ impl CudaBackend {
                 blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DFALT,
             )
         }
-        .map_err(|e| Error::Cuda(format!("{op}: cuBLAS gemm_ex [{m}, {k}] x [{n}, {k}]^T ({} -> {}) failed: {e}", w.dtype.name(), y.dtype.name())))
+        .map_err(|e| {
+            Error::Cuda(format!(
+                "{op}: cuBLAS gemm_ex [{m}, {k}] x [{n}, {k}]^T ({} -> {}) failed: {e}",
+                w.dtype.name(),
+                y.dtype.name()
+            ))
+        })
     }
 
     /// Raise a kernel's dynamic shared-memory limit once, when it needs more than the default 48 KB.
@@ -363,16 +405,24 @@ impl CudaBackend {
             return Ok(());
         }
         if bytes > self.max_smem_optin {
-            return Err(Error::Cuda(format!("{name} needs {bytes} bytes of shared memory, the device allows {}", self.max_smem_optin)));
+            return Err(Error::Cuda(format!(
+                "{name} needs {bytes} bytes of shared memory, the device allows {}",
+                self.max_smem_optin
+            )));
         }
         let mut raised = self.smem_raised.lock().unwrap_or_else(|p| p.into_inner());
         if raised.contains(name) {
             return Ok(());
         }
         // Raise to the device maximum so every head dim of this variant fits.
-        self.ctx.bind_to_thread().map_err(|e| Error::Cuda(format!("{name}: binding the CUDA context: {e}")))?;
-        f.set_attribute(cu_sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, self.max_smem_optin as i32)
-            .map_err(|e| Error::Cuda(format!("raising the shared-memory limit of {name} to {} bytes: {e}", self.max_smem_optin)))?;
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| Error::Cuda(format!("{name}: binding the CUDA context: {e}")))?;
+        f.set_attribute(
+            cu_sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            self.max_smem_optin as i32,
+        )
+        .map_err(|e| Error::Cuda(format!("raising the shared-memory limit of {name} to {} bytes: {e}", self.max_smem_optin)))?;
         raised.insert(name.to_string());
         Ok(())
     }
@@ -395,12 +445,18 @@ impl std::ops::Deref for Converted<'_> {
 }
 
 fn cfg(grid: u32, block: u32, smem: u32) -> LaunchConfig {
-    LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (block, 1, 1), shared_mem_bytes: smem }
+    LaunchConfig {
+        grid_dim: (grid, 1, 1),
+        block_dim: (block, 1, 1),
+        shared_mem_bytes: smem,
+    }
 }
 
 fn oom_or(op: &str, bytes: usize, what: &str, e: DriverError) -> Error {
     if e.0 == cu_sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
-        Error::Cuda(format!("{op}: out of device memory allocating {bytes} bytes ({what}); try a smaller --max-batch-tokens or --dtype f16"))
+        Error::Cuda(format!(
+            "{op}: out of device memory allocating {bytes} bytes ({what}); try a smaller --max-batch-tokens or --dtype f16"
+        ))
     } else {
         Error::Cuda(format!("{op}: allocating {bytes} bytes ({what}) failed: {e}"))
     }
@@ -452,7 +508,10 @@ impl Backend for CudaBackend {
             DType::BF16 => "bf16",
             _ => "f32",
         };
-        format!("cuda:{} {} sm_{}{} ({dt})", self.ordinal, self.device_name, self.compute_capability.0, self.compute_capability.1)
+        format!(
+            "cuda:{} {} sm_{}{} ({dt})",
+            self.ordinal, self.device_name, self.compute_capability.0, self.compute_capability.1
+        )
     }
 
     /// 2-D weights in the compute dtype; 1-D parameters (LayerNorm, biases) in f32, as [1, n].
@@ -467,7 +526,11 @@ impl Backend for CudaBackend {
             // to_f32 gives the precise error (wrong byte count or a non-float dtype).
             t.to_f32()?;
         }
-        let bytes: std::borrow::Cow<[u8]> = if t.dtype == dt { std::borrow::Cow::Borrowed(&t.bytes) } else { encode(&t.to_f32()?, dt).into() };
+        let bytes: std::borrow::Cow<[u8]> = if t.dtype == dt {
+            std::borrow::Cow::Borrowed(&t.bytes)
+        } else {
+            encode(&t.to_f32()?, dt).into()
+        };
         let mut out = self.alloc(&format!("upload of `{}`", t.name), rows, cols, dt)?;
         if !bytes.is_empty() {
             self.stream
@@ -486,7 +549,10 @@ impl Backend for CudaBackend {
         if t.numel() == 0 {
             return Ok(vec![]);
         }
-        let bytes = self.stream.clone_dtoh(&t.buf.slice(0..t.bytes())).map_err(|e| Error::Cuda(format!("to_host ({} bytes): {e}", t.bytes())))?;
+        let bytes = self
+            .stream
+            .clone_dtoh(&t.buf.slice(0..t.bytes()))
+            .map_err(|e| Error::Cuda(format!("to_host ({} bytes): {e}", t.bytes())))?;
         self.synchronize()?;
         Ok(decode(&bytes, t.dtype))
     }
@@ -507,7 +573,10 @@ impl Backend for CudaBackend {
     fn embedding(&self, table: &CudaTensor, ids: &[u32]) -> Result<CudaTensor> {
         Self::check_float("embedding", table)?;
         if let Some(&id) = ids.iter().find(|&&id| id as usize >= table.rows) {
-            return Err(Error::invalid(format!("token id {id} is outside the embedding table of {} rows", table.rows)));
+            return Err(Error::invalid(format!(
+                "token id {id} is outside the embedding table of {} rows",
+                table.rows
+            )));
         }
         let h = table.cols;
         let mut out = self.alloc("embedding", ids.len(), h, DType::F32)?;
@@ -528,7 +597,11 @@ impl Backend for CudaBackend {
         Self::check_float("layernorm", x)?;
         let c = x.cols;
         if w.numel() != c || b.numel() != c {
-            return Err(Error::invalid(format!("layernorm: {c} columns, weight has {} and bias {} values", w.numel(), b.numel())));
+            return Err(Error::invalid(format!(
+                "layernorm: {c} columns, weight has {} and bias {} values",
+                w.numel(),
+                b.numel()
+            )));
         }
         let w = self.as_dtype("layernorm", w, DType::F32)?;
         let b = self.as_dtype("layernorm", b, DType::F32)?;
@@ -548,7 +621,10 @@ impl Backend for CudaBackend {
     fn linear(&self, x: &CudaTensor, w: &CudaTensor, b: Option<&CudaTensor>) -> Result<CudaTensor> {
         Self::check_float("linear", w)?;
         if x.cols != w.cols {
-            return Err(Error::invalid(format!("linear: input has {} features, weight [{}, {}] expects {}", x.cols, w.rows, w.cols, w.cols)));
+            return Err(Error::invalid(format!(
+                "linear: input has {} features, weight [{}, {}] expects {}",
+                x.cols, w.rows, w.cols, w.cols
+            )));
         }
         let x = self.as_dtype("linear", x, w.dtype)?;
         let (m, n) = (x.rows, w.rows);
@@ -600,7 +676,10 @@ impl Backend for CudaBackend {
         Self::check_float("rotary", qkv)?;
         check_qkv("rotary", qkv, layout, s)?;
         if s.rotary_ndims > s.head_dim {
-            return Err(Error::invalid(format!("rotary: {} rotary dims exceed the head dim {}", s.rotary_ndims, s.head_dim)));
+            return Err(Error::invalid(format!(
+                "rotary: {} rotary dims exceed the head dim {}",
+                s.rotary_ndims, s.head_dim
+            )));
         }
         let half = s.rotary_ndims / 2;
         let items = (qkv.rows * s.heads * 2 * half) as u64;
@@ -612,7 +691,13 @@ impl Backend for CudaBackend {
         let (grid, block) = layout::grid_1d(items);
         let (heads, hd, rot) = (s.heads as i32, s.head_dim as i32, s.rotary_ndims as i32);
         let mut l = self.stream.launch_builder(&f);
-        l.arg(&mut qkv.buf).arg(&layout.positions).arg(&items).arg(&heads).arg(&hd).arg(&rot).arg(&s.rotary_base);
+        l.arg(&mut qkv.buf)
+            .arg(&layout.positions)
+            .arg(&items)
+            .arg(&heads)
+            .arg(&hd)
+            .arg(&rot)
+            .arg(&s.rotary_base);
         unsafe { l.launch(cfg(grid, block, 0)) }.map_err(|e| Self::launch_err("rotary", &name, e))?;
         Ok(())
     }
@@ -622,11 +707,17 @@ impl Backend for CudaBackend {
         check_qkv("attention", qkv, layout, s)?;
         let p = layout.past_len;
         if past.map_or(0, |t| t.rows) != p {
-            return Err(Error::invalid(format!("attention: layout expects {p} cached rows, cache holds {}", past.map_or(0, |t| t.rows))));
+            return Err(Error::invalid(format!(
+                "attention: layout expects {p} cached rows, cache holds {}",
+                past.map_or(0, |t| t.rows)
+            )));
         }
         let past = match past {
             Some(t) if t.cols != qkv.cols => {
-                return Err(Error::invalid(format!("attention: cache rows have {} columns, qkv rows {}", t.cols, qkv.cols)))
+                return Err(Error::invalid(format!(
+                    "attention: cache rows have {} columns, qkv rows {}",
+                    t.cols, qkv.cols
+                )))
             }
             Some(t) => Some(self.as_dtype("attention", t, qkv.dtype)?),
             None => None,
@@ -672,7 +763,10 @@ impl Backend for CudaBackend {
         Self::check_float("residual_add", a)?;
         for t in std::iter::once(a).chain(b) {
             if (t.rows, t.cols) != (x.rows, x.cols) {
-                return Err(Error::invalid(format!("residual_add: shapes [{}, {}] and [{}, {}] differ", x.rows, x.cols, t.rows, t.cols)));
+                return Err(Error::invalid(format!(
+                    "residual_add: shapes [{}, {}] and [{}, {}] differ",
+                    x.rows, x.cols, t.rows, t.cols
+                )));
             }
         }
         let b = match b {
@@ -708,7 +802,11 @@ impl Backend for CudaBackend {
             return Ok(out);
         }
         let rows_d = self.upload_u32("gather_rows", rows)?;
-        let (name, words) = if row_bytes % 4 == 0 { ("gather_rows_u32", row_bytes / 4) } else { ("gather_rows_u16", row_bytes / 2) };
+        let (name, words) = if row_bytes % 4 == 0 {
+            ("gather_rows_u32", row_bytes / 4)
+        } else {
+            ("gather_rows_u16", row_bytes / 2)
+        };
         let f = self.func("gather_rows", name)?;
         let w = words as i32;
         let mut l = self.stream.launch_builder(&f);
@@ -726,10 +824,14 @@ impl Backend for CudaBackend {
         let (na, nb) = (a.bytes(), b.bytes());
         let copy = |e: DriverError| Error::Cuda(format!("concat_rows: device copy failed: {e}"));
         if na > 0 {
-            self.stream.memcpy_dtod(&a.buf.slice(0..na), &mut out.buf.slice_mut(0..na)).map_err(copy)?;
+            self.stream
+                .memcpy_dtod(&a.buf.slice(0..na), &mut out.buf.slice_mut(0..na))
+                .map_err(copy)?;
         }
         if nb > 0 {
-            self.stream.memcpy_dtod(&b.buf.slice(0..nb), &mut out.buf.slice_mut(na..na + nb)).map_err(copy)?;
+            self.stream
+                .memcpy_dtod(&b.buf.slice(0..nb), &mut out.buf.slice_mut(na..na + nb))
+                .map_err(copy)?;
         }
         Ok(out)
     }
@@ -737,7 +839,10 @@ impl Backend for CudaBackend {
     fn lm_head(&self, x: &CudaTensor, w: &CudaTensor) -> Result<CudaTensor> {
         Self::check_float("lm_head", w)?;
         if x.cols != w.cols {
-            return Err(Error::invalid(format!("lm_head: input has {} features, weight [{}, {}] expects {}", x.cols, w.rows, w.cols, w.cols)));
+            return Err(Error::invalid(format!(
+                "lm_head: input has {} features, weight [{}, {}] expects {}",
+                x.cols, w.rows, w.cols, w.cols
+            )));
         }
         let x = self.as_dtype("lm_head", x, w.dtype)?;
         let mut logits = self.alloc("lm_head", x.rows, w.rows, DType::F32)?;
@@ -748,7 +853,9 @@ impl Backend for CudaBackend {
     fn logsoftmax_gather(&self, logits: &CudaTensor, targets: &[(u32, u32)]) -> Result<Vec<TokenScore>> {
         let (r, v) = (logits.rows, logits.cols);
         if let Some(&(row, tok)) = targets.iter().find(|&&(row, tok)| row as usize >= r || tok as usize >= v) {
-            return Err(Error::invalid(format!("logsoftmax_gather: target ({row}, {tok}) outside logits [{r}, {v}]")));
+            return Err(Error::invalid(format!(
+                "logsoftmax_gather: target ({row}, {tok}) outside logits [{r}, {v}]"
+            )));
         }
         if targets.is_empty() {
             return Ok(vec![]);
@@ -773,23 +880,41 @@ impl Backend for CudaBackend {
         let n_i = n as i32;
         let f = self.func("logsoftmax_gather", "logsoftmax_targets")?;
         let mut l = self.stream.launch_builder(&f);
-        l.arg(&logits.buf).arg(&v_i).arg(&m).arg(&log_s).arg(&arg).arg(&targets_d).arg(&n_i).arg(&mut lp).arg(&mut greedy);
+        l.arg(&logits.buf)
+            .arg(&v_i)
+            .arg(&m)
+            .arg(&log_s)
+            .arg(&arg)
+            .arg(&targets_d)
+            .arg(&n_i)
+            .arg(&mut lp)
+            .arg(&mut greedy);
         unsafe { l.launch(cfg(n.div_ceil(256) as u32, 256, 0)) }.map_err(|e| Self::launch_err(op, "logsoftmax_targets", e))?;
 
         let dl = |e: DriverError| Error::Cuda(format!("{op}: reading back {n} scores: {e}"));
         let lp = self.stream.clone_dtoh(&lp.slice(0..n)).map_err(dl)?;
         let greedy = self.stream.clone_dtoh(&greedy.slice(0..n)).map_err(dl)?;
         self.synchronize()?;
-        Ok(lp.into_iter().zip(greedy).map(|(logprob, g)| TokenScore { logprob, is_greedy: g != 0 }).collect())
+        Ok(lp
+            .into_iter()
+            .zip(greedy)
+            .map(|(logprob, g)| TokenScore { logprob, is_greedy: g != 0 })
+            .collect())
     }
 }
 
 fn check_qkv(op: &str, qkv: &CudaTensor, layout: &CudaLayout, s: AttnShape) -> Result<()> {
     if qkv.cols != 3 * s.heads * s.head_dim {
-        return Err(Error::invalid(format!("{op}: qkv has {} columns, expected 3 x {} heads x {}", qkv.cols, s.heads, s.head_dim)));
+        return Err(Error::invalid(format!(
+            "{op}: qkv has {} columns, expected 3 x {} heads x {}",
+            qkv.cols, s.heads, s.head_dim
+        )));
     }
     if qkv.rows != layout.tokens {
-        return Err(Error::invalid(format!("{op}: qkv has {} rows, the batch layout {}", qkv.rows, layout.tokens)));
+        return Err(Error::invalid(format!(
+            "{op}: qkv has {} rows, the batch layout {}",
+            qkv.rows, layout.tokens
+        )));
     }
     Ok(())
 }
