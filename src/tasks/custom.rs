@@ -69,33 +69,21 @@ pub fn load(name: &str, path: &Path, protocol: Protocol, tokenizer: &Tokenizer, 
             format!("custom task file not found (task `{name}`; expected JSONL rows {{\"context\", \"choices\", \"gold\"}})"),
         ));
     }
-    let text = crate::error::read_to_string(path)?;
-    let mut docs = vec![];
-    let mut skipped = 0;
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let doc = parse_row(line).and_then(|(context, choices, gold, delim)| {
-            build_doc(
-                RawDoc {
-                    line: i + 1,
-                    context,
-                    choices,
-                    gold,
-                    labels: vec![],
-                },
-                &delim,
-                protocol.pair_encoding(),
-                tokenizer,
-            )
-        });
-        match doc {
-            Ok(d) => docs.push(d),
-            Err(_) if skip_bad_rows => skipped += 1,
-            Err(msg) => return Err(Error::row(path, i + 1, format!("{msg} (pass --skip-bad-rows to skip bad rows)"))),
-        }
-    }
+    let (docs, skipped) = super::read_jsonl_rows(path, skip_bad_rows, |line, text| {
+        let (context, choices, gold, delim) = parse_row(text)?;
+        build_doc(
+            RawDoc {
+                line,
+                context,
+                choices,
+                gold,
+                labels: vec![],
+            },
+            &delim,
+            protocol.pair_encoding(),
+            tokenizer,
+        )
+    })?;
     if docs.is_empty() {
         return Err(Error::file(path, format!("no usable rows ({skipped} skipped as malformed)")));
     }

@@ -381,3 +381,25 @@ pub fn doc_metrics(t: &LoadedTask, lls: &[f64]) -> Result<Vec<(&'static str, Vec
     }
     Ok(out)
 }
+
+/// Parse every non-blank line of a JSONL file with `parse(line_no, text)`. A row that fails is an error naming
+/// the file and line, or, with `skip_bad_rows`, skipped and counted. Returns the parsed rows and the count.
+pub(crate) fn read_jsonl_rows<T>(
+    path: &std::path::Path,
+    skip_bad_rows: bool,
+    mut parse: impl FnMut(usize, &str) -> std::result::Result<T, String>,
+) -> Result<(Vec<T>, usize)> {
+    let text = crate::error::read_to_string(path)?;
+    let (mut rows, mut skipped) = (vec![], 0);
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match parse(i + 1, line) {
+            Ok(row) => rows.push(row),
+            Err(_) if skip_bad_rows => skipped += 1,
+            Err(msg) => return Err(Error::row(path, i + 1, format!("{msg} (pass --skip-bad-rows to skip bad rows)"))),
+        }
+    }
+    Ok((rows, skipped))
+}

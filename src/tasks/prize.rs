@@ -482,29 +482,17 @@ pub fn build_doc(raw: RawDoc, delimiter: &str, how: PairEncoding, tokenizer: &To
 
 /// Read a release-format JSONL file. Bad rows fail with file and line, or are skipped and counted.
 pub fn load_file(path: &Path, protocol: Protocol, tokenizer: &Tokenizer, skip_bad_rows: bool) -> Result<(Vec<Doc>, usize)> {
-    let text = crate::error::read_to_string(path)?;
-    let mut docs = vec![];
-    let mut skipped = 0;
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let doc = parse_row(line, protocol).and_then(|(prompt, choices, gold)| {
-            let raw = RawDoc {
-                line: i + 1,
-                context: prompt,
-                choices,
-                gold,
-                labels: vec![],
-            };
-            build_doc(raw, protocol.prize_delimiter(), protocol.pair_encoding(), tokenizer)
-        });
-        match doc {
-            Ok(d) => docs.push(d),
-            Err(_) if skip_bad_rows => skipped += 1,
-            Err(msg) => return Err(Error::row(path, i + 1, format!("{msg} (pass --skip-bad-rows to skip bad rows)"))),
-        }
-    }
+    let (docs, skipped) = super::read_jsonl_rows(path, skip_bad_rows, |line, text| {
+        let (prompt, choices, gold) = parse_row(text, protocol)?;
+        let raw = RawDoc {
+            line,
+            context: prompt,
+            choices,
+            gold,
+            labels: vec![],
+        };
+        build_doc(raw, protocol.prize_delimiter(), protocol.pair_encoding(), tokenizer)
+    })?;
     if docs.is_empty() {
         return Err(Error::file(path, format!("no usable rows ({skipped} skipped as malformed)")));
     }

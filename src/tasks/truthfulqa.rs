@@ -243,23 +243,10 @@ fn question(obj: &Value, line: usize, lists: bool) -> std::result::Result<Questi
 
 /// HF-rows JSONL.
 pub fn read_jsonl(path: &Path, skip_bad_rows: bool) -> Result<(Vec<Question>, usize)> {
-    let text = crate::error::read_to_string(path)?;
-    let mut out = vec![];
-    let mut skipped = 0;
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let q = serde_json::from_str::<Value>(line)
-            .map_err(|e| format!("not valid JSON: {e}"))
-            .and_then(|v| question(&v, i + 1, true));
-        match q {
-            Ok(q) => out.push(q),
-            Err(_) if skip_bad_rows => skipped += 1,
-            Err(msg) => return Err(bad(path, true, i + 1, &msg)),
-        }
-    }
-    Ok((out, skipped))
+    super::read_jsonl_rows(path, skip_bad_rows, |line, text| {
+        let v = serde_json::from_str::<Value>(text).map_err(|e| format!("not valid JSON: {e}"))?;
+        question(&v, line, true)
+    })
 }
 
 /// The original `mc_task.json` array. `Question::line` is the 1-based entry number.
