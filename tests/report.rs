@@ -304,7 +304,7 @@ fn bad_tsv_rows_name_their_line() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("bad.tsv:3:") && stderr.contains("Accuracy `NaN`"), "{stderr}");
 
-    // --db is accepted but not wired yet.
+    // A results store that does not exist is named.
     let out = lmscore(&[
         "report",
         "--db",
@@ -313,5 +313,9 @@ fn bad_tsv_rows_name_their_line() {
         d.join("out").to_str().unwrap(),
     ]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not supported yet"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("results.sqlite") && stderr.contains("results store not found"),
+        "{stderr}"
+    );
 }

@@ -512,3 +512,37 @@ fn duplicate_checkpoints_and_missing_data_are_errors() {
     let out = lmscore(&["sweep", "--db", &db]).output().unwrap();
     assert!(!out.status.success());
 }
+
+/// What a user does after a sweep: `lmscore report --db` reads the store and writes the paper's table,
+/// per-run JSON and the figure, one row per (checkpoint, task).
+#[test]
+fn report_from_the_sweep_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("r.db");
+    let db_s = db.display().to_string();
+    let cks = format!(
+        "pythia-14m@step1000={},pythia-14m@step2000={}",
+        models().join("pythia-tiny").display(),
+        models().join("pythia-tiny-b").display()
+    );
+    run_ok(lmscore(&sweep_args(&db_s, &cks, &[])));
+    let out = dir.path().join("report");
+    run_ok(lmscore(&["report", "--db", &db_s, "--out", out.to_str().unwrap()]));
+    let tsv = std::fs::read_to_string(out.join("all_results.tsv")).unwrap();
+    let rows: Vec<&str> = tsv.lines().skip(1).collect();
+    assert_eq!(rows.len(), 4, "2 checkpoints x 2 tasks:\n{tsv}");
+    assert!(rows.iter().any(|r| r.starts_with("pythia-14m\tstep2000\tisp_neqa\t")), "{tsv}");
+    let stored = dump(&db);
+    for r in &rows {
+        let f: Vec<&str> = r.split('\t').collect();
+        let acc: f64 = f[3].parse().unwrap();
+        let task = f[2].trim_start_matches("isp_");
+        let (_, rec) = stored
+            .iter()
+            .find(|((k, t), _)| k.revision == f[1] && t == task)
+            .expect("row comes from the store");
+        let m = rec.metrics.iter().find(|m| m.name == "acc").unwrap();
+        assert!((m.value - acc).abs() < 1e-12, "{r}");
+    }
+    assert!(out.join("figure1.png").exists() && out.join("figure1.svg").exists());
+}
