@@ -1,8 +1,9 @@
 //! A Hugging Face model directory: `config.json`, the weights (single or sharded safetensors, or PyTorch
 //! `pytorch_model.bin` pickles as Pythia's `stepN` revisions hold), and `tokenizer.json`.
 //!
-//! Tensors are read lazily by name. Safetensors files are memory-mapped and their headers validated
-//! up front, so a truncated or corrupt file is reported when the checkpoint is opened, naming the file.
+//! Tensors are read lazily by name from memory-mapped files (safetensors and `.bin` alike: torch stores
+//! each storage uncompressed, so a tensor is a byte range of the file). Headers and pickles are validated
+//! when the checkpoint is opened, so a truncated or corrupt file is reported then, naming the file.
 
 mod pickle;
 mod tensor;
@@ -15,17 +16,11 @@ use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-/// One weights file.
-enum Shard {
-    Safetensors {
-        path: PathBuf,
-        map: memmap2::Mmap,
-        /// Byte offset of the data section (8 + header length).
-        data_start: usize,
-        infos: HashMap<String, (DType, Vec<usize>, usize, usize)>,
-    },
-    /// A pickle is parsed whole when opened (no lazy access inside a zip of pickles).
-    Pickle { tensors: HashMap<String, HostTensor> },
+/// One memory-mapped weights file and where each of its tensors lies in it.
+struct Shard {
+    path: PathBuf,
+    map: memmap2::Mmap,
+    tensors: HashMap<String, pickle::TensorEntry>,
 }
 
 pub struct Checkpoint {
@@ -56,18 +51,9 @@ impl Checkpoint {
         let mut shards = Vec::new();
         let mut index = HashMap::new();
         for file in files {
-            let shard = if file.extension().is_some_and(|e| e == "safetensors") {
-                open_safetensors(&file)?
-            } else {
-                let tensors = pickle::load_state_dict(&file)?.into_iter().map(|t| (t.name.clone(), t)).collect();
-                Shard::Pickle { tensors }
-            };
-            let names: Vec<String> = match &shard {
-                Shard::Safetensors { infos, .. } => infos.keys().cloned().collect(),
-                Shard::Pickle { tensors } => tensors.keys().cloned().collect(),
-            };
-            for n in names {
-                index.insert(n, shards.len());
+            let shard = open_shard(&file)?;
+            for name in shard.tensors.keys() {
+                index.insert(name.clone(), shards.len());
             }
             shards.push(shard);
         }
@@ -112,29 +98,15 @@ impl Checkpoint {
                 ),
             )
         })?;
-        match &self.shards[i] {
-            Shard::Safetensors {
-                path,
-                map,
-                data_start,
-                infos,
-            } => {
-                let (dtype, shape, start, end) = &infos[name];
-                if *dtype == DType::Other {
-                    return Err(Error::tensor(
-                        name,
-                        format!("in {} has a dtype lmscore cannot read (expected F16, BF16 or F32)", path.display()),
-                    ));
-                }
-                Ok(HostTensor {
-                    name: name.into(),
-                    dtype: *dtype,
-                    shape: shape.clone(),
-                    bytes: map[data_start + start..data_start + end].to_vec(),
-                })
-            }
-            Shard::Pickle { tensors } => Ok(tensors[name].clone()),
+        let shard = &self.shards[i];
+        let entry = &shard.tensors[name];
+        if entry.dtype == DType::Other {
+            return Err(Error::tensor(
+                name,
+                format!("in {} has a dtype lmscore cannot read (expected F16, BF16 or F32)", shard.path.display()),
+            ));
         }
+        Ok(entry.read(&shard.map))
     }
 }
 
@@ -191,13 +163,30 @@ fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-fn open_safetensors(path: &Path) -> Result<Shard> {
+/// Memory-map a weights file and index its tensors: safetensors by its header, `.bin` by its pickle.
+/// Truncated or corrupt files are reported here, naming the file.
+fn open_shard(path: &Path) -> Result<Shard> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     // SAFETY: the file is opened read-only and not modified while lmscore runs.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-    let (header_len, meta) = safetensors::SafeTensors::read_metadata(&map[..])
+    let entries = if path.extension().is_some_and(|e| e == "safetensors") {
+        index_safetensors(path, &map)?
+    } else {
+        pickle::index_state_dict(path, &map)?
+    };
+    let tensors = entries.into_iter().map(|e| (e.name.clone(), e)).collect();
+    Ok(Shard {
+        path: path.to_path_buf(),
+        map,
+        tensors,
+    })
+}
+
+fn index_safetensors(path: &Path, bytes: &[u8]) -> Result<Vec<pickle::TensorEntry>> {
+    let (header_len, meta) = safetensors::SafeTensors::read_metadata(bytes)
         .map_err(|e| Error::file(path, format!("not a valid safetensors file ({e}); is it truncated or corrupt?")))?;
-    let infos = meta
+    let data_start = 8 + header_len;
+    Ok(meta
         .tensors()
         .into_iter()
         .map(|(name, info)| {
@@ -208,13 +197,15 @@ fn open_safetensors(path: &Path) -> Result<Shard> {
                 safetensors::Dtype::U8 => DType::U8,
                 _ => DType::Other,
             };
-            (name, (dtype, info.shape.clone(), info.data_offsets.0, info.data_offsets.1))
+            let (start, end) = (data_start + info.data_offsets.0, data_start + info.data_offsets.1);
+            pickle::TensorEntry {
+                name,
+                dtype,
+                shape: info.shape.clone(),
+                start,
+                end,
+                swap: 1,
+            }
         })
-        .collect();
-    Ok(Shard::Safetensors {
-        path: path.to_path_buf(),
-        map,
-        data_start: 8 + header_len,
-        infos,
-    })
+        .collect())
 }

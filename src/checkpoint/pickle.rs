@@ -41,6 +41,42 @@ pub fn load_state_dict(path: &Path) -> Result<Vec<HostTensor>> {
 
 /// Same as [`load_state_dict`] on bytes already in memory; `path` only names the file in errors.
 pub fn load_from_bytes(path: &Path, bytes: &[u8]) -> Result<Vec<HostTensor>> {
+    Ok(index_state_dict(path, bytes)?.into_iter().map(|e| e.read(bytes)).collect())
+}
+
+/// Where one tensor's bytes lie in a `.bin` file: torch stores each storage as an uncompressed zip entry,
+/// so a contiguous tensor is one byte range of the file and can be read lazily from a memory map.
+#[derive(Clone, Debug)]
+pub struct TensorEntry {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    /// Byte range in the file (empty for dtypes lmscore does not compute with).
+    pub start: usize,
+    pub end: usize,
+    /// Element size when the file is big-endian (bytes are swapped on read), else 1.
+    pub swap: usize,
+}
+
+impl TensorEntry {
+    /// The tensor's little-endian bytes out of the whole file's `bytes`.
+    pub fn read(&self, bytes: &[u8]) -> HostTensor {
+        let mut b = bytes[self.start..self.end].to_vec();
+        if self.swap > 1 {
+            b.chunks_exact_mut(self.swap).for_each(|c| c.reverse());
+        }
+        HostTensor {
+            name: self.name.clone(),
+            dtype: self.dtype,
+            shape: self.shape.clone(),
+            bytes: b,
+        }
+    }
+}
+
+/// Parse the state dict's pickle and locate every tensor's bytes, validating shapes, strides and storage
+/// sizes, without copying any tensor data.
+pub fn index_state_dict(path: &Path, bytes: &[u8]) -> Result<Vec<TensorEntry>> {
     if !bytes.starts_with(b"PK") {
         // Legacy torch.save (before 1.6, or `_use_new_zipfile_serialization=False`) starts with a pickled
         // magic number: PROTO 2, LONG1 of 0x1950a86a20f9469cfc6c.
@@ -134,20 +170,20 @@ pub fn load_from_bytes(path: &Path, bytes: &[u8]) -> Result<Vec<HostTensor>> {
             ))
         })?;
         let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
-        let bytes = if st.kind.dtype == DType::Other {
-            Vec::new()
+        // Offset of the storage within the file: `data` is a sub-slice of `bytes`.
+        let base = data.as_ptr() as usize - bytes.as_ptr() as usize;
+        let (start, end) = if st.kind.dtype == DType::Other {
+            (0, 0)
         } else {
-            let mut b = data[(t.offset * es) as usize..(end * es) as usize].to_vec();
-            if big_endian && es > 1 {
-                b.chunks_exact_mut(es as usize).for_each(|c| c.reverse());
-            }
-            b
+            (base + (t.offset * es) as usize, base + (end * es) as usize)
         };
-        out.push(HostTensor {
+        out.push(TensorEntry {
             name,
             dtype: st.kind.dtype,
             shape,
-            bytes,
+            start,
+            end,
+            swap: if big_endian { es as usize } else { 1 },
         });
     }
     Ok(out)
