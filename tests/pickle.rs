@@ -200,6 +200,17 @@ struct T<'a> {
     stride: &'a [u64],
 }
 
+/// A [2, 3] f16 tensor `w` filling its 6-element storage "0": vary only what a test is about.
+const HALF_2X3: T<'static> = T {
+    name: "w",
+    storage: "HalfStorage",
+    key: "0",
+    numel: 6,
+    offset: 0,
+    shape: &[2, 3],
+    stride: &[3, 1],
+};
+
 /// A protocol-2 pickle of an OrderedDict of tensors, the way torch.save writes it.
 fn state_dict_pickle(ts: &[T]) -> Vec<u8> {
     let mut p = b"\x80\x02ccollections\nOrderedDict\nq\x00)R(".to_vec();
@@ -239,15 +250,7 @@ fn err_of(name: &str, bytes: &[u8]) -> String {
 #[test]
 fn handmade_state_dict_reads() {
     // The builder itself is right: a well-formed file reads back.
-    let t = T {
-        name: "w",
-        storage: "HalfStorage",
-        key: "0",
-        numel: 6,
-        offset: 0,
-        shape: &[2, 3],
-        stride: &[3, 1],
-    };
+    let t = HALF_2X3;
     let dir = tempfile::tempdir().unwrap();
     let p = write_tmp(&dir, "ok.bin", &half_tensor_zip(t, 12));
     let ts = load_pickle_state_dict(&p).unwrap();
@@ -288,15 +291,7 @@ fn truncated_files_are_refused() {
         assert!(e.contains("truncated") || e.contains("zip"), "cut at {cut}: {e}");
     }
     // A complete zip whose data.pkl stops early, at every length.
-    let t = T {
-        name: "w",
-        storage: "HalfStorage",
-        key: "0",
-        numel: 6,
-        offset: 0,
-        shape: &[2, 3],
-        stride: &[3, 1],
-    };
+    let t = HALF_2X3;
     let pkl = state_dict_pickle(&[t]);
     for cut in 0..pkl.len() {
         let e = err_of(
@@ -306,15 +301,7 @@ fn truncated_files_are_refused() {
         assert!(e.contains("data.pkl"), "cut at {cut}: {e}");
     }
     // Storage shorter than declared.
-    let t = T {
-        name: "w",
-        storage: "HalfStorage",
-        key: "0",
-        numel: 6,
-        offset: 0,
-        shape: &[2, 3],
-        stride: &[3, 1],
-    };
+    let t = HALF_2X3;
     let e = err_of("shortstorage.bin", &half_tensor_zip(t, 11));
     assert!(e.contains("truncated") && e.contains("`w`"), "{e}");
 }
@@ -332,37 +319,22 @@ fn zip_without_data_pkl_is_refused() {
 
 #[test]
 fn shape_beyond_storage_is_refused() {
-    let t = T {
-        name: "w",
-        storage: "HalfStorage",
-        key: "0",
-        numel: 6,
-        offset: 0,
-        shape: &[3, 3],
-        stride: &[3, 1],
-    };
+    let t = T { shape: &[3, 3], ..HALF_2X3 };
     let e = err_of("big.bin", &half_tensor_zip(t, 12));
     assert!(e.contains("`w`") && e.contains("needs 9 elements"), "{e}");
     let t = T {
-        name: "w",
-        storage: "HalfStorage",
-        key: "0",
-        numel: 6,
         offset: 4,
         shape: &[3],
         stride: &[1],
+        ..HALF_2X3
     };
     let e = err_of("offset.bin", &half_tensor_zip(t, 12));
     assert!(e.contains("offset 4"), "{e}");
     // Shapes whose product overflows u64.
     let t = T {
-        name: "w",
-        storage: "HalfStorage",
-        key: "0",
-        numel: 6,
-        offset: 0,
         shape: &[1 << 40, 1 << 40, 3],
         stride: &[1, 1, 1],
+        ..HALF_2X3
     };
     let e = err_of("overflow.bin", &half_tensor_zip(t, 12));
     assert!(e.contains("`w`"), "{e}");
@@ -370,26 +342,10 @@ fn shape_beyond_storage_is_refused() {
 
 #[test]
 fn non_contiguous_and_missing_storage_are_refused() {
-    let t = T {
-        name: "w",
-        storage: "HalfStorage",
-        key: "0",
-        numel: 6,
-        offset: 0,
-        shape: &[2, 3],
-        stride: &[1, 2],
-    };
+    let t = T { stride: &[1, 2], ..HALF_2X3 };
     let e = err_of("strided.bin", &half_tensor_zip(t, 12));
     assert!(e.contains("not contiguous"), "{e}");
-    let t = T {
-        name: "w",
-        storage: "HalfStorage",
-        key: "7",
-        numel: 6,
-        offset: 0,
-        shape: &[2, 3],
-        stride: &[3, 1],
-    };
+    let t = T { key: "7", ..HALF_2X3 };
     let e = err_of("nostorage.bin", &half_tensor_zip(t, 12));
     assert!(e.contains("archive/data/7 is missing"), "{e}");
     let t = T {
