@@ -72,15 +72,21 @@ fn check_prize(task: &str) -> usize {
             "{at}: lens"
         );
         assert_eq!(d.gold as u64, g["gold"].as_u64().unwrap(), "{at}: gold");
-        let gc: Vec<Vec<u32>> = g["continuation_ids"].as_array().unwrap().iter().map(ids).collect();
-        assert_eq!(d.requests.len(), gc.len(), "{at}: number of requests");
-        for (r, cont) in d.requests.iter().zip(&gc) {
-            assert_eq!(r.context, ids(&g["context_ids"]), "{at}: context ids");
-            assert_eq!(&r.continuation, cont, "{at}: continuation ids");
-            n += 1;
-        }
+        n += assert_requests(&at, &d.requests, &g["context_ids"], &g["continuation_ids"]);
     }
     n
+}
+
+/// A document's requests against the golden context ids and one continuation id list per choice; returns
+/// how many requests were checked.
+fn assert_requests(at: &str, requests: &[lmscore::plan::Request], context_ids: &Value, continuation_ids: &Value) -> usize {
+    let gc: Vec<Vec<u32>> = continuation_ids.as_array().unwrap().iter().map(ids).collect();
+    assert_eq!(requests.len(), gc.len(), "{at}: number of requests");
+    for (r, cont) in requests.iter().zip(&gc) {
+        assert_eq!(r.context, ids(context_ids), "{at}: context ids");
+        assert_eq!(&r.continuation, cont, "{at}: continuation ids");
+    }
+    requests.len()
 }
 
 #[test]
@@ -147,13 +153,7 @@ fn check_truthfulqa(protocol: Protocol, data_dir: &Path) -> usize {
                 .map(|x| x.as_u64().unwrap() as u8)
                 .collect();
             assert_eq!(d.labels, labels, "{at}: labels");
-            let gc: Vec<Vec<u32>> = g[format!("{key}_continuation_ids")].as_array().unwrap().iter().map(ids).collect();
-            assert_eq!(d.requests.len(), gc.len(), "{at}: number of requests");
-            for (r, cont) in d.requests.iter().zip(&gc) {
-                assert_eq!(r.context, ids(&g["context_ids"]), "{at}: context ids");
-                assert_eq!(&r.continuation, cont, "{at}: continuation ids");
-                n += 1;
-            }
+            n += assert_requests(&at, &d.requests, &g["context_ids"], &g[format!("{key}_continuation_ids")]);
         }
     }
     n
