@@ -252,18 +252,20 @@ pub fn results_json(outcomes: &[TaskOutcome], config: Value) -> Value {
 pub fn table(outcomes: &[TaskOutcome]) -> String {
     let w = outcomes.iter().map(|o| o.task.len()).max().unwrap_or(4).max(4);
     let mut s = format!(
-        "{:<w$}  {:<8}  {:>8}    {:<8}  {:>6}  {:>10}\n",
-        "task", "metric", "value", "stderr", "n", "tokens/s"
+        "{:<w$}  {:<8}  {:>8}    {:<8}  {:>6}  {:>10}  {:>8}\n",
+        "task", "metric", "value", "stderr", "n", "tokens/s", "sharing"
     );
     for o in outcomes {
         for (i, m) in o.metrics.iter().enumerate() {
-            let (task, n, tps) = if i == 0 {
-                (o.task.as_str(), o.n_docs.to_string(), format!("{:.0}", o.stats.tokens_per_second()))
+            // Requested tokens per second, and requested / computed tokens (what the prefix tree saved).
+            let (task, n, tps, share) = if i == 0 {
+                let (tps, share) = (o.stats.tokens_per_second(), o.stats.sharing_ratio());
+                (o.task.as_str(), o.n_docs.to_string(), format!("{tps:.0}"), format!("x{share:.1}"))
             } else {
-                ("", String::new(), String::new())
+                ("", String::new(), String::new(), String::new())
             };
             s.push_str(&format!(
-                "{task:<w$}  {:<8}  {:>8.4} ± {:<8.4}  {n:>6}  {tps:>10}\n",
+                "{task:<w$}  {:<8}  {:>8.4} ± {:<8.4}  {n:>6}  {tps:>10}  {share:>8}\n",
                 m.name, m.value, m.stderr
             ));
         }
