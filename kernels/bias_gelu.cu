@@ -2,7 +2,7 @@
 //
 // Exact GELU, 0.5 v (1 + erf(v / sqrt 2)), as HF's "gelu" (torch.nn.functional.gelu); computed in f32.
 // Shapes: x [n, c] (T), b [c] (TB, usually f32: 1-D params are kept in f32).
-// Launch: 1-D grid-stride over the n*c elements, block 256, grid min(ceil(n*c/256), 65535*8).
+// Launch: 1-D grid-stride over the n*c elements, block 256, grid min(ceil(n*c/256), 2^20) (layout::grid_1d).
 // Variants: bias_gelu_<T>_<TB> for every pair of f32 | f16 | bf16.
 
 template <typename T, typename TB>

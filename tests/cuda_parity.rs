@@ -345,6 +345,20 @@ fn attention_layouts() -> Vec<(&'static str, usize, Vec<AttnSegment>)> {
             40,
             vec![seg(0, 1, &[(0, 40)]), seg(1, 1, &[(0, 40)]), seg(2, 1, &[(0, 40)])],
         ),
+        // Everything at once (the same tree as src/backend/cuda/emulate.rs checks on the CPU): a past cache
+        // of 45 keys (2 key tiles) under a root of 50 rows (query tiles 16+16+16+2); a child whose batch
+        // ancestor spans 50 keys from the unaligned key 45; a one-row segment with a partial past range,
+        // an empty range and a sibling's rows; and a root whose own 34 keys span two key tiles causally.
+        (
+            "deep tree: past + batch ancestors over several key tiles",
+            45,
+            vec![
+                seg(0, 50, &[(0, 45)]),
+                seg(50, 35, &[(0, 45), (45, 50)]),
+                seg(85, 1, &[(7, 38), (10, 0), (95, 35)]),
+                seg(86, 34, &[]),
+            ],
+        ),
     ]
 }
 
@@ -476,11 +490,24 @@ fn logsoftmax_gather_matches_cpu() {
             // Pythia-like logits: ~1000 with a spread of a few tens.
             let mut logits: Vec<f32> = (0..r * v).map(|_| 1000.0 + rng.sym(30.0)).collect();
             let mut targets: Vec<(u32, u32)> = (0..3 * r).map(|_| (rng.below(r as u32), rng.below(v as u32))).collect();
+            // (index into targets, expected greedy flag) of the tied maxima below.
+            let mut tie_targets: Vec<(usize, bool)> = vec![];
             if v > 900 {
                 // Row 0 has two equal maxima: torch.argmax picks the first.
                 logits[5] = 2000.0;
                 logits[900] = 2000.0;
+                tie_targets.push((targets.len(), true));
+                tie_targets.push((targets.len() + 1, false));
                 targets.extend([(0, 5), (0, 900), (0, 5)]);
+            }
+            if v > 4100 && r > 1 {
+                // Row 1: the first maximum (index 6, thread 1's first float4) belongs to a later thread than
+                // the second (index 4100, thread 0's second float4 with 1024 threads): only the index
+                // comparison in the merge gets this right, not thread order.
+                logits[v + 6] = 3000.0;
+                logits[v + 4100] = 3000.0;
+                tie_targets.extend([(targets.len(), true), (targets.len() + 1, false)]);
+                targets.extend([(1, 6), (1, 4100)]);
             }
             for row in 1..r {
                 let arg = rng.below(v as u32);
@@ -501,11 +528,11 @@ fn logsoftmax_gather_matches_cpu() {
                     targets[k]
                 );
             }
-            if v > 900 {
-                let n = targets.len();
+            for &(k, greedy) in &tie_targets {
                 assert!(
-                    got[n - 3 - (r - 1)].is_greedy && !got[n - 2 - (r - 1)].is_greedy,
-                    "first maximum wins ties"
+                    got[k].is_greedy == greedy,
+                    "first maximum wins ties (seed {seed}, {shape}): target {k} {:?}",
+                    targets[k]
                 );
             }
         }

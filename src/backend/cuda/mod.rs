@@ -15,6 +15,9 @@
 
 pub mod kernels;
 pub mod layout;
+/// CPU emulations of the attention / log-softmax kernels' index math, checked against the CPU twins.
+#[cfg(test)]
+mod emulate;
 
 use super::{AttnShape, Backend, BatchLayout, Tensor2, TokenScore};
 use crate::checkpoint::{DType, HostTensor};
