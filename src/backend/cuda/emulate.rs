@@ -155,10 +155,10 @@ fn attention_kernel_algorithm_matches_cpu_on_hand_made_trees() {
     let layout = BatchLayout {
         positions: (0..120).collect(),
         segments: vec![
-            seg(0, 50, &[(0, 45)]),                     // 4 query tiles (16, 16, 16, 2); 45 past keys = 2 key tiles
-            seg(50, 35, &[(0, 45), (45, 50)]),          // batch ancestor of 50 keys starting at key 45
-            seg(85, 1, &[(7, 38), (10, 0), (95, 35)]),  // partial past range, an empty range, a sibling's rows
-            seg(86, 34, &[]),                           // a root: own keys span 2 key tiles, causally
+            seg(0, 50, &[(0, 45)]),                    // 4 query tiles (16, 16, 16, 2); 45 past keys = 2 key tiles
+            seg(50, 35, &[(0, 45), (45, 50)]),         // batch ancestor of 50 keys starting at key 45
+            seg(85, 1, &[(7, 38), (10, 0), (95, 35)]), // partial past range, an empty range, a sibling's rows
+            seg(86, 34, &[]),                          // a root: own keys span 2 key tiles, causally
         ],
         past_len: 45,
     };

@@ -13,11 +13,11 @@
 //! Tensors are untyped device buffers (`CudaSlice<u8>`) tagged with a dtype; kernels are picked by name
 //! from the dtypes (`layernorm_f32_f16`, ...). One stream, no cross-stream events.
 
-pub mod kernels;
-pub mod layout;
 /// CPU emulations of the attention / log-softmax kernels' index math, checked against the CPU twins.
 #[cfg(test)]
 mod emulate;
+pub mod kernels;
+pub mod layout;
 
 use super::{AttnShape, Backend, BatchLayout, Tensor2, TokenScore};
 use crate::checkpoint::{DType, HostTensor};
