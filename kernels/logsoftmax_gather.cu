@@ -36,6 +36,17 @@ __device__ __forceinline__ void lse_merge(LseState& a, float m, float s, u32 arg
     a.m = mx;
 }
 
+// Butterfly merge across the 32 lanes of a warp: every lane ends with the warp's (max, sum, first argmax).
+__device__ __forceinline__ void lse_warp_merge(LseState& st) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const float m = __shfl_xor_sync(LMS_FULL_MASK, st.m, o);
+        const float s = __shfl_xor_sync(LMS_FULL_MASK, st.s, o);
+        const u32 a = __shfl_xor_sync(LMS_FULL_MASK, st.arg, o);
+        lse_merge(st, m, s, a);
+    }
+}
+
 extern "C" __global__ void logsoftmax_stats(const float* __restrict__ logits, int V, float* __restrict__ m_out,
                                             float* __restrict__ log_s_out, u32* __restrict__ arg_out) {
     __shared__ float sm_m[32], sm_s[32];
@@ -56,13 +67,7 @@ extern "C" __global__ void logsoftmax_stats(const float* __restrict__ logits, in
         for (int j = threadIdx.x; j < V; j += blockDim.x) lse_push(st, row[j], j);
     }
 
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        const float m = __shfl_xor_sync(LMS_FULL_MASK, st.m, o);
-        const float s = __shfl_xor_sync(LMS_FULL_MASK, st.s, o);
-        const u32 a = __shfl_xor_sync(LMS_FULL_MASK, st.arg, o);
-        lse_merge(st, m, s, a);
-    }
+    lse_warp_merge(st);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     if (lane == 0) {
         sm_m[warp] = st.m;
@@ -73,13 +78,7 @@ extern "C" __global__ void logsoftmax_stats(const float* __restrict__ logits, in
     if (warp == 0) {
         LseState t = {-LMS_FLT_MAX, 0.0f, 0xffffffffu};
         if (lane < warps) t = LseState{sm_m[lane], sm_s[lane], sm_a[lane]};
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-            const float m = __shfl_xor_sync(LMS_FULL_MASK, t.m, o);
-            const float s = __shfl_xor_sync(LMS_FULL_MASK, t.s, o);
-            const u32 a = __shfl_xor_sync(LMS_FULL_MASK, t.arg, o);
-            lse_merge(t, m, s, a);
-        }
+        lse_warp_merge(t);
         if (lane == 0) {
             m_out[blockIdx.x] = t.m;
             log_s_out[blockIdx.x] = logf(t.s);
