@@ -98,6 +98,20 @@ pub struct RunKey {
     pub device: String,
 }
 
+impl RunKey {
+    /// Read `model, revision, dtype, protocol, device` from five consecutive columns starting at `first`
+    /// (the column order of the `runs` table).
+    fn from_columns(r: &rusqlite::Row, first: usize) -> rusqlite::Result<RunKey> {
+        Ok(RunKey {
+            model: r.get(first)?,
+            revision: r.get(first + 1)?,
+            dtype: r.get(first + 2)?,
+            protocol: r.get(first + 3)?,
+            device: r.get(first + 4)?,
+        })
+    }
+}
+
 impl std::fmt::Display for RunKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}@{} ({}, {}, {})", self.model, self.revision, self.protocol, self.device, self.dtype)
@@ -457,13 +471,7 @@ impl Store {
                 .query_map([], |r| {
                     Ok((
                         r.get::<_, i64>(0)?,
-                        RunKey {
-                            model: r.get(1)?,
-                            revision: r.get(2)?,
-                            dtype: r.get(3)?,
-                            protocol: r.get(4)?,
-                            device: r.get(5)?,
-                        },
+                        RunKey::from_columns(r, 1)?,
                         (r.get::<_, String>(6)?, r.get::<_, String>(7)?, r.get::<_, Option<String>>(8)?),
                     ))
                 })
@@ -653,18 +661,7 @@ fn completed(c: &Connection) -> rusqlite::Result<Vec<(RunKey, String)>> {
         "SELECT r.model, r.revision, r.dtype, r.protocol, r.device, t.task FROM task_runs t JOIN runs r ON r.id = t.run_id
          ORDER BY r.model, r.revision, r.dtype, r.protocol, r.device, t.task",
     )?;
-    let rows = st.query_map([], |r| {
-        Ok((
-            RunKey {
-                model: r.get(0)?,
-                revision: r.get(1)?,
-                dtype: r.get(2)?,
-                protocol: r.get(3)?,
-                device: r.get(4)?,
-            },
-            r.get(5)?,
-        ))
-    })?;
+    let rows = st.query_map([], |r| Ok((RunKey::from_columns(r, 0)?, r.get(5)?)))?;
     rows.collect()
 }
 
