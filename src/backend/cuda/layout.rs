@@ -59,10 +59,14 @@ pub fn attention_tables(layout: &BatchLayout) -> Result<AttnTables> {
             }
             *s = true;
         }
+        // Ancestors are earlier keys: a range reaching the segment's own first key (or past it) would let a
+        // query see itself twice or see later rows.
+        let own_first = layout.past_len as u64 + start as u64;
         for &(a_start, a_len) in &seg.ancestors {
-            if a_start as u64 + a_len as u64 > keys {
+            if a_start as u64 + a_len as u64 > own_first {
                 return Err(Error::invalid(format!(
-                    "attention: segment {si} has ancestor keys {a_start}..{} outside the {keys} keys (past {} + batch {t})",
+                    "attention: segment {si} has ancestor keys {a_start}..{} at or past its own first key {own_first} \
+                     (past {} + batch {t} keys)",
                     a_start as u64 + a_len as u64,
                     layout.past_len
                 )));

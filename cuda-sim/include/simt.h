@@ -1,0 +1,258 @@
+// simt.h: the CUDA dialect for kernels compiled by the CUDA stand-in (cuda-sim/), as ordinary C++.
+//
+// The stand-in's NVRTC (src/nvrtc.cpp) compiles the program text it is handed with g++, with this header
+// forced in front (-include). Each CUDA thread is a fiber; the fiber's `Thread` record sits at the base of
+// its stack, so `threadIdx` & co. are found from the stack pointer with no thread-local lookup. Everything
+// that makes threads meet (barriers, warp shuffles, votes) calls back into the driver's scheduler
+// (src/simt.cpp) through the `Runtime` table handed to the module when it is loaded.
+//
+// Two parts: the ABI shared with the driver (plain C++, also compiled into libcuda with LMS_SIMT_ABI_ONLY),
+// and the CUDA dialect proper (keywords, built-in variables, intrinsics, the inline-PTX instructions the
+// kernels use).
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+namespace lms_simt {
+
+struct Dim3 {
+    unsigned x, y, z;
+};
+
+// Fiber stacks are kStackBytes long and aligned to kStackBytes; the Thread record is in their first page,
+// at an offset that differs from stack to stack (stacks kStackBytes apart would otherwise put every
+// record, and every stack top, in the same cache set).
+constexpr size_t kStackBytes = 256 * 1024;
+inline uintptr_t record_offset(uintptr_t stack_base) { return ((stack_base / kStackBytes) % 32) * 128; }
+
+struct Thread {
+    Dim3 thread_idx;
+    Dim3 block_idx;
+    Dim3 block_dim;
+    Dim3 grid_dim;
+    unsigned linear;  // thread index within the block (x fastest)
+    unsigned lane;    // linear % 32
+    unsigned warp;    // linear / 32
+    void* dyn_smem;   // the block's dynamic shared memory (exactly the launch's size, NaN-filled)
+    void* worker;     // the executor's state for the OS thread running this block (simt.cpp)
+};
+
+// What a kernel calls back into (filled by the driver, handed to lms_module_init).
+struct Runtime {
+    void (*syncthreads)(const char* file, int line);
+    // Warp rendezvous: op is one of the WarpOp values; returns this lane's result.
+    unsigned (*warp)(int op, unsigned mask, unsigned value, unsigned b, unsigned c, const char* file, int line);
+    [[noreturn]] void (*trap)(const char* file, int line, const char* what);
+};
+
+enum WarpOp { kShflIdx, kShflUp, kShflDown, kShflBfly, kBallot, kAny, kAll, kSyncWarp };
+
+struct ParamInfo {
+    unsigned size;        // sizeof the declared parameter type
+    unsigned is_pointer;  // a pointer: must be null or inside a device allocation at launch
+};
+
+// One __global__ function, as the generated registration table lists it.
+struct KernelEntry {
+    const char* name;
+    void (*invoke)(void** args);  // unpacks cuLaunchKernel's argument pointers and calls the kernel
+    unsigned num_params;
+    const ParamInfo* params;
+    unsigned max_threads;  // __launch_bounds__'s first argument, 0 when none
+};
+
+}  // namespace lms_simt
+
+#ifndef LMS_SIMT_ABI_ONLY
+// ------------------------------------------------------------------------------------------------------
+// The CUDA dialect.
+#include <math.h>
+#include <string.h>
+#include <type_traits>
+#include <utility>
+
+static const lms_simt::Runtime* lms_rt;
+extern "C" __attribute__((visibility("default"))) void lms_module_init(const lms_simt::Runtime* rt) { lms_rt = rt; }
+
+static inline lms_simt::Thread* lms_self() {
+    const uintptr_t base = (uintptr_t)__builtin_frame_address(0) & ~(uintptr_t)(lms_simt::kStackBytes - 1);
+    return (lms_simt::Thread*)(base + lms_simt::record_offset(base));
+}
+
+#ifdef __LMS_SCAN__  // the front end's preprocessing pass looks for these markers
+#define __global__ __lms_global__
+#define __launch_bounds__(...) __lms_launch_bounds__(__VA_ARGS__)
+#else
+#define __global__ __attribute__((used))
+#define __launch_bounds__(...)
+#endif
+#define __device__
+#define __host__
+#define __forceinline__ inline __attribute__((always_inline))
+#define __noinline__ __attribute__((noinline))
+#define __align__(n) alignas(n)
+// Static __shared__ arrays: one copy per worker OS thread, and a block runs wholly on one worker.
+#define __shared__ static thread_local
+
+#define threadIdx (lms_self()->thread_idx)
+#define blockIdx (lms_self()->block_idx)
+#define blockDim (lms_self()->block_dim)
+#define gridDim (lms_self()->grid_dim)
+#define warpSize 32
+// `extern __shared__ T name[];` is rewritten by the stand-in's front end into this.
+#define LMS_DYNAMIC_SMEM(T) ((T*)lms_self()->dyn_smem)
+
+struct alignas(8) float2 { float x, y; };
+struct alignas(16) float4 { float x, y, z, w; };
+struct alignas(8) uint2 { unsigned x, y; };
+struct alignas(16) uint4 { unsigned x, y, z, w; };
+struct alignas(16) int4 { int x, y, z, w; };
+typedef lms_simt::Dim3 uint3;
+static inline float2 make_float2(float x, float y) { return {x, y}; }
+static inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+
+template <typename To, typename From>
+static inline To lms_bits(From f) {
+    static_assert(sizeof(To) == sizeof(From), "bit cast between types of one size");
+    To t;
+    memcpy(&t, &f, sizeof t);
+    return t;
+}
+static inline float __int_as_float(int x) { return lms_bits<float>(x); }
+static inline float __uint_as_float(unsigned x) { return lms_bits<float>(x); }
+static inline int __float_as_int(float x) { return lms_bits<int>(x); }
+static inline unsigned __float_as_uint(float x) { return lms_bits<unsigned>(x); }
+
+// CUDA's min/max overloads for the integer and float types kernels mix.
+#define LMS_MINMAX(T)                                            \
+    static inline T min(T a, T b) { return b < a ? b : a; }     \
+    static inline T max(T a, T b) { return a < b ? b : a; }
+LMS_MINMAX(int)
+LMS_MINMAX(unsigned)
+LMS_MINMAX(long long)
+LMS_MINMAX(unsigned long long)
+#undef LMS_MINMAX
+static inline float min(float a, float b) { return fminf(a, b); }
+static inline float max(float a, float b) { return fmaxf(a, b); }
+static inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
+#define __expf(x) expf(x)  // the GPU's fast approximations are the accurate functions here
+#define __logf(x) logf(x)
+static inline float __fdividef(float a, float b) { return a / b; }
+template <typename T> static inline T __ldg(const T* p) { return *p; }
+
+#define __syncthreads() lms_rt->syncthreads(__FILE__, __LINE__)
+#define __syncwarp(...) (void)lms_rt->warp(lms_simt::kSyncWarp, lms_mask_or_full(__VA_ARGS__), 0, 0, 0, __FILE__, __LINE__)
+#define __trap() lms_rt->trap(__FILE__, __LINE__, "__trap()")
+static inline unsigned lms_mask_or_full() { return 0xffffffffu; }
+static inline unsigned lms_mask_or_full(unsigned m) { return m; }
+
+// Shuffles, with CUDA's encoding of `width` into the PTX shfl.sync c operand (clamp | segment mask << 8).
+// 4-byte values travel as one 32-bit shuffle, 8-byte values as two, as CUDA's headers do.
+template <typename T>
+static inline T lms_shfl(int op, unsigned mask, T v, unsigned b, unsigned c, const char* file, int line) {
+    static_assert(sizeof(T) == 4 || sizeof(T) == 8, "shuffle of a 4- or 8-byte value");
+    if constexpr (sizeof(T) == 4) {
+        return lms_bits<T>(lms_rt->warp(op, mask, lms_bits<unsigned>(v), b, c, file, line));
+    } else {
+        uint2 p = lms_bits<uint2>(v);
+        p.x = lms_rt->warp(op, mask, p.x, b, c, file, line);
+        p.y = lms_rt->warp(op, mask, p.y, b, c, file, line);
+        return lms_bits<T>(p);
+    }
+}
+#define LMS_SEG(width) ((unsigned)(32 - (width)) << 8)
+#define __shfl_sync(mask, v, src, ...) lms_shfl(lms_simt::kShflIdx, mask, v, src, LMS_SEG(lms_width(__VA_ARGS__)) | 0x1f, __FILE__, __LINE__)
+#define __shfl_up_sync(mask, v, d, ...) lms_shfl(lms_simt::kShflUp, mask, v, d, LMS_SEG(lms_width(__VA_ARGS__)), __FILE__, __LINE__)
+#define __shfl_down_sync(mask, v, d, ...) lms_shfl(lms_simt::kShflDown, mask, v, d, LMS_SEG(lms_width(__VA_ARGS__)) | 0x1f, __FILE__, __LINE__)
+#define __shfl_xor_sync(mask, v, m, ...) lms_shfl(lms_simt::kShflBfly, mask, v, m, LMS_SEG(lms_width(__VA_ARGS__)) | 0x1f, __FILE__, __LINE__)
+static inline int lms_width() { return 32; }
+static inline int lms_width(int w) { return w; }
+#define __ballot_sync(mask, pred) lms_rt->warp(lms_simt::kBallot, mask, (pred) ? 1u : 0u, 0, 0, __FILE__, __LINE__)
+#define __any_sync(mask, pred) (int)lms_rt->warp(lms_simt::kAny, mask, (pred) ? 1u : 0u, 0, 0, __FILE__, __LINE__)
+#define __all_sync(mask, pred) (int)lms_rt->warp(lms_simt::kAll, mask, (pred) ? 1u : 0u, 0, 0, __FILE__, __LINE__)
+
+// ------------------------------------------------------------------------------------------------------
+// Inline PTX. The front end turns `asm("op.a.b %0, %1;" : "=f"(x) : "h"(y))` into `lms_ptx::op_a_b(x, y)`
+// (outputs first, by reference, in the template's operand order) and refuses any instruction that has no
+// function here. Each one implements the PTX ISA's definition of that instruction exactly.
+namespace lms_ptx {
+
+// cvt.f32.f16: every f16 value (subnormals, inf, NaN payload) is exact in f32.
+static inline void cvt_f32_f16(float& d, unsigned short a) {
+    const unsigned sign = (unsigned)(a & 0x8000u) << 16;
+    const unsigned exp = (a >> 10) & 0x1fu, man = a & 0x3ffu;
+    unsigned bits;
+    if (exp == 0x1f) {
+        bits = sign | 0x7f800000u | (man << 13);  // inf, or NaN with its payload
+    } else if (exp != 0) {
+        bits = sign | ((exp + 112) << 23) | (man << 13);
+    } else if (man == 0) {
+        bits = sign;
+    } else {  // subnormal: normalise
+        int e = -1;
+        unsigned m = man;
+        do {
+            m <<= 1;
+            ++e;
+        } while ((m & 0x400u) == 0);
+        bits = sign | ((unsigned)(112 - e) << 23) | ((m & 0x3ffu) << 13);
+    }
+    d = lms_bits<float>(bits);
+}
+
+// cvt.rn.f16.f32: round to nearest even; magnitudes past the largest f16 become inf; subnormal results are
+// kept (no .ftz); a NaN becomes the canonical f16 NaN 0x7fff, as the GPU does.
+static inline void cvt_rn_f16_f32(unsigned short& d, float a) {
+    const unsigned u = lms_bits<unsigned>(a);
+    const unsigned sign = (u >> 16) & 0x8000u;
+    const unsigned ax = u & 0x7fffffffu;
+    if (ax > 0x7f800000u) {
+        d = 0x7fff;
+        return;
+    }
+    if (ax >= 0x477ff000u) {  // >= 65520 rounds to inf (65504 is the largest finite f16)
+        d = (unsigned short)(sign | 0x7c00u);
+        return;
+    }
+    const int exp = (int)(ax >> 23) - 127;
+    unsigned result;
+    if (exp >= -14) {  // normal f16: drop 13 mantissa bits with round-to-nearest-even
+        const unsigned mant = ax & 0x7fffffu;
+        unsigned r = ((unsigned)(exp + 15) << 10) | (mant >> 13);
+        const unsigned rest = mant & 0x1fffu;
+        if (rest > 0x1000u || (rest == 0x1000u && (r & 1u))) ++r;
+        result = r;
+    } else if (exp >= -25) {  // subnormal f16 (or rounds up into the smallest one)
+        const unsigned mant = (ax & 0x7fffffu) | 0x800000u;
+        const int shift = -exp - 14 + 13;  // 14..24
+        unsigned r = mant >> shift;
+        const unsigned rest = mant & ((1u << shift) - 1), half = 1u << (shift - 1);
+        if (rest > half || (rest == half && (r & 1u))) ++r;
+        result = r;
+    } else {
+        result = 0;
+    }
+    d = (unsigned short)(sign | result);
+}
+
+}  // namespace lms_ptx
+
+// ------------------------------------------------------------------------------------------------------
+// The registration table the front end appends: LMS_KERNEL(name, max_threads) per extern "C" __global__.
+namespace lms_simt {
+template <typename... A, size_t... I>
+static inline void call_unpacked(void (*f)(A...), void** args, std::index_sequence<I...>) {
+    f(*static_cast<std::remove_cv_t<A>*>(args[I])...);
+}
+template <auto F> struct Entry;
+template <typename... A, void (*F)(A...)>
+struct Entry<F> {
+    static void invoke(void** args) { call_unpacked(F, args, std::index_sequence_for<A...>{}); }
+    static constexpr unsigned count = sizeof...(A);
+    static constexpr ParamInfo params[sizeof...(A) + 1] = {{(unsigned)sizeof(A), std::is_pointer<A>::value}..., {0, 0}};
+};
+static constexpr unsigned first_of(unsigned a, unsigned = 0, unsigned = 0) { return a; }
+}  // namespace lms_simt
+#define LMS_KERNEL(f, max_threads) \
+    {#f, &lms_simt::Entry<&f>::invoke, lms_simt::Entry<&f>::count, lms_simt::Entry<&f>::params, max_threads}
+#endif  // LMS_SIMT_ABI_ONLY
