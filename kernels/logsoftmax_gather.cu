@@ -16,11 +16,13 @@
 struct LseState {
     float m;  // running max (starts at -FLT_MAX, not -inf, so exp(m - m') never sees inf - inf)
     float s;  // sum of exp(x - m)
-    u32 arg;  // first index of the max
+    u32 arg;  // first index of the max; 0xffffffff while no element >= -FLT_MAX has been seen
 };
 
 __device__ __forceinline__ void lse_push(LseState& st, float x, u32 i) {
-    if (x > st.m) {
+    // An element equal to the starting -FLT_MAX is still a maximum the state has not recorded yet (a row
+    // whose maximum is exactly -FLT_MAX must report its first index, as the CPU twin does).
+    if (x > st.m || (x == st.m && st.arg == 0xffffffffu)) {
         st.s = st.s * expf(st.m - x) + 1.0f;
         st.m = x;
         st.arg = i;

@@ -38,6 +38,7 @@ impl<B: Backend> Model<B> {
     pub fn load(backend: &B, ckpt: &Checkpoint) -> Result<Self> {
         let c = &ckpt.config;
         let (h, f, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
+        backend.check_weights_fit(c)?;
         let get = |name: &str, shape: &[usize]| -> Result<B::Tensor> { backend.upload(&ckpt.tensor_with_shape(name, shape)?) };
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {

@@ -75,6 +75,11 @@ pub trait Backend {
     /// Human-readable device and precision, e.g. "cpu f32" or "cuda:0 NVIDIA H100 (f16)".
     fn describe(&self) -> String;
 
+    /// Called by `Model::load` before the first upload: an error when the model's weights cannot fit (the
+    /// CUDA backend compares them with the device's free memory). Nothing to check by default.
+    fn check_weights_fit(&self, _config: &crate::config::ModelConfig) -> Result<()> {
+        Ok(())
+    }
     /// Move a checkpoint tensor onto the backend in its compute precision. 1-D tensors become [1, n].
     fn upload(&self, t: &HostTensor) -> Result<Self::Tensor>;
     /// Activations from host f32 values (tests, benches).

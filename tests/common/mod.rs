@@ -68,6 +68,55 @@ pub fn cuda_or_skip(test: &str, dtype: DType) -> Option<CudaBackend> {
     None
 }
 
+/// Whether the CUDA backend runs on the CPU stand-in of cuda-sim/ (scripts/cuda-sim.sh) rather than a GPU.
+pub fn cuda_stand_in() -> bool {
+    cuda::driver_is_stand_in()
+}
+
+/// Set the stand-in's thread schedules for every later launch of this process ("forward,greedy", ...): with
+/// more than one, each launch runs once per schedule and its outputs must be bit-identical. Returns false
+/// (and does nothing) on a real GPU.
+pub fn set_stand_in_schedules(spec: &str) -> bool {
+    if !cuda_stand_in() {
+        return false;
+    }
+    let c = std::ffi::CString::new(spec).expect("no NUL");
+    // SAFETY: the stand-in driver is loaded (checked above); the hook takes a C string and returns 0 on success.
+    let rc = unsafe {
+        let f = cudarc::driver::sys::culib()
+            .get::<unsafe extern "C" fn(*const std::ffi::c_char) -> i32>(b"lms_sim_set_schedules\0")
+            .expect("the CUDA stand-in exports lms_sim_set_schedules");
+        f(c.as_ptr())
+    };
+    assert_eq!(rc, 0, "the CUDA stand-in refused the schedules {spec:?}");
+    true
+}
+
+/// LD_LIBRARY_PATH without the CUDA stand-in's directories (LMSCORE_CUDA_SIM, and any holding the
+/// stand-in's libcuda or libnvrtc): a child started with it loads the real libraries, or none.
+pub fn library_path_without_cuda_stand_in() -> std::ffi::OsString {
+    let stand_in = std::env::var_os("LMSCORE_CUDA_SIM").map(PathBuf::from);
+    let is_stand_in_dir = |d: &std::path::Path| {
+        stand_in.as_deref() == Some(d)
+            || ["libnvrtc.so.13", "libcuda.so.1"].iter().any(|lib| {
+                std::fs::read(d.join(lib)).is_ok_and(|b| b.windows(21).any(|w| w == b"lmscore CUDA stand-in"))
+            })
+    };
+    let path = std::env::var_os("LD_LIBRARY_PATH").unwrap_or_default();
+    let kept: Vec<PathBuf> = std::env::split_paths(&path).filter(|d| !is_stand_in_dir(d)).collect();
+    std::env::join_paths(kept).expect("a library path")
+}
+
+/// Run test `test` of this binary again in a child process that does not see the CUDA stand-in.
+pub fn rerun_without_cuda_stand_in(test: &str) -> std::process::Output {
+    std::process::Command::new(std::env::current_exe().expect("the test binary"))
+        .args(["--exact", test, "--nocapture", "--test-threads", "1"])
+        .env("LD_LIBRARY_PATH", library_path_without_cuda_stand_in())
+        .env_remove("LMSCORE_CUDA_SIM")
+        .output()
+        .expect("re-running the test binary")
+}
+
 /// SplitMix64: small, seeded, reproducible across platforms.
 pub struct Rng(u64);
 

@@ -42,6 +42,14 @@ pub fn nvrtc_present() -> bool {
     unsafe { nvrtc_sys::is_culib_present() }
 }
 
+/// Whether the loaded NVRTC is the CPU stand-in of `cuda-sim/` (scripts/cuda-sim.sh): its "cubins" are
+/// shared objects for the stand-in driver, never for a GPU, so the disk cache keys them apart, and the
+/// compile test (which must exercise the real NVRTC) looks for the real library instead.
+pub fn nvrtc_is_stand_in() -> bool {
+    // SAFETY: the library is loadable (checked first); looking a symbol up runs nothing.
+    nvrtc_present() && unsafe { nvrtc_sys::culib().get::<*const u8>(b"lms_sim_identity\0").is_ok() }
+}
+
 /// (major, minor) of the loaded NVRTC.
 pub fn nvrtc_version() -> Result<(i32, i32)> {
     if !nvrtc_present() {
@@ -246,7 +254,8 @@ pub fn cubin_for(name: &str, cc: (i32, i32)) -> Result<Vec<u8>> {
     let mut options = base_options();
     options.push(format!("--gpu-architecture={arch}"));
     let version = nvrtc_version()?;
-    let key = fnv1a(&[src.as_bytes(), options.join(" ").as_bytes(), format!("{version:?}").as_bytes()]);
+    let compiler = if nvrtc_is_stand_in() { "cuda-sim" } else { "nvrtc" };
+    let key = fnv1a(&[src.as_bytes(), options.join(" ").as_bytes(), format!("{compiler} {version:?}").as_bytes()]);
     let path = cache_dir().map(|d| d.join(format!("{name}-{arch}-{key:016x}.cubin")));
     if let Some(bin) = path.as_deref().and_then(|p| std::fs::read(p).ok()).filter(|b| !b.is_empty()) {
         return Ok(bin);

@@ -4,7 +4,8 @@
 //!
 //! Precision policy (docs/gpu.md):
 //! - weights and GEMM inputs in the compute dtype (f16, bf16 or f32; default the checkpoint's stored dtype);
-//!   cuBLAS `gemm_ex` with f32 compute (tensor cores for f16/bf16), bias added in the GEMM's f32 epilogue;
+//!   cuBLAS `gemm_ex` with f32 compute (tensor cores for f16/bf16), split-K reduced in f32; a bias is added
+//!   once in f32 (the GEMM accumulates onto an f32 output pre-filled with it, then one rounding);
 //! - 1-D parameters (LayerNorm weights, biases) are kept in f32; the residual stream is f32 (embedding
 //!   output, residual adds), so only GEMM inputs/outputs and attention inputs/outputs are rounded;
 //! - LayerNorm statistics, rotary angles, attention scores / softmax / accumulation, GELU: f32;
@@ -12,10 +13,11 @@
 //!
 //! Tensors are untyped device buffers (`CudaSlice<u8>`) tagged with a dtype; kernels are picked by name
 //! from the dtypes (`layernorm_f32_f16`, ...). One stream, no cross-stream events.
+//!
+//! `LMSCORE_CUDA_SYNC=1` synchronises after every kernel launch and cuBLAS call and checks for a device
+//! error there, so a fault is reported against the op that caused it (without it, a fault surfaces at the
+//! next synchronisation, against whichever op happens to be running then).
 
-/// CPU emulations of the attention / log-softmax kernels' index math, checked against the CPU twins.
-#[cfg(test)]
-mod emulate;
 pub mod kernels;
 pub mod layout;
 
@@ -24,7 +26,8 @@ use crate::checkpoint::{DType, HostTensor};
 use crate::error::{Error, Result};
 use cudarc::cublas::{result as blas_result, sys as blas_sys, CudaBlas};
 use cudarc::driver::{
-    sys as cu_sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DriverError, LaunchConfig, PushKernelArg,
+    sys as cu_sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DriverError, LaunchArgs, LaunchConfig,
+    PushKernelArg,
 };
 use half::{bf16, f16};
 use std::collections::{HashMap, HashSet};
@@ -34,6 +37,12 @@ use std::sync::{Arc, Mutex};
 pub fn driver_present() -> bool {
     // SAFETY: only probes for the shared library.
     unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
+/// Whether the loaded libcuda is the CPU stand-in of `cuda-sim/` rather than a GPU driver.
+pub fn driver_is_stand_in() -> bool {
+    // SAFETY: the library is loadable (checked first); looking a symbol up runs nothing.
+    driver_present() && unsafe { cu_sys::culib().get::<*const u8>(b"lms_sim_identity\0").is_ok() }
 }
 
 pub fn unavailable() -> Error {
@@ -155,7 +164,10 @@ pub struct CudaLayout {
 pub struct CudaBackend {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
-    blas: CudaBlas,
+    /// Dropped by hand (see `Drop`): cudarc's own drop unwraps cublasDestroy, which fails after a device fault.
+    blas: std::mem::ManuallyDrop<CudaBlas>,
+    /// LMSCORE_CUDA_SYNC=1: synchronise and check after every launch.
+    sync_each_launch: bool,
     dtype: DType,
     ordinal: usize,
     device_name: String,
@@ -192,6 +204,16 @@ impl CudaBackend {
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(|e| drv("creating a CUDA stream", e))?;
         let blas = CudaBlas::new(stream.clone()).map_err(|e| Error::Cuda(format!("creating the cuBLAS handle: {e}")))?;
+        // Split-K partial sums are reduced in f32 too, never in the output's half precision.
+        // SAFETY: a live handle.
+        unsafe {
+            blas_sys::cublasSetMathMode(
+                *blas.handle(),
+                blas_sys::cublasMath_t::CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION,
+            )
+        }
+        .result()
+        .map_err(|e| Error::Cuda(format!("setting the cuBLAS math mode: {e}")))?;
         let compute_capability = ctx.compute_capability().map_err(|e| drv("reading the compute capability", e))?;
         let device_name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
         let max_smem_optin = ctx
@@ -225,7 +247,8 @@ impl CudaBackend {
         Ok(CudaBackend {
             ctx,
             stream,
-            blas,
+            blas: std::mem::ManuallyDrop::new(blas),
+            sync_each_launch: std::env::var("LMSCORE_CUDA_SYNC").is_ok_and(|v| v == "1"),
             dtype,
             ordinal,
             device_name,
@@ -269,6 +292,24 @@ impl CudaBackend {
                 .map_err(|e| Error::Cuda(format!("from_host: {e}")))?;
         }
         Ok(out)
+    }
+
+    /// The cuBLAS handle's math mode (`cublasMath_t` bits).
+    pub fn cublas_math_mode(&self) -> Result<u32> {
+        let mut mode = blas_sys::cublasMath_t::CUBLAS_DEFAULT_MATH;
+        // SAFETY: a live handle and an out-pointer to a local.
+        unsafe { blas_sys::cublasGetMathMode(*self.blas.handle(), &mut mode) }
+            .result()
+            .map_err(|e| Error::Cuda(format!("reading the cuBLAS math mode: {e}")))?;
+        Ok(mode as u32)
+    }
+
+    /// (free, total) bytes of device memory.
+    pub fn memory_info(&self) -> Result<(usize, usize)> {
+        self.ctx
+            .bind_to_thread()
+            .and_then(|_| cudarc::driver::result::mem_get_info())
+            .map_err(|e| Error::Cuda(format!("reading the free device memory: {e}")))
     }
 
     /// Wait for all queued work (benches; every read back already synchronises).
@@ -319,11 +360,33 @@ impl CudaBackend {
         Error::Cuda(format!("{op}: launching {kernel} failed: {e}"))
     }
 
+    /// Launch `kernel` (for op `op`) with the arguments pushed on `args`.
+    fn launch(&self, op: &str, kernel: &str, args: &mut LaunchArgs, cfg: LaunchConfig) -> Result<()> {
+        // SAFETY: every caller pushes exactly the arguments its kernel declares, on buffers of the sizes it reads.
+        unsafe { args.launch(cfg) }.map_err(|e| Self::launch_err(op, kernel, e))?;
+        self.checkpoint(op, kernel)
+    }
+
+    /// Under LMSCORE_CUDA_SYNC=1, wait for `what` (of op `op`) to finish and report a device error as its own.
+    fn checkpoint(&self, op: &str, what: &str) -> Result<()> {
+        if self.sync_each_launch {
+            self.stream
+                .synchronize()
+                .map_err(|e| Error::Cuda(format!("{op}: {what} failed on the device: {e}")))?;
+        }
+        Ok(())
+    }
+
     /// `t` in dtype `dt`: borrowed when it already is, else converted on the device.
     fn as_dtype<'a>(&self, op: &str, t: &'a CudaTensor, dt: DType) -> Result<Converted<'a>> {
         if t.dtype == dt {
             return Ok(Converted::Borrowed(t));
         }
+        Ok(Converted::Owned(self.cast(op, t, dt)?))
+    }
+
+    /// A copy of `t` converted to `dt` (one rounding, round to nearest even).
+    fn cast(&self, op: &str, t: &CudaTensor, dt: DType) -> Result<CudaTensor> {
         let mut out = self.alloc(op, t.rows, t.cols, dt)?;
         let name = format!("cast_{}_{}", suffix(t.dtype), suffix(dt));
         let f = self.func("cast", &name)?;
@@ -332,9 +395,9 @@ impl CudaBackend {
             let (grid, block) = layout::grid_1d(n);
             let mut b = self.stream.launch_builder(&f);
             b.arg(&t.buf).arg(&mut out.buf).arg(&n);
-            unsafe { b.launch(cfg(grid, block, 0)) }.map_err(|e| Self::launch_err(op, &name, e))?;
+            self.launch(op, &name, &mut b, cfg(grid, block, 0))?;
         }
-        Ok(Converted::Owned(out))
+        Ok(out)
     }
 
     fn check_float(op: &str, t: &CudaTensor) -> Result<()> {
@@ -399,7 +462,8 @@ impl CudaBackend {
                 w.dtype.name(),
                 y.dtype.name()
             ))
-        })
+        })?;
+        self.checkpoint(op, "cuBLAS gemm_ex")
     }
 
     /// Raise a kernel's dynamic shared-memory limit once, when it needs more than the default 48 KB.
@@ -517,6 +581,26 @@ impl Backend for CudaBackend {
         )
     }
 
+    /// The weights as `upload` stores them (2-D in the compute dtype, 1-D in f32) against the free memory.
+    fn check_weights_fit(&self, c: &crate::config::ModelConfig) -> Result<()> {
+        let one_d = c.num_layers * (4 * c.hidden_size + 3 * c.hidden_size + c.hidden_size + c.intermediate_size + c.hidden_size)
+            + 2 * c.hidden_size;
+        let need = (c.num_params() - one_d) * self.dtype.size() + one_d * 4;
+        let (free, total) = self.memory_info()?;
+        if need > free {
+            return Err(Error::Cuda(format!(
+                "the model's weights need {:.2} GB of device memory in {}, and {:.2} GB of the device's {:.2} GB are free: \
+                 they do not fit (a smaller --max-batch-tokens cannot help; {}use a device with more memory)",
+                need as f64 / 1e9,
+                self.dtype.name(),
+                free as f64 / 1e9,
+                total as f64 / 1e9,
+                if self.dtype == DType::F32 { "--dtype f16 halves them, or " } else { "" }
+            )));
+        }
+        Ok(())
+    }
+
     /// 2-D weights in the compute dtype; 1-D parameters (LayerNorm, biases) in f32, as [1, n].
     fn upload(&self, t: &HostTensor) -> Result<CudaTensor> {
         let (rows, cols, dt) = match t.shape.as_slice() {
@@ -534,7 +618,19 @@ impl Backend for CudaBackend {
         } else {
             encode(&t.to_f32()?, dt).into()
         };
-        let mut out = self.alloc(&format!("upload of `{}`", t.name), rows, cols, dt)?;
+        let mut out = self.alloc(&format!("upload of `{}`", t.name), rows, cols, dt).map_err(|e| match e {
+            // Weights that do not fit are not helped by a smaller batch: say what is free instead.
+            Error::Cuda(m) if m.contains("out of device memory") => {
+                let free = self.memory_info().map_or("unknown".into(), |(f, t)| format!("{:.2} GB of {:.2} GB", f as f64 / 1e9, t as f64 / 1e9));
+                Error::Cuda(format!(
+                    "out of device memory uploading the weight `{}` ({} bytes; {free} free): the model's weights do not fit \
+                     this device",
+                    t.name,
+                    rows * cols * dt.size()
+                ))
+            }
+            other => other,
+        })?;
         if !bytes.is_empty() {
             self.stream
                 .memcpy_htod(bytes.as_ref(), &mut out.buf)
@@ -592,7 +688,7 @@ impl Backend for CudaBackend {
         let h_i = h as i32;
         let mut b = self.stream.launch_builder(&f);
         b.arg(&table.buf).arg(&ids_d).arg(&mut out.buf).arg(&h_i);
-        unsafe { b.launch(cfg(ids.len() as u32, 256, 0)) }.map_err(|e| Self::launch_err("embedding", &name, e))?;
+        self.launch("embedding", &name, &mut b, cfg(ids.len() as u32, 256, 0))?;
         Ok(out)
     }
 
@@ -617,7 +713,7 @@ impl Backend for CudaBackend {
         let c_i = c as i32;
         let mut l = self.stream.launch_builder(&f);
         l.arg(&x.buf).arg(&w.buf).arg(&b.buf).arg(&mut out.buf).arg(&c_i).arg(&eps);
-        unsafe { l.launch(cfg(x.rows as u32, 256, 0)) }.map_err(|e| Self::launch_err("layernorm", &name, e))?;
+        self.launch("layernorm", &name, &mut l, cfg(x.rows as u32, 256, 0))?;
         Ok(out)
     }
 
@@ -631,29 +727,34 @@ impl Backend for CudaBackend {
         }
         let x = self.as_dtype("linear", x, w.dtype)?;
         let (m, n) = (x.rows, w.rows);
-        let mut out = self.alloc("linear", m, n, w.dtype)?;
-        let beta = match b {
-            Some(b) => {
-                if b.numel() != n {
-                    return Err(Error::invalid(format!("linear: bias has {} values for {n} outputs", b.numel())));
-                }
-                // Pre-fill the output with the bias; the GEMM then accumulates onto it (beta = 1).
-                let nn = (m * n) as u64;
-                if nn > 0 {
-                    let name = format!("broadcast_rows_{}_{}", suffix(b.dtype), suffix(out.dtype));
-                    let f = self.func("broadcast_rows", &name)?;
-                    let (grid, block) = layout::grid_1d(nn);
-                    let n_i = n as i32;
-                    let mut l = self.stream.launch_builder(&f);
-                    l.arg(&b.buf).arg(&mut out.buf).arg(&nn).arg(&n_i);
-                    unsafe { l.launch(cfg(grid, block, 0)) }.map_err(|e| Self::launch_err("linear", &name, e))?;
-                }
-                1.0
-            }
-            None => 0.0,
+        let Some(b) = b else {
+            let mut out = self.alloc("linear", m, n, w.dtype)?;
+            self.gemm("linear", &x, w, &mut out, 0.0)?;
+            return Ok(out);
         };
-        self.gemm("linear", &x, w, &mut out, beta)?;
-        Ok(out)
+        if b.numel() != n {
+            return Err(Error::invalid(format!("linear: bias has {} values for {n} outputs", b.numel())));
+        }
+        // The bias is added once, in f32: an f32 output is pre-filled with it and the GEMM accumulates onto
+        // it (beta = 1, cuBLAS adds in f32 and writes f32), then one rounding to the compute dtype. (Filling a
+        // half-precision output with the bias would round the bias, then the sum: twice.)
+        let mut acc = self.alloc("linear", m, n, DType::F32)?;
+        let nn = (m * n) as u64;
+        if nn > 0 {
+            let name = format!("broadcast_rows_{}_f32", suffix(b.dtype));
+            let f = self.func("broadcast_rows", &name)?;
+            let (grid, block) = layout::grid_1d(nn);
+            let n_i = n as i32;
+            let mut l = self.stream.launch_builder(&f);
+            l.arg(&b.buf).arg(&mut acc.buf).arg(&nn).arg(&n_i);
+            self.launch("linear", &name, &mut l, cfg(grid, block, 0))?;
+        }
+        self.gemm("linear", &x, w, &mut acc, 1.0)?;
+        if w.dtype == DType::F32 {
+            Ok(acc)
+        } else {
+            self.cast("linear", &acc, w.dtype)
+        }
     }
 
     fn bias_gelu(&self, x: &mut CudaTensor, b: &CudaTensor) -> Result<()> {
@@ -671,7 +772,7 @@ impl Backend for CudaBackend {
         let c_i = x.cols as i32;
         let mut l = self.stream.launch_builder(&f);
         l.arg(&mut x.buf).arg(&b.buf).arg(&n).arg(&c_i);
-        unsafe { l.launch(cfg(grid, block, 0)) }.map_err(|e| Self::launch_err("bias_gelu", &name, e))?;
+        self.launch("bias_gelu", &name, &mut l, cfg(grid, block, 0))?;
         Ok(())
     }
 
@@ -701,7 +802,7 @@ impl Backend for CudaBackend {
             .arg(&hd)
             .arg(&rot)
             .arg(&s.rotary_base);
-        unsafe { l.launch(cfg(grid, block, 0)) }.map_err(|e| Self::launch_err("rotary", &name, e))?;
+        self.launch("rotary", &name, &mut l, cfg(grid, block, 0))?;
         Ok(())
     }
 
@@ -757,7 +858,7 @@ impl Backend for CudaBackend {
             block_dim: (layout::ATTN_THREADS, 1, 1),
             shared_mem_bytes: smem as u32,
         };
-        unsafe { l.launch(launch) }.map_err(|e| Self::launch_err("attention", &name, e))?;
+        self.launch("attention", &name, &mut l, launch)?;
         Ok(out)
     }
 
@@ -791,7 +892,7 @@ impl Backend for CudaBackend {
             None => l.arg(&null),
         };
         l.arg(&n);
-        unsafe { l.launch(cfg(grid, block, 0)) }.map_err(|e| Self::launch_err("residual_add", &name, e))?;
+        self.launch("residual_add", &name, &mut l, cfg(grid, block, 0))?;
         Ok(())
     }
 
@@ -814,7 +915,7 @@ impl Backend for CudaBackend {
         let w = words as i32;
         let mut l = self.stream.launch_builder(&f);
         l.arg(&x.buf).arg(&rows_d).arg(&mut out.buf).arg(&w);
-        unsafe { l.launch(cfg(rows.len() as u32, 256, 0)) }.map_err(|e| Self::launch_err("gather_rows", name, e))?;
+        self.launch("gather_rows", name, &mut l, cfg(rows.len() as u32, 256, 0))?;
         Ok(out)
     }
 
@@ -873,7 +974,7 @@ impl Backend for CudaBackend {
         let f = self.func("logsoftmax_gather", "logsoftmax_stats")?;
         let mut l = self.stream.launch_builder(&f);
         l.arg(&logits.buf).arg(&v_i).arg(&mut m).arg(&mut log_s).arg(&mut arg);
-        unsafe { l.launch(cfg(r as u32, 1024, 0)) }.map_err(|e| Self::launch_err(op, "logsoftmax_stats", e))?;
+        self.launch(op, "logsoftmax_stats", &mut l, cfg(r as u32, 1024, 0))?;
 
         let flat: Vec<u32> = targets.iter().flat_map(|&(row, tok)| [row, tok]).collect();
         let targets_d = self.upload_u32(op, &flat)?;
@@ -892,7 +993,7 @@ impl Backend for CudaBackend {
             .arg(&n_i)
             .arg(&mut lp)
             .arg(&mut greedy);
-        unsafe { l.launch(cfg(n.div_ceil(256) as u32, 256, 0)) }.map_err(|e| Self::launch_err(op, "logsoftmax_targets", e))?;
+        self.launch(op, "logsoftmax_targets", &mut l, cfg(n.div_ceil(256) as u32, 256, 0))?;
 
         let dl = |e: DriverError| Error::Cuda(format!("{op}: reading back {n} scores: {e}"));
         let lp = self.stream.clone_dtoh(&lp.slice(0..n)).map_err(dl)?;
@@ -903,6 +1004,21 @@ impl Backend for CudaBackend {
             .zip(greedy)
             .map(|(logprob, g)| TokenScore { logprob, is_greedy: g != 0 })
             .collect())
+    }
+}
+
+impl Drop for CudaBackend {
+    fn drop(&mut self) {
+        // cudarc's CudaBlas::drop unwraps cublasDestroy, which fails once the context holds a sticky device
+        // error (after a kernel fault): then destroy the handle here, ignoring that error, and forget the
+        // wrapper (its reference to the stream leaks, once, after a fault). Teardown never panics.
+        if self.stream.synchronize().is_ok() {
+            // SAFETY: dropped once, here; never used again.
+            unsafe { std::mem::ManuallyDrop::drop(&mut self.blas) };
+        } else {
+            // SAFETY: a live handle, destroyed once; the wrapper is never dropped.
+            let _ = unsafe { blas_result::destroy_handle(*self.blas.handle()) };
+        }
     }
 }
 
