@@ -240,7 +240,9 @@ CUresult release(CUdeviceptr p, const char* api) {
     if (p == 0) return CUDA_SUCCESS;
     if (it == g_allocs.end() || it->second.freed) {
         tl_detail_code = CUDA_ERROR_INVALID_VALUE;
-        tl_detail = std::string(api) + ": 0x" + std::to_string(p) + " is not the start of a live allocation";
+        char addr[32];
+        snprintf(addr, sizeof addr, "0x%llx", p);
+        tl_detail = std::string(api) + ": " + addr + " is not the start of a live allocation";
         return CUDA_ERROR_INVALID_VALUE;
     }
     Allocation& a = it->second;

@@ -78,10 +78,22 @@ struct Fiber {
 
 // A warp operation some lanes have reached and others have not yet.
 struct WarpGroup {
-    bool open = false;
     int op = 0;
     unsigned mask = 0, arrived = 0;
     Site site;
+};
+
+// The open warp operations of one warp: several at once when their masks are disjoint (two half-warps
+// shuffling independently is legal since Volta), usually one.
+struct Warp {
+    WarpGroup groups[32];
+    unsigned count = 0;
+    WarpGroup* group_of(unsigned lane) {
+        for (unsigned i = 0; i < count; ++i)
+            if (groups[i].mask >> lane & 1) return &groups[i];
+        return nullptr;
+    }
+    void close(WarpGroup* g) { *g = groups[--count]; }
 };
 
 // Everything one OS worker needs to run blocks: fiber stacks, the dynamic shared-memory window, the
@@ -97,7 +109,7 @@ struct Worker {
     Dim3 block_idx{};
     unsigned n = 0;  // threads in the block
     std::vector<Fiber> fibers;
-    std::vector<WarpGroup> warps;
+    std::vector<Warp> warps;
     unsigned cur = 0;
     uint64_t runnable[kMaxThreads / 64] = {};
     unsigned at_barrier = 0, done = 0;
@@ -210,7 +222,7 @@ std::string positions(const Worker& w) {
 }
 
 // The failure message is built in a cold, out-of-line lambda: the sync paths stay small and fast.
-#define LMS_FAIL(w, ...) [&]() __attribute__((noinline, cold)) { fail_and_leave(w, __VA_ARGS__); }()
+#define LMS_FAIL(w, ...) [&]() __attribute__((noinline, cold, noreturn)) { fail_and_leave(w, __VA_ARGS__); }()
 
 int next_runnable(Worker& w);
 
@@ -236,29 +248,29 @@ inline Worker& current_worker() {
 int next_runnable(Worker& w) {
     const unsigned words = (w.n + 63) / 64;
     auto first_from = [&](unsigned from) -> int {  // first runnable >= from, cyclically
-        for (unsigned i = 0; i < words; ++i) {
-            const unsigned wi = (from / 64 + i) % words;
-            uint64_t bits = w.runnable[wi];
-            if (i == 0) bits &= ~0ull << (from % 64);
+        unsigned wi = from / 64;
+        uint64_t bits = w.runnable[wi] & (~0ull << (from % 64));
+        for (unsigned i = 0; i <= words; ++i) {  // words + 1 visits: the starting word's low bits come last
             if (bits) return (int)(wi * 64 + __builtin_ctzll(bits));
-        }
-        if (from % 64) {  // the low bits of the starting word
-            const uint64_t bits = w.runnable[from / 64] & ((1ull << (from % 64)) - 1);
-            if (bits) return (int)((from / 64) * 64 + __builtin_ctzll(bits));
+            wi = wi + 1 == words ? 0 : wi + 1;
+            bits = w.runnable[wi];
         }
         return -1;
     };
     switch (w.launch->schedule.kind) {
-        case ScheduleKind::Forward: return first_from((w.cur + 1) % w.n);
+        case ScheduleKind::Forward: return first_from(w.cur + 1 == w.n ? 0 : w.cur + 1);
         case ScheduleKind::Greedy: return first_from(0);
         case ScheduleKind::Shuffle: {
             w.rng = w.rng * 6364136223846793005ull + 1442695040888963407ull;
             return first_from((unsigned)((w.rng >> 33) % w.n));
         }
-        case ScheduleKind::Reverse: {
-            for (unsigned i = 1; i <= w.n; ++i) {
-                const unsigned t = (w.cur + w.n - i) % w.n;
-                if (w.runnable[t >> 6] >> (t & 63) & 1) return (int)t;
+        case ScheduleKind::Reverse: {  // last runnable < cur, cyclically
+            unsigned wi = w.cur / 64;
+            uint64_t bits = w.runnable[wi] & ((1ull << (w.cur % 64)) - 1);
+            for (unsigned i = 0; i <= words; ++i) {
+                if (bits) return (int)(wi * 64 + 63 - __builtin_clzll(bits));
+                wi = wi == 0 ? words - 1 : wi - 1;
+                bits = w.runnable[wi];
             }
             return -1;
         }
@@ -272,10 +284,9 @@ void fiber_main(void* arg) {
     // The thread has exited: nobody may be waiting for it.
     Fiber& f = w.fibers[w.cur];
     const unsigned lane = w.cur % 32, warp = w.cur / 32;
-    const WarpGroup& g = w.warps[warp];
-    if (g.open && (g.mask >> lane & 1))
+    if (const WarpGroup* g = w.warps[warp].group_of(lane))
         LMS_FAIL(w, "thread " + std::to_string(w.cur) + " exited while lanes of its warp wait for it at " +
-                              op_name(g.op) + " (" + where(g.site) + ", mask " + hex(g.mask) + "); " + positions(w));
+                              op_name(g->op) + " (" + where(g->site) + ", mask " + hex(g->mask) + "); " + positions(w));
     if (w.at_barrier)
         LMS_FAIL(w, "thread " + std::to_string(w.cur) + " exited while threads wait at __syncthreads (" +
                               where(w.barrier_site) + "): " + positions(w));
@@ -311,10 +322,9 @@ void rt_syncthreads(const char* file, int line) {
     Fiber& f = w.fibers[w.cur];
     const Site site{file, line};
     const unsigned lane = w.cur % 32;
-    const WarpGroup& g = w.warps[w.cur / 32];
-    if (g.open && (g.mask >> lane & 1))
+    if (const WarpGroup* g = w.warps[w.cur / 32].group_of(lane))
         LMS_FAIL(w, "thread " + std::to_string(w.cur) + " reached __syncthreads (" + where(site) +
-                              ") while lanes of its warp wait for it at " + op_name(g.op) + " (" + where(g.site) + "); " +
+                              ") while lanes of its warp wait for it at " + op_name(g->op) + " (" + where(g->site) + "); " +
                               positions(w));
     if (w.done)
         LMS_FAIL(w, "thread " + std::to_string(w.cur) + " reached __syncthreads (" + where(site) +
@@ -357,7 +367,7 @@ int shfl_source(int op, unsigned lane, unsigned b, unsigned c) {
 }
 
 // All lanes of group g have arrived: compute every lane's result.
-void complete(Worker& w, unsigned warp, WarpGroup& g) {
+void complete(Worker& w, unsigned warp, const WarpGroup& g) {
     Fiber* lanes = &w.fibers[warp * 32];
     unsigned vote = 0;
     for (unsigned l = 0; l < 32; ++l)
@@ -382,7 +392,6 @@ void complete(Worker& w, unsigned warp, WarpGroup& g) {
             }
         }
     }
-    g.open = false;
 }
 
 unsigned rt_warp(int op, unsigned mask, unsigned value, unsigned b, unsigned c, const char* file, int line) {
@@ -398,15 +407,25 @@ unsigned rt_warp(int op, unsigned mask, unsigned value, unsigned b, unsigned c, 
     if (mask & ~exists)
         LMS_FAIL(w, "lane " + std::to_string(lane) + " of warp " + std::to_string(warp) + " calls " + here() +
                               ": the mask names lanes past the block's " + std::to_string(w.n) + " threads");
-    WarpGroup& g = w.warps[warp];
-    if (g.open) {
+    Warp& wp = w.warps[warp];
+    WarpGroup* gp = wp.group_of(lane);
+    if (gp) {
+        const WarpGroup& g = *gp;
         const bool same_site = g.site.line == line && (g.site.file == file || strcmp(g.site.file, file) == 0);
         if (g.op != op || g.mask != mask || (!same_site && op != lms_simt::kSyncWarp))
             LMS_FAIL(w, "divergent warp " + std::to_string(warp) + ": lane " + std::to_string(lane) + " at " + here() +
                                   " while lanes wait at " + op_name(g.op) + " (" + where(g.site) + ", mask " + hex(g.mask) +
                                   "); " + positions(w));
     } else {
-        g = WarpGroup{true, op, mask, 0, site};
+        for (unsigned i = 0; i < wp.count; ++i) {  // a new group must not claim lanes another one waits for
+            const WarpGroup& o = wp.groups[i];
+            if (o.mask & mask)
+                LMS_FAIL(w, "divergent warp " + std::to_string(warp) + ": lane " + std::to_string(lane) + " at " + here() +
+                                      ", whose mask overlaps lanes waiting at " + op_name(o.op) + " (" + where(o.site) +
+                                      ", mask " + hex(o.mask) + "); " + positions(w));
+        }
+        gp = &wp.groups[wp.count++];
+        *gp = WarpGroup{op, mask, 0, site};
         // Every other lane of the mask must be able to come: not at a barrier, not exited. (A lane that goes
         // to a barrier or exits later is caught there, by rt_syncthreads and fiber_main.)
         for (unsigned l = 0; l < 32; ++l) {
@@ -424,14 +443,17 @@ unsigned rt_warp(int op, unsigned mask, unsigned value, unsigned b, unsigned c, 
     f.op = op;
     f.mask = mask;
     f.site = site;
-    g.arrived |= 1u << lane;
-    if (g.arrived == mask) {  // the last lane in completes the operation and runs on
-        complete(w, warp, g);
+    gp->arrived |= 1u << lane;
+    if (gp->arrived == mask) {  // the last lane in completes the operation and runs on
+        complete(w, warp, *gp);
+        wp.close(gp);
         for (unsigned l = 0; l < 32; ++l) {
             if (!(mask >> l & 1) || l == lane) continue;
             w.fibers[warp * 32 + l].state = State::Runnable;
             w.set_runnable(warp * 32 + l, true);
         }
+        // A lane alone in its mask (a spin loop on __syncwarp(1u << lane)) lets the others run.
+        if (mask == 1u << lane) yield(w);
         return f.result;
     }
     f.state = State::AtWarp;
@@ -536,7 +558,7 @@ std::string run_block(Worker& w, const Launch& L, Dim3 bidx, unsigned block_line
     w.done = 0;
     w.rng = L.schedule.seed * 0x9e3779b97f4a7c15ull + block_linear + 1;
     std::fill(std::begin(w.runnable), std::end(w.runnable), 0);
-    for (auto& g : w.warps) g = WarpGroup{};
+    for (auto& wp : w.warps) wp.count = 0;
 
     // Dynamic shared memory: exactly the launch's size, ending at the guard page (rounded down to 16 bytes
     // for alignment; the <16 slack bytes are checked after the block), filled with NaN bytes.
@@ -580,10 +602,12 @@ std::string run_block(Worker& w, const Launch& L, Dim3 bidx, unsigned block_line
     }
     w.in_kernel = 0;
     if (w.done != w.n) return prefix(w) + "deadlock: no thread can run; " + positions(w);
-    for (char* p = smem + L.dyn_smem; p < w.smem_end; ++p) {
-        if ((unsigned char)*p != 0xff)
+    for (char* p = w.smem_end - 1; p >= smem + L.dyn_smem; --p) {
+        if ((unsigned char)*p != 0xff) {
+            g_last_was_fault = true;
             return prefix(w) + "shared memory written " + std::to_string(p - smem - L.dyn_smem + 1) +
                    " byte(s) past the end of the block's " + std::to_string(L.dyn_smem) + " bytes of dynamic shared memory";
+        }
     }
     return "";
 }
