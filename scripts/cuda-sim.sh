@@ -33,7 +33,9 @@ if [ ! -f "$stamp" ]; then
         cat "$src/include/simt.h"
         echo ')LMS_SIMT_HEADER";'
     } > "$dest/obj/simt_header.inc"
-    flags=(-std=c++17 -O2 -g -fPIC -Wall -Wextra -Wno-unused-parameter -I"$src/src" -I"$src/include" -I"$dest/obj")
+    # LMS_SIM_BUILD: the source hash, which lmscore's kernel cache key includes (a rebuilt stand-in compiles anew).
+    flags=(-std=c++17 -O2 -g -fPIC -Wall -Wextra -Wno-unused-parameter -I"$src/src" -I"$src/include" -I"$dest/obj"
+        -DLMS_SIM_BUILD="\"$hash\"")
     "$cxx" "${flags[@]}" -shared -Wl,-soname,libcuda.so.1 -o "$lib/libcuda.so.1" \
         "$src/src/driver.cpp" "$src/src/simt.cpp" "$src/src/fiber_x86_64.S" -ldl -lpthread
     ln -sf libcuda.so.1 "$lib/libcuda.so"

@@ -18,7 +18,13 @@ fn score(device: &str, out: &Path) -> (Vec<Value>, Value) {
     let json = out.join(format!("{device}.json"));
     let run = std::process::Command::new(env!("CARGO_BIN_EXE_lmscore"))
         .current_dir(root())
-        .args(["score", "--model", "tests/fixtures/models/pythia-tiny", "--tasks", "memo_trap,neqa,truthfulqa_mc1,truthfulqa_mc2"])
+        .args([
+            "score",
+            "--model",
+            "tests/fixtures/models/pythia-tiny",
+            "--tasks",
+            "memo_trap,neqa,truthfulqa_mc1,truthfulqa_mc2",
+        ])
         .args(["--device", device, "--dtype", "f32", "--offline"])
         .arg("--log-requests")
         .arg(&log)
@@ -32,7 +38,11 @@ fn score(device: &str, out: &Path) -> (Vec<Value>, Value) {
         String::from_utf8_lossy(&run.stdout),
         String::from_utf8_lossy(&run.stderr)
     );
-    let rows = std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rows = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let results: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     (rows, results["results"].clone())
 }
@@ -62,7 +72,9 @@ fn score_on_cuda_matches_cpu() {
     let tasks = cpu_results.as_object().expect("results per task");
     for (task, metrics) in tasks {
         for (metric, v) in metrics.as_object().unwrap() {
-            let (Some(a), Some(b)) = (v.as_f64(), cuda_results[task][metric].as_f64()) else { continue };
+            let (Some(a), Some(b)) = (v.as_f64(), cuda_results[task][metric].as_f64()) else {
+                continue;
+            };
             if metric.contains("stderr") {
                 continue;
             }

@@ -15,7 +15,8 @@ use lmscore::model::Model;
 /// Run `case` in a child process (with `env`), returning (success, stdout + stderr).
 fn child(case: &str, env: &[(&str, &str)]) -> (bool, String) {
     let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", case, "--nocapture", "--test-threads", "1"]).env("LMSCORE_FAULT_CASE", case);
+    cmd.args(["--exact", case, "--nocapture", "--test-threads", "1"])
+        .env("LMSCORE_FAULT_CASE", case);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -89,7 +90,10 @@ fn a_fault_is_reported_against_its_op() {
     gpu.layernorm(&x, &w, &b, 1e-5).unwrap();
     inject_fault("an injected device fault");
     let err = gpu.layernorm(&x, &w, &b, 1e-5).map(|_| ()).unwrap_err().to_string();
-    assert!(err.starts_with("CUDA: layernorm") || err.contains("layernorm:"), "the error names the op: {err}");
+    assert!(
+        err.starts_with("CUDA: layernorm") || err.contains("layernorm:"),
+        "the error names the op: {err}"
+    );
     common::visible(&format!("{CASE}: {err}"));
 }
 
@@ -118,7 +122,13 @@ fn weights_that_do_not_fit_say_so() {
 /// Split-K partial sums must not be reduced in half precision: the handle has the flag set.
 #[test]
 fn cublas_never_reduces_in_reduced_precision() {
-    let Some(gpu) = common::cuda_or_skip("cublas_never_reduces_in_reduced_precision", DType::F16) else { return };
+    let Some(gpu) = common::cuda_or_skip("cublas_never_reduces_in_reduced_precision", DType::F16) else {
+        return;
+    };
     let mode = gpu.cublas_math_mode().unwrap();
-    assert_ne!(mode & 16, 0, "CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION is not set: math mode {mode}");
+    assert_ne!(
+        mode & 16,
+        0,
+        "CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION is not set: math mode {mode}"
+    );
 }

@@ -269,7 +269,13 @@ fn bias_is_added_once_in_f32() {
         let (wg, _) = weight(&gpu, "w", 1, 1, &[-u / 4.0]);
         let (bg, _) = param(&gpu, "b", &[1.0 + 0.75 * u]);
         let got = gpu.to_host(&gpu.linear(&xg, &wg, Some(&bg)).unwrap()).unwrap();
-        assert_eq!(got, vec![1.0], "{}: x.w + b rounded once is 1, rounding the bias first gives {}", dt_name(dt), 1.0 + u);
+        assert_eq!(
+            got,
+            vec![1.0],
+            "{}: x.w + b rounded once is 1, rounding the bias first gives {}",
+            dt_name(dt),
+            1.0 + u
+        );
     }
 }
 
@@ -402,7 +408,11 @@ fn attention_layouts() -> Vec<(&'static str, usize, Vec<AttnSegment>)> {
             ],
         ),
     ];
-    v.extend(planned_layouts().into_iter().map(|(past, segs)| ("a batch of plan::build with a K/V cache", past, segs)));
+    v.extend(
+        planned_layouts()
+            .into_iter()
+            .map(|(past, segs)| ("a batch of plan::build with a K/V cache", past, segs)),
+    );
     v
 }
 
@@ -415,7 +425,10 @@ fn planned_layouts() -> Vec<(usize, Vec<AttnSegment>)> {
         let ctx: Vec<u32> = (0..20 + rng.below(50)).map(|_| rng.below(50)).collect();
         for _ in 0..3 {
             let continuation = (0..1 + rng.below(20)).map(|_| rng.below(50)).collect();
-            reqs.push(Request { context: ctx.clone(), continuation });
+            reqs.push(Request {
+                context: ctx.clone(),
+                continuation,
+            });
         }
     }
     let plan = plan::build(&reqs, 512, 61, true).unwrap();
@@ -627,7 +640,10 @@ fn logsoftmax_gather_matches_cpu() {
             for (k, &(_, tok)) in targets.iter().enumerate() {
                 assert_eq!(got[k].is_greedy, tok == first, "V {v}, ties at {ties:?}: target {tok}");
                 assert_eq!(got[k].is_greedy, want[k].is_greedy, "V {v}: greedy flag of {tok} against the CPU");
-                assert!((got[k].logprob - want[k].logprob).abs() <= 2e-5 * (1.0 + want[k].logprob.abs()), "V {v}: logprob of {tok}");
+                assert!(
+                    (got[k].logprob - want[k].logprob).abs() <= 2e-5 * (1.0 + want[k].logprob.abs()),
+                    "V {v}: logprob of {tok}"
+                );
             }
         }
         // A row whose maximum is exactly -FLT_MAX (every other entry -inf): the first index of the maximum
@@ -642,9 +658,20 @@ fn logsoftmax_gather_matches_cpu() {
         let (lg, lc) = act(&gpu, r, v, &logits, DType::F32);
         let got = gpu.logsoftmax_gather(&lg, &targets).unwrap();
         let want = Cpu.logsoftmax_gather(&lc, &targets).unwrap();
-        assert_eq!(got.iter().map(|s| s.is_greedy).collect::<Vec<_>>(), vec![true, false, false, true], "-FLT_MAX row: greedy flags");
-        assert_eq!(got.iter().map(|s| s.is_greedy).collect::<Vec<_>>(), want.iter().map(|s| s.is_greedy).collect::<Vec<_>>());
-        assert_eq!((got[0].logprob, got[3].logprob), (want[0].logprob, want[3].logprob), "-FLT_MAX row: log-probabilities");
+        assert_eq!(
+            got.iter().map(|s| s.is_greedy).collect::<Vec<_>>(),
+            vec![true, false, false, true],
+            "-FLT_MAX row: greedy flags"
+        );
+        assert_eq!(
+            got.iter().map(|s| s.is_greedy).collect::<Vec<_>>(),
+            want.iter().map(|s| s.is_greedy).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            (got[0].logprob, got[3].logprob),
+            (want[0].logprob, want[3].logprob),
+            "-FLT_MAX row: log-probabilities"
+        );
 
         let (lg, _) = act(&gpu, 2, 10, &[0.0; 20], DType::F32);
         assert!(gpu.logsoftmax_gather(&lg, &[(2, 0)]).is_err() && gpu.logsoftmax_gather(&lg, &[(0, 10)]).is_err());
@@ -659,12 +686,20 @@ fn fixtures() -> PathBuf {
     common::fixtures_dir()
 }
 
-const FIXTURES: [&str; 6] = ["neox-hd80", "neox-hd64", "neox-seq", "pythia-tiny", "pythia-tiny-b", "neox-hd64-bin"];
+const FIXTURES: [&str; 7] = [
+    "neox-hd80",
+    "neox-hd64",
+    "neox-seq",
+    "pythia-tiny",
+    "pythia-tiny-b",
+    "neox-hd64-bin",
+    "neox-hd64-bin-sharded",
+];
 
 /// Golden sequences (one request per position) and golden requests of a fixture, plus its max length.
 fn fixture_requests(model: &str) -> (Vec<Request>, usize) {
     let golden = match model {
-        "neox-hd64-bin" => "neox-hd64",
+        "neox-hd64-bin" | "neox-hd64-bin-sharded" => "neox-hd64",
         m => m,
     };
     let path = fixtures().join(format!("goldens/{golden}.json"));
@@ -775,9 +810,9 @@ fn whole_models_match_cpu() {
             let model = Model::load(gpu, &ckpt).unwrap();
             // A small budget splits sequences across batches: the K/V cache path (past rows) is exercised.
             for budget in [4096usize, 61] {
-                // neox-hd64-bin holds neox-hd64's weights in .bin shards: on the stand-in its small-budget run
-                // would repeat neox-hd64's computation exactly.
-                if common::cuda_stand_in() && name == "neox-hd64-bin" && budget == 61 {
+                // The .bin fixtures hold neox-hd64's weights (one file, and shards): on the stand-in their
+                // small-budget runs would repeat neox-hd64's computation exactly.
+                if common::cuda_stand_in() && name.starts_with("neox-hd64-bin") && budget == 61 {
                     continue;
                 }
                 // The CPU stand-in runs attention ~1000x slower than a GPU. There, inputs of 161-300 tokens
@@ -790,8 +825,9 @@ fn whole_models_match_cpu() {
                     (true, true) => 300,
                     (true, false) => 160,
                 };
-                let keep: Vec<usize> =
-                    (0..reqs.len()).filter(|&i| reqs[i].context.len() + reqs[i].continuation.len() <= limit).collect();
+                let keep: Vec<usize> = (0..reqs.len())
+                    .filter(|&i| reqs[i].context.len() + reqs[i].continuation.len() <= limit)
+                    .collect();
                 let sub: Vec<Request> = keep.iter().map(|&i| reqs[i].clone()).collect();
                 let got = score(gpu, &model, &sub, max_len, budget);
                 let mut worst = (0usize, 0f64);

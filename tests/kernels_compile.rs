@@ -121,7 +121,9 @@ fn every_kernel_compiles_with_nvrtc() {
         names.len(),
         entries.len(),
         versions.join(", "),
-        max_ptx.map_or("not checked: the runtime loads cubins, never PTX".into(), |(a, b)| format!("limit {a}.{b}"))
+        max_ptx.map_or("not checked: the runtime loads cubins, never PTX".into(), |(a, b)| format!(
+            "limit {a}.{b}"
+        ))
     ));
     assert!(
         failures.is_empty(),

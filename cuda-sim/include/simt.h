@@ -140,8 +140,27 @@ static inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 static inline float __fdividef(float a, float b) { return a / b; }
 template <typename T> static inline T __ldg(const T* p) { return *p; }
 
-#define __syncthreads() lms_rt->syncthreads(__FILE__, __LINE__)
-#define __syncwarp(...) (void)lms_rt->warp(lms_simt::kSyncWarp, lms_mask_or_full(__VA_ARGS__), 0, 0, 0, __FILE__, __LINE__)
+// Every sync point is also a compiler memory barrier. The scheduler switches to other CUDA threads inside
+// these calls, so memory they share (__shared__ arrays are thread_local statics whose address need never
+// escape) must not be cached in registers, nor loads and stores moved, across them: as on a GPU, where
+// __syncthreads orders shared-memory accesses. Without the clobbers g++ may sink a store past a barrier and
+// hide a missing one.
+#define LMS_COMPILER_BARRIER() asm volatile("" ::: "memory")
+static inline void lms_syncthreads(const char* file, int line) {
+    LMS_COMPILER_BARRIER();
+    lms_rt->syncthreads(file, line);
+    LMS_COMPILER_BARRIER();
+}
+static inline unsigned lms_warp(int op, unsigned mask, unsigned value, unsigned b, unsigned c, const char* file, int line) {
+    LMS_COMPILER_BARRIER();
+    const unsigned r = lms_rt->warp(op, mask, value, b, c, file, line);
+    LMS_COMPILER_BARRIER();
+    return r;
+}
+#define __syncthreads() lms_syncthreads(__FILE__, __LINE__)
+#define __syncwarp(...) (void)lms_warp(lms_simt::kSyncWarp, lms_mask_or_full(__VA_ARGS__), 0, 0, 0, __FILE__, __LINE__)
+#define __threadfence_block() LMS_COMPILER_BARRIER()
+#define __threadfence() LMS_COMPILER_BARRIER()
 #define __trap() lms_rt->trap(__FILE__, __LINE__, "__trap()")
 static inline unsigned lms_mask_or_full() { return 0xffffffffu; }
 static inline unsigned lms_mask_or_full(unsigned m) { return m; }
@@ -152,11 +171,11 @@ template <typename T>
 static inline T lms_shfl(int op, unsigned mask, T v, unsigned b, unsigned c, const char* file, int line) {
     static_assert(sizeof(T) == 4 || sizeof(T) == 8, "shuffle of a 4- or 8-byte value");
     if constexpr (sizeof(T) == 4) {
-        return lms_bits<T>(lms_rt->warp(op, mask, lms_bits<unsigned>(v), b, c, file, line));
+        return lms_bits<T>(lms_warp(op, mask, lms_bits<unsigned>(v), b, c, file, line));
     } else {
         uint2 p = lms_bits<uint2>(v);
-        p.x = lms_rt->warp(op, mask, p.x, b, c, file, line);
-        p.y = lms_rt->warp(op, mask, p.y, b, c, file, line);
+        p.x = lms_warp(op, mask, p.x, b, c, file, line);
+        p.y = lms_warp(op, mask, p.y, b, c, file, line);
         return lms_bits<T>(p);
     }
 }
@@ -167,9 +186,9 @@ static inline T lms_shfl(int op, unsigned mask, T v, unsigned b, unsigned c, con
 #define __shfl_xor_sync(mask, v, m, ...) lms_shfl(lms_simt::kShflBfly, mask, v, m, LMS_SEG(lms_width(__VA_ARGS__)) | 0x1f, __FILE__, __LINE__)
 static inline int lms_width() { return 32; }
 static inline int lms_width(int w) { return w; }
-#define __ballot_sync(mask, pred) lms_rt->warp(lms_simt::kBallot, mask, (pred) ? 1u : 0u, 0, 0, __FILE__, __LINE__)
-#define __any_sync(mask, pred) (int)lms_rt->warp(lms_simt::kAny, mask, (pred) ? 1u : 0u, 0, 0, __FILE__, __LINE__)
-#define __all_sync(mask, pred) (int)lms_rt->warp(lms_simt::kAll, mask, (pred) ? 1u : 0u, 0, 0, __FILE__, __LINE__)
+#define __ballot_sync(mask, pred) lms_warp(lms_simt::kBallot, mask, (pred) ? 1u : 0u, 0, 0, __FILE__, __LINE__)
+#define __any_sync(mask, pred) (int)lms_warp(lms_simt::kAny, mask, (pred) ? 1u : 0u, 0, 0, __FILE__, __LINE__)
+#define __all_sync(mask, pred) (int)lms_warp(lms_simt::kAll, mask, (pred) ? 1u : 0u, 0, 0, __FILE__, __LINE__)
 
 // ------------------------------------------------------------------------------------------------------
 // Inline PTX. The front end turns `asm("op.a.b %0, %1;" : "=f"(x) : "h"(y))` into `lms_ptx::op_a_b(x, y)`

@@ -337,7 +337,7 @@ void mkdirs(const std::string& path) {
 std::vector<Schedule> g_schedules;
 int g_workers = 2;
 
-std::string configure_from_env() {
+std::string read_env_config() {
     const char* s = getenv("CUDA_SIM_SCHEDULES");
     std::string err = cusim::parse_schedules(s ? s : "forward", g_schedules);
     if (!err.empty()) return "CUDA_SIM_SCHEDULES: " + err;
@@ -345,6 +345,18 @@ std::string configure_from_env() {
     const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
     g_workers = t && *t ? std::max(1, atoi(t)) : (int)std::min(hw, 4u);
     return "";
+}
+
+// The environment is read once, on first use: cuInit or a test hook, whichever comes first (a hook's
+// setting must survive a later cuInit). Call with g_mu held.
+std::string configure_from_env() {
+    static bool configured = false;
+    static std::string error;
+    if (!configured) {
+        configured = true;
+        error = read_env_config();
+    }
+    return error;
 }
 
 std::string hex64(unsigned long long v) {
@@ -496,6 +508,7 @@ int lms_sim_set_schedules(const char* spec) {
     std::vector<Schedule> s;
     if (!cusim::parse_schedules(spec ? spec : "", s).empty()) return 1;
     std::lock_guard<std::mutex> lock(g_mu);
+    configure_from_env();  // now, so that cuInit does not overwrite this setting later
     g_schedules = s;
     return 0;
 }

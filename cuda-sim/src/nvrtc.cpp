@@ -589,6 +589,13 @@ extern "C" {
 
 extern const char lms_sim_identity[];
 const char lms_sim_identity[] = "lmscore CUDA stand-in (cuda-sim) NVRTC";
+#ifndef LMS_SIM_BUILD
+#define LMS_SIM_BUILD "unversioned"
+#endif
+// Which build of the stand-in this is (a hash of cuda-sim/'s sources): callers that cache compiled kernels
+// key them by it, since the same program text compiles differently under another SIMT header.
+extern const char lms_sim_build[];
+const char lms_sim_build[] = LMS_SIM_BUILD;
 
 const char* nvrtcGetErrorString(nvrtcResult r) {
     switch (r) {

@@ -98,9 +98,9 @@ pub fn library_path_without_cuda_stand_in() -> std::ffi::OsString {
     let stand_in = std::env::var_os("LMSCORE_CUDA_SIM").map(PathBuf::from);
     let is_stand_in_dir = |d: &std::path::Path| {
         stand_in.as_deref() == Some(d)
-            || ["libnvrtc.so.13", "libcuda.so.1"].iter().any(|lib| {
-                std::fs::read(d.join(lib)).is_ok_and(|b| b.windows(21).any(|w| w == b"lmscore CUDA stand-in"))
-            })
+            || ["libnvrtc.so.13", "libcuda.so.1"]
+                .iter()
+                .any(|lib| std::fs::read(d.join(lib)).is_ok_and(|b| b.windows(21).any(|w| w == b"lmscore CUDA stand-in")))
     };
     let path = std::env::var_os("LD_LIBRARY_PATH").unwrap_or_default();
     let kept: Vec<PathBuf> = std::env::split_paths(&path).filter(|d| !is_stand_in_dir(d)).collect();

@@ -50,6 +50,18 @@ pub fn nvrtc_is_stand_in() -> bool {
     nvrtc_present() && unsafe { nvrtc_sys::culib().get::<*const u8>(b"lms_sim_identity\0").is_ok() }
 }
 
+/// The stand-in NVRTC's build hash (`lms_sim_build`): its modules depend on its SIMT header, not only on
+/// the program text, so the cache key includes it.
+fn stand_in_build() -> String {
+    // SAFETY: only called when the stand-in is loaded; `lms_sim_build` is a NUL-terminated char array.
+    unsafe {
+        nvrtc_sys::culib()
+            .get::<*const std::ffi::c_char>(b"lms_sim_build\0")
+            .map(|s| std::ffi::CStr::from_ptr(*s as *const std::ffi::c_char).to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+}
+
 /// (major, minor) of the loaded NVRTC.
 pub fn nvrtc_version() -> Result<(i32, i32)> {
     if !nvrtc_present() {
@@ -254,7 +266,11 @@ pub fn cubin_for(name: &str, cc: (i32, i32)) -> Result<Vec<u8>> {
     let mut options = base_options();
     options.push(format!("--gpu-architecture={arch}"));
     let version = nvrtc_version()?;
-    let compiler = if nvrtc_is_stand_in() { "cuda-sim" } else { "nvrtc" };
+    let compiler = if nvrtc_is_stand_in() {
+        format!("cuda-sim {}", stand_in_build())
+    } else {
+        "nvrtc".into()
+    };
     let key = fnv1a(&[src.as_bytes(), options.join(" ").as_bytes(), format!("{compiler} {version:?}").as_bytes()]);
     let path = cache_dir().map(|d| d.join(format!("{name}-{arch}-{key:016x}.cubin")));
     if let Some(bin) = path.as_deref().and_then(|p| std::fs::read(p).ok()).filter(|b| !b.is_empty()) {

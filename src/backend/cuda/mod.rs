@@ -206,14 +206,9 @@ impl CudaBackend {
         let blas = CudaBlas::new(stream.clone()).map_err(|e| Error::Cuda(format!("creating the cuBLAS handle: {e}")))?;
         // Split-K partial sums are reduced in f32 too, never in the output's half precision.
         // SAFETY: a live handle.
-        unsafe {
-            blas_sys::cublasSetMathMode(
-                *blas.handle(),
-                blas_sys::cublasMath_t::CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION,
-            )
-        }
-        .result()
-        .map_err(|e| Error::Cuda(format!("setting the cuBLAS math mode: {e}")))?;
+        unsafe { blas_sys::cublasSetMathMode(*blas.handle(), blas_sys::cublasMath_t::CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION) }
+            .result()
+            .map_err(|e| Error::Cuda(format!("setting the cuBLAS math mode: {e}")))?;
         let compute_capability = ctx.compute_capability().map_err(|e| drv("reading the compute capability", e))?;
         let device_name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
         let max_smem_optin = ctx
@@ -583,8 +578,7 @@ impl Backend for CudaBackend {
 
     /// The weights as `upload` stores them (2-D in the compute dtype, 1-D in f32) against the free memory.
     fn check_weights_fit(&self, c: &crate::config::ModelConfig) -> Result<()> {
-        let one_d = c.num_layers * (4 * c.hidden_size + 3 * c.hidden_size + c.hidden_size + c.intermediate_size + c.hidden_size)
-            + 2 * c.hidden_size;
+        let one_d = c.num_layers * (4 * c.hidden_size + 3 * c.hidden_size + c.hidden_size + c.intermediate_size + c.hidden_size) + 2 * c.hidden_size;
         let need = (c.num_params() - one_d) * self.dtype.size() + one_d * 4;
         let (free, total) = self.memory_info()?;
         if need > free {
@@ -621,7 +615,9 @@ impl Backend for CudaBackend {
         let mut out = self.alloc(&format!("upload of `{}`", t.name), rows, cols, dt).map_err(|e| match e {
             // Weights that do not fit are not helped by a smaller batch: say what is free instead.
             Error::Cuda(m) if m.contains("out of device memory") => {
-                let free = self.memory_info().map_or("unknown".into(), |(f, t)| format!("{:.2} GB of {:.2} GB", f as f64 / 1e9, t as f64 / 1e9));
+                let free = self
+                    .memory_info()
+                    .map_or("unknown".into(), |(f, t)| format!("{:.2} GB of {:.2} GB", f as f64 / 1e9, t as f64 / 1e9));
                 Error::Cuda(format!(
                     "out of device memory uploading the weight `{}` ({} bytes; {free} free): the model's weights do not fit \
                      this device",
