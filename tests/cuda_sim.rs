@@ -277,7 +277,8 @@ fn barriers_make_block_reductions_exact_at_every_block_shape() {
     };
     let m = sim.module(REDUCE_SRC);
     let f = m.load_function("block_reduce").unwrap();
-    let shapes: [((u32, u32, u32), (u32, u32, u32)); 4] = [
+    type Dim3 = (u32, u32, u32);
+    let shapes: [(Dim3, Dim3); 4] = [
         ((3, 1, 1), (32, 1, 1)),
         ((2, 1, 1), (96, 1, 1)),
         ((2, 1, 1), (1024, 1, 1)),
@@ -1034,7 +1035,7 @@ fn launch_checks_refuse_what_a_gpu_refuses() {
         "lms_sim_last_error after {msg}: {}",
         sim.last_error()
     );
-    let host = vec![0f32; 16];
+    let host = [0f32; 16];
     let host_ptr = host.as_ptr() as u64;
     expect_err(
         "a host pointer as a float*",

@@ -193,7 +193,7 @@ fn compare(what: &str, c: &Case, refv: &[(f64, f64)], c0: &Mat, got: &[u8]) -> R
             let v = ty.get(got, i + j * c0.ld) as f64;
             let tol = e + ty.u() * (r.abs() + e) + ty.tiny();
             let err = (v - r).abs();
-            if !(err <= tol) {
+            if err.is_nan() || err > tol {
                 let excess = if err.is_nan() { f64::INFINITY } else { err / tol };
                 if worst.as_ref().is_none_or(|w| excess > w.0) {
                     worst = Some((
@@ -377,7 +377,7 @@ const TYPE_COMBOS: [(Ty, Ty); 5] = [
 #[test]
 fn cublas_stand_in_matches_the_documented_gemm() {
     let Some(sim) = skip_or_sim() else { return };
-    let mut rng = Rng(0x5eed_c0b1_a5);
+    let mut rng = Rng(0x005e_edc0_b1a5);
 
     handle_api(&sim);
     documented_semantics(&sim, &mut rng);
