@@ -36,12 +36,13 @@
 //!
 //!     LMSCORE_REQUIRE_CUDA=1 cargo test --release --test cuda_sim -- --test-threads 1
 
+mod common;
+
 use cudarc::driver::sys::{CUfunction_attribute_enum, CUresult};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, DriverError, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::{result as nvrtc, sys as nvrtc_sys, Ptx};
 use half::f16;
 use std::ffi::{c_char, c_int, CStr, CString};
-use std::io::Write;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -66,14 +67,7 @@ impl Sim {
     /// None (after printing SKIPPED) when the stand-in is not on the library path.
     fn new(test: &str) -> Option<Sim> {
         let lock = LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if std::env::var_os("LMSCORE_CUDA_SIM").is_none() {
-            if std::env::var("LMSCORE_REQUIRE_CUDA").as_deref() == Ok("1") {
-                panic!("LMSCORE_REQUIRE_CUDA=1 but LMSCORE_CUDA_SIM is not set: run `eval \"$(bash scripts/cuda-sim.sh)\"` first");
-            }
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED: cuda_sim::{test} needs the CUDA stand-in on the library path (eval \"$(bash scripts/cuda-sim.sh)\")"
-            );
+        if !common::stand_in_or_skip(&format!("cuda_sim::{test}")) {
             return None;
         }
         let ctx = CudaContext::new(0).expect("CudaContext::new(0) on the stand-in");

@@ -19,6 +19,8 @@
 //! Runs only where the stand-in is on the library path (`eval "$(bash scripts/cuda-sim.sh)"` sets
 //! LMSCORE_CUDA_SIM); otherwise prints SKIPPED, or fails when LMSCORE_REQUIRE_CUDA=1.
 
+mod common;
+
 use cudarc::cublas::{result, sys};
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 use half::{bf16, f16};
@@ -347,14 +349,7 @@ fn c_init(ty: Ty, m: usize, n: usize, ldc: usize, beta: f32, rng: &mut Rng) -> M
 }
 
 fn skip_or_sim() -> Option<Sim> {
-    if std::env::var_os("LMSCORE_CUDA_SIM").is_none() {
-        if std::env::var("LMSCORE_REQUIRE_CUDA").as_deref() == Ok("1") {
-            panic!("LMSCORE_REQUIRE_CUDA=1 but LMSCORE_CUDA_SIM is not set: run `eval \"$(bash scripts/cuda-sim.sh)\"` first");
-        }
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED: cuda_sim_cublas needs the CUDA stand-in on the library path (eval \"$(bash scripts/cuda-sim.sh)\")"
-        );
+    if !common::stand_in_or_skip("cuda_sim_cublas") {
         return None;
     }
     let ctx = CudaContext::new(0).expect("CudaContext::new(0) on the stand-in");

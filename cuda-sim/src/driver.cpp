@@ -320,17 +320,8 @@ struct Function {
 std::set<Module*> g_modules;
 std::set<Function*> g_functions;
 
-std::string cache_dir() {
-    if (const char* d = getenv("CUDA_SIM_CACHE"); d && *d) return d;
-    if (const char* x = getenv("XDG_CACHE_HOME"); x && *x) return std::string(x) + "/lmscore/cuda-sim";
-    if (const char* h = getenv("HOME"); h && *h) return std::string(h) + "/.cache/lmscore/cuda-sim";
-    return "/tmp/lmscore-cuda-sim";
-}
-
-void mkdirs(const std::string& path) {
-    for (size_t i = 1; i <= path.size(); ++i)
-        if (i == path.size() || path[i] == '/') mkdir(path.substr(0, i).c_str(), 0755);
-}
+using cusim::cache_dir;
+using cusim::mkdirs;
 
 // ---- schedules ------------------------------------------------------------------------------------------
 

@@ -31,3 +31,26 @@ int lms_sim_threads(void);
 #ifdef __cplusplus
 }
 #endif
+
+#ifdef __cplusplus
+#include <cstdlib>
+#include <string>
+#include <sys/stat.h>
+
+namespace cusim {
+// Where compiled kernel modules are kept (the NVRTC stand-in writes them, the driver loads them):
+// CUDA_SIM_CACHE, else $XDG_CACHE_HOME/lmscore/cuda-sim, else ~/.cache/lmscore/cuda-sim.
+inline std::string cache_dir() {
+    if (const char* d = getenv("CUDA_SIM_CACHE"); d && *d) return d;
+    if (const char* x = getenv("XDG_CACHE_HOME"); x && *x) return std::string(x) + "/lmscore/cuda-sim";
+    if (const char* h = getenv("HOME"); h && *h) return std::string(h) + "/.cache/lmscore/cuda-sim";
+    return "/tmp/lmscore-cuda-sim";
+}
+
+// mkdir -p.
+inline void mkdirs(const std::string& path) {
+    for (size_t i = 1; i <= path.size(); ++i)
+        if (i == path.size() || path[i] == '/') mkdir(path.substr(0, i).c_str(), 0755);
+}
+}  // namespace cusim
+#endif

@@ -68,6 +68,21 @@ pub fn cuda_or_skip(test: &str, dtype: DType) -> Option<CudaBackend> {
     None
 }
 
+/// True when the CUDA stand-in's libraries are on the library path (LMSCORE_CUDA_SIM, which
+/// scripts/cuda-sim.sh exports): the stand-in's own suites need it. Otherwise prints SKIPPED and returns
+/// false, or panics under LMSCORE_REQUIRE_CUDA=1.
+pub fn stand_in_or_skip(test: &str) -> bool {
+    if std::env::var_os("LMSCORE_CUDA_SIM").is_some() {
+        return true;
+    }
+    let why = "the CUDA stand-in is not on the library path (run `eval \"$(bash scripts/cuda-sim.sh)\"` first)";
+    if required("LMSCORE_REQUIRE_CUDA") {
+        panic!("{test}: LMSCORE_REQUIRE_CUDA=1 but {why}");
+    }
+    visible(&format!("SKIPPED: {why}: {test}"));
+    false
+}
+
 /// Whether the CUDA backend runs on the CPU stand-in of cuda-sim/ (scripts/cuda-sim.sh) rather than a GPU.
 pub fn cuda_stand_in() -> bool {
     cuda::driver_is_stand_in()
