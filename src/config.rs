@@ -43,8 +43,15 @@ impl ModelConfig {
     /// Weights in the model (every Linear and LayerNorm, both embeddings).
     pub fn num_params(&self) -> usize {
         let (h, f, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
-        let layer = 3 * h * h + 3 * h + h * h + h + 2 * h * f + f + h + 4 * h;
-        self.num_layers * layer + 2 * v * h + 2 * h
+        let matrices = 3 * h * h + h * h + 2 * h * f;
+        self.num_layers * matrices + 2 * v * h + self.num_1d_params()
+    }
+
+    /// The 1-D parameters among them: biases (qkv 3h, dense h, fc1 f, fc2 h) and LayerNorm weights and
+    /// biases (4h per layer, 2h final).
+    pub fn num_1d_params(&self) -> usize {
+        let (h, f) = (self.hidden_size, self.intermediate_size);
+        self.num_layers * (3 * h + h + f + h + 4 * h) + 2 * h
     }
 
     pub fn from_file(path: &Path) -> Result<Self> {

@@ -93,6 +93,13 @@ constexpr size_t kQuarantineBytes = 256u << 20;
 
 // ---- errors ----------------------------------------------------------------------------------------------
 
+std::string hex64(unsigned long long v) {
+    char b[32];
+    snprintf(b, sizeof b, "0x%llx", v);
+    return b;
+}
+
+
 std::mutex g_mu;  // guards everything below that is not thread-local
 bool g_initialised = false;
 CUresult g_sticky = CUDA_SUCCESS;  // a kernel fault poisons the context for good
@@ -240,9 +247,7 @@ CUresult release(CUdeviceptr p, const char* api) {
     if (p == 0) return CUDA_SUCCESS;
     if (it == g_allocs.end() || it->second.freed) {
         tl_detail_code = CUDA_ERROR_INVALID_VALUE;
-        char addr[32];
-        snprintf(addr, sizeof addr, "0x%llx", p);
-        tl_detail = std::string(api) + ": " + addr + " is not the start of a live allocation";
+        tl_detail = std::string(api) + ": " + hex64(p) + " is not the start of a live allocation";
         return CUDA_ERROR_INVALID_VALUE;
     }
     Allocation& a = it->second;
@@ -293,13 +298,18 @@ std::string describe_locked(uintptr_t addr) {
     return addr < 65536 ? "a null (or near-null) pointer" : "not a device address (no allocation, live or freed, is near it)";
 }
 
+// "" when [p, p + bytes) lies inside one live allocation, else why not; call with g_mu held.
+std::string outside_allocation_locked(uintptr_t p, size_t bytes) {
+    if (find_locked(p, bytes)) return "";
+    return std::to_string(bytes) + " bytes at " + hex64(p) + " are not inside one live allocation (" + describe_locked(p) + ")";
+}
+
 CUresult check_range(CUdeviceptr p, size_t bytes, const char* api, const char* what) {
     std::lock_guard<std::mutex> lock(g_mu);
-    if (find_locked((uintptr_t)p, bytes)) return CUDA_SUCCESS;
+    const std::string why = outside_allocation_locked((uintptr_t)p, bytes);
+    if (why.empty()) return CUDA_SUCCESS;
     tl_detail_code = CUDA_ERROR_INVALID_VALUE;
-    tl_detail = std::string(api) + ": " + what + " range of " + std::to_string(bytes) + " bytes at 0x" +
-                [&] { char b[32]; snprintf(b, sizeof b, "%llx", p); return std::string(b); }() +
-                " is not inside one live allocation (" + describe_locked((uintptr_t)p) + ")";
+    tl_detail = std::string(api) + ": the " + what + " range: " + why;
     fprintf(stderr, "cuda-sim: %s\n", tl_detail.c_str());
     return CUDA_ERROR_INVALID_VALUE;
 }
@@ -348,12 +358,6 @@ std::string configure_from_env() {
         error = read_env_config();
     }
     return error;
-}
-
-std::string hex64(unsigned long long v) {
-    char b[32];
-    snprintf(b, sizeof b, "0x%llx", v);
-    return b;
 }
 
 // The distinct live allocations the launch's pointer arguments point into (snapshots, pad checks).
@@ -472,12 +476,9 @@ const char lms_sim_identity[] = "lmscore CUDA stand-in (cuda-sim) driver";
 
 int lms_sim_check_range(const void* p, size_t bytes, char* why, size_t why_len) {
     std::lock_guard<std::mutex> lock(g_mu);
-    if (find_locked((uintptr_t)p, bytes)) return 0;
-    if (why && why_len) {
-        std::string d = std::to_string(bytes) + " bytes at " + hex64((uintptr_t)p) + " are not inside one live allocation (" +
-                        describe_locked((uintptr_t)p) + ")";
-        snprintf(why, why_len, "%s", d.c_str());
-    }
+    const std::string d = outside_allocation_locked((uintptr_t)p, bytes);
+    if (d.empty()) return 0;
+    if (why && why_len) snprintf(why, why_len, "%s", d.c_str());
     return 1;
 }
 

@@ -336,9 +336,14 @@ impl CudaBackend {
     }
 
     fn alloc_raw<T: cudarc::driver::DeviceRepr>(&self, op: &str, len: usize, what: &str) -> Result<CudaSlice<T>> {
+        self.alloc_raw_or(op, len, what, &|| "try a smaller --max-batch-tokens or --dtype f16".into())
+    }
+
+    /// `alloc_raw`, with `remedy` (asked for only when the device is out of memory) ending the error.
+    fn alloc_raw_or<T: cudarc::driver::DeviceRepr>(&self, op: &str, len: usize, what: &str, remedy: &dyn Fn() -> String) -> Result<CudaSlice<T>> {
         let bytes = len * std::mem::size_of::<T>();
         // SAFETY: every caller writes the buffer (kernel, copy or GEMM) before it is read.
-        unsafe { self.stream.alloc::<T>(len.max(1)) }.map_err(|e| oom_or(op, bytes, what, e))
+        unsafe { self.stream.alloc::<T>(len.max(1)) }.map_err(|e| oom_or(op, bytes, what, remedy, e))
     }
 
     fn upload_u32(&self, op: &str, values: &[u32]) -> Result<CudaSlice<u32>> {
@@ -514,11 +519,9 @@ fn cfg(grid: u32, block: u32, smem: u32) -> LaunchConfig {
     }
 }
 
-fn oom_or(op: &str, bytes: usize, what: &str, e: DriverError) -> Error {
+fn oom_or(op: &str, bytes: usize, what: &str, remedy: &dyn Fn() -> String, e: DriverError) -> Error {
     if e.0 == cu_sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
-        Error::Cuda(format!(
-            "{op}: out of device memory allocating {bytes} bytes ({what}); try a smaller --max-batch-tokens or --dtype f16"
-        ))
+        Error::Cuda(format!("{op}: out of device memory allocating {bytes} bytes ({what}); {}", remedy()))
     } else {
         Error::Cuda(format!("{op}: allocating {bytes} bytes ({what}) failed: {e}"))
     }
@@ -578,7 +581,7 @@ impl Backend for CudaBackend {
 
     /// The weights as `upload` stores them (2-D in the compute dtype, 1-D in f32) against the free memory.
     fn check_weights_fit(&self, c: &crate::config::ModelConfig) -> Result<()> {
-        let one_d = c.num_layers * (4 * c.hidden_size + 3 * c.hidden_size + c.hidden_size + c.intermediate_size + c.hidden_size) + 2 * c.hidden_size;
+        let one_d = c.num_1d_params();
         let need = (c.num_params() - one_d) * self.dtype.size() + one_d * 4;
         let (free, total) = self.memory_info()?;
         if need > free {
@@ -612,21 +615,16 @@ impl Backend for CudaBackend {
         } else {
             encode(&t.to_f32()?, dt).into()
         };
-        let mut out = self.alloc(&format!("upload of `{}`", t.name), rows, cols, dt).map_err(|e| match e {
-            // Weights that do not fit are not helped by a smaller batch: say what is free instead.
-            Error::Cuda(m) if m.contains("out of device memory") => {
-                let free = self
-                    .memory_info()
-                    .map_or("unknown".into(), |(f, t)| format!("{:.2} GB of {:.2} GB", f as f64 / 1e9, t as f64 / 1e9));
-                Error::Cuda(format!(
-                    "out of device memory uploading the weight `{}` ({} bytes; {free} free): the model's weights do not fit \
-                     this device",
-                    t.name,
-                    rows * cols * dt.size()
-                ))
-            }
-            other => other,
-        })?;
+        // Weights that do not fit are not helped by a smaller batch: the error says what is free instead.
+        let remedy = || {
+            let free = self
+                .memory_info()
+                .map_or("unknown".into(), |(f, t)| format!("{:.2} GB of {:.2} GB", f as f64 / 1e9, t as f64 / 1e9));
+            format!("{free} free: the model's weights do not fit this device (a smaller --max-batch-tokens cannot help)")
+        };
+        let what = format!("[{rows}, {cols}] {}", dt.name());
+        let buf = self.alloc_raw_or::<u8>(&format!("upload of `{}`", t.name), (rows * cols * dt.size()).max(1), &what, &remedy)?;
+        let mut out = CudaTensor { rows, cols, dtype: dt, buf };
         if !bytes.is_empty() {
             self.stream
                 .memcpy_htod(bytes.as_ref(), &mut out.buf)
