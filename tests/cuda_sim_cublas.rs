@@ -243,6 +243,26 @@ impl Sim {
         self.stream.clone_dtoh(d).expect("download")
     }
 
+    /// `gemm_raw` on whole device buffers: A, B and C given as (buffer, type, leading dimension).
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_slices(
+        &self,
+        ta: sys::cublasOperation_t,
+        tb: sys::cublasOperation_t,
+        mnk: (i32, i32, i32),
+        alpha: f32,
+        (a, aty, lda): (&CudaSlice<u8>, Ty, i32),
+        (b, bty, ldb): (&CudaSlice<u8>, Ty, i32),
+        beta: f32,
+        (c, cty, ldc): (&mut CudaSlice<u8>, Ty, i32),
+        compute: sys::cublasComputeType_t,
+    ) -> St {
+        let (pa, _ga) = a.device_ptr(&self.stream);
+        let (pb, _gb) = b.device_ptr(&self.stream);
+        let (pc, _gc) = c.device_ptr_mut(&self.stream);
+        self.gemm_raw(ta, tb, mnk, alpha, (pa, aty, lda), (pb, bty, ldb), beta, (pc, cty, ldc), compute)
+    }
+
     /// cublasGemmEx through cudarc with CUBLAS_COMPUTE_32F; returns the status.
     #[allow(clippy::too_many_arguments)]
     fn gemm_raw(
@@ -292,18 +312,15 @@ impl Sim {
     fn gemm(&self, c: &Case, a: &Mat, b: &Mat, c0: &Mat) -> Result<Vec<u8>, St> {
         let (da, db, mut dc) = (self.upload(a), self.upload(b), self.upload(c0));
         let st = {
-            let (pa, _ga) = da.device_ptr(&self.stream);
-            let (pb, _gb) = db.device_ptr(&self.stream);
-            let (pc, _gc) = dc.device_ptr_mut(&self.stream);
-            self.gemm_raw(
+            self.gemm_slices(
                 c.ta,
                 c.tb,
                 (c.m as i32, c.n as i32, c.k as i32),
                 c.alpha,
-                (pa, a.ty, a.ld as i32),
-                (pb, b.ty, b.ld as i32),
+                (&da, a.ty, a.ld as i32),
+                (&db, b.ty, b.ld as i32),
                 c.beta,
-                (pc, c0.ty, c0.ld as i32),
+                (&mut dc, c0.ty, c0.ld as i32),
                 sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
             )
         };
@@ -625,18 +642,15 @@ fn lmscore_backend_call(sim: &Sim, rng: &mut Rng) {
             let y0 = Mat::new(yty, nn, mm, nn, |c, _| if beta == 0.0 { f32::NAN } else { bias[c] });
             let (dw, dx, mut dy) = (sim.upload(&wm), sim.upload(&xm), sim.upload(&y0));
             let st = {
-                let (pw, _gw) = dw.device_ptr(&sim.stream);
-                let (px, _gx) = dx.device_ptr(&sim.stream);
-                let (py, _gy) = dy.device_ptr_mut(&sim.stream);
-                sim.gemm_raw(
+                sim.gemm_slices(
                     CUBLAS_OP_T,
                     CUBLAS_OP_N,
                     (nn as i32, mm as i32, kk as i32),
                     1.0,
-                    (pw, ab, kk as i32),
-                    (px, ab, kk as i32),
+                    (&dw, ab, kk as i32),
+                    (&dx, ab, kk as i32),
                     beta,
-                    (py, yty, nn as i32),
+                    (&mut dy, yty, nn as i32),
                     sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
                 )
             };
@@ -850,18 +864,15 @@ fn edge_shapes(sim: &Sim, rng: &mut Rng) {
         // Leading dimensions stay those of the full matrices (valid for the empty ones too).
         let (da, db, mut dc) = (sim.upload(&a), sim.upload(&b), sim.upload(&c0));
         let st = {
-            let (pa, _ga) = da.device_ptr(&sim.stream);
-            let (pb, _gb) = db.device_ptr(&sim.stream);
-            let (pc, _gc) = dc.device_ptr_mut(&sim.stream);
-            sim.gemm_raw(
+            sim.gemm_slices(
                 case.ta,
                 case.tb,
                 (m as i32, n as i32, 2),
                 1.0,
-                (pa, Ty::F16, 4),
-                (pb, Ty::F16, 2),
+                (&da, Ty::F16, 4),
+                (&db, Ty::F16, 2),
                 0.0,
-                (pc, Ty::F16, 5),
+                (&mut dc, Ty::F16, 5),
                 sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
             )
         };
@@ -884,18 +895,15 @@ fn edge_shapes(sim: &Sim, rng: &mut Rng) {
         };
         let (da, db, mut dc) = (sim.upload(&a), sim.upload(&b), sim.upload(&c0));
         let st = {
-            let (pa, _ga) = da.device_ptr(&sim.stream);
-            let (pb, _gb) = db.device_ptr(&sim.stream);
-            let (pc, _gc) = dc.device_ptr_mut(&sim.stream);
-            sim.gemm_raw(
+            sim.gemm_slices(
                 CUBLAS_OP_N,
                 CUBLAS_OP_N,
                 (m as i32, n as i32, 0),
                 1.0,
-                (pa, Ty::F16, m as i32),
-                (pb, Ty::F16, 1),
+                (&da, Ty::F16, m as i32),
+                (&db, Ty::F16, 1),
                 beta,
-                (pc, Ty::F16, 5),
+                (&mut dc, Ty::F16, 5),
                 sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
             )
         };
@@ -1036,31 +1044,28 @@ fn out_of_range_b_faults(sim: &Sim, rng: &mut Rng) {
     let c0 = Mat::random(Ty::F32, m, n, m, rng);
     let (da, db, mut dc) = (sim.upload(&a), sim.upload(&b_tight), sim.upload(&c0));
     let (st, st_after) = {
-        let (pa, _ga) = da.device_ptr(&sim.stream);
-        let (pb, _gb) = db.device_ptr(&sim.stream);
-        let (pc, _gc) = dc.device_ptr_mut(&sim.stream);
         let c32 = sys::cublasComputeType_t::CUBLAS_COMPUTE_32F;
-        let st = sim.gemm_raw(
+        let st = sim.gemm_slices(
             CUBLAS_OP_N,
             CUBLAS_OP_N,
             (m as i32, n as i32, k as i32),
             1.0,
-            (pa, Ty::F32, m as i32),
-            (pb, Ty::F32, k as i32 + 1),
+            (&da, Ty::F32, m as i32),
+            (&db, Ty::F32, k as i32 + 1),
             0.0,
-            (pc, Ty::F32, m as i32),
+            (&mut dc, Ty::F32, m as i32),
             c32,
         );
         // A valid call after the fault fails too: the error is sticky.
-        let after = sim.gemm_raw(
+        let after = sim.gemm_slices(
             CUBLAS_OP_N,
             CUBLAS_OP_N,
             (m as i32, n as i32, k as i32),
             1.0,
-            (pa, Ty::F32, m as i32),
-            (pb, Ty::F32, k as i32),
+            (&da, Ty::F32, m as i32),
+            (&db, Ty::F32, k as i32),
             0.0,
-            (pc, Ty::F32, m as i32),
+            (&mut dc, Ty::F32, m as i32),
             c32,
         );
         (st, after)
