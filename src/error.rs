@@ -58,7 +58,55 @@ impl Error {
     }
 }
 
-/// Read a whole file, naming it in the error.
+/// The most bytes a metadata file (config.json, a shard index, tokenizer.json) may hold: real ones are
+/// a few MB. Without a bound, `/dev/zero` given as `config.json` is read until memory runs out.
+pub const MAX_METADATA_BYTES: u64 = 64 << 20;
+
+/// The most bytes a task data or results file read whole may hold.
+pub const MAX_DATA_BYTES: u64 = 512 << 20;
+
+/// Open `path` for reading, refusing anything but a regular file (a FIFO would block forever, a
+/// device never ends). Symlinks are followed.
+pub fn open_regular(path: impl AsRef<Path>) -> Result<std::fs::File> {
+    let path = path.as_ref();
+    let not_regular = |meta: &std::fs::Metadata| {
+        let kind = if meta.is_dir() { "a directory" } else { "not a regular file (a device, FIFO or socket)" };
+        Error::file(path, format!("is {kind}; expected a regular file"))
+    };
+    // Checked before opening too: opening a FIFO for reading blocks until a writer appears.
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(not_regular(&meta));
+    }
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(not_regular(&meta));
+    }
+    Ok(file)
+}
+
+/// Read a whole regular file of at most `max_bytes`, naming it in the error.
+pub fn read_bounded(path: impl AsRef<Path>, max_bytes: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let path = path.as_ref();
+    let file = open_regular(path)?;
+    let mut bytes = Vec::new();
+    // Read one byte past the bound: a file that grows while being read is still caught.
+    file.take(max_bytes + 1).read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(Error::file(path, format!("is larger than {} MiB, far more than such a file holds", max_bytes >> 20)));
+    }
+    Ok(bytes)
+}
+
+/// Read a whole UTF-8 regular file of at most `max_bytes`, naming it in the error.
+pub fn read_to_string_bounded(path: impl AsRef<Path>, max_bytes: u64) -> Result<String> {
+    let path = path.as_ref();
+    String::from_utf8(read_bounded(path, max_bytes)?).map_err(|e| Error::file(path, format!("is not UTF-8 text: {e}")))
+}
+
+/// Read a whole metadata file (config, index, tokenizer), bounded by [`MAX_METADATA_BYTES`].
 pub fn read_to_string(path: impl AsRef<Path>) -> Result<String> {
-    std::fs::read_to_string(path.as_ref()).map_err(|e| Error::io(path, e))
+    read_to_string_bounded(path, MAX_METADATA_BYTES)
 }

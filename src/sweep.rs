@@ -237,7 +237,7 @@ pub fn run(opts: &SweepOptions) -> Result<SweepSummary> {
         };
         // Tasks for this tokenizer.
         let tok_path = opts.tokenizer.clone().unwrap_or_else(|| ckpt.tokenizer_path());
-        let tok_bytes = std::fs::read(&tok_path).map_err(|e| Error::io(&tok_path, e))?;
+        let tok_bytes = crate::error::read_bounded(&tok_path, crate::error::MAX_METADATA_BYTES)?;
         if task_cache.as_ref().is_none_or(|(b, _)| *b != tok_bytes) {
             let tokenizer = Tokenizer::from_file(&tok_path)?;
             let lo = LoadOptions {

@@ -23,7 +23,8 @@ impl Tokenizer {
         if !path.exists() {
             return Err(Error::file(path, "tokenizer.json not found"));
         }
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::file(path, format!("not a valid tokenizer.json: {e}")))?;
+        let bytes = crate::error::read_bounded(path, crate::error::MAX_METADATA_BYTES)?;
+        let inner = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| Error::file(path, format!("not a valid tokenizer.json: {e}")))?;
         Ok(Tokenizer { inner })
     }
 

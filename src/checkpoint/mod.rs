@@ -166,7 +166,7 @@ fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
 /// Memory-map a weights file and index its tensors: safetensors by its header, `.bin` by its pickle.
 /// Truncated or corrupt files are reported here, naming the file.
 fn open_shard(path: &Path) -> Result<Shard> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let file = crate::error::open_regular(path)?;
     // SAFETY: the file is opened read-only and not modified while lmscore runs.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
     let entries = if path.extension().is_some_and(|e| e == "safetensors") {

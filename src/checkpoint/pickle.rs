@@ -33,7 +33,7 @@ use std::rc::Rc;
 
 /// All tensors of a state dict, by their state-dict names, in the order the file lists them.
 pub fn load_state_dict(path: &Path) -> Result<Vec<HostTensor>> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let file = crate::error::open_regular(path)?;
     // SAFETY: the file is opened read-only and not modified while lmscore runs.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
     load_from_bytes(path, &map)

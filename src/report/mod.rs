@@ -125,7 +125,7 @@ pub fn parse_step(revision: &str) -> Option<u64> {
 /// row is an error naming its line and what was expected. Blank lines are skipped.
 pub fn read_tsv(path: impl AsRef<Path>) -> Result<Vec<ResultRow>> {
     let path = path.as_ref();
-    let text = crate::error::read_to_string(path)?;
+    let text = crate::error::read_to_string_bounded(path, crate::error::MAX_DATA_BYTES)?;
     let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)).enumerate();
     let header: Vec<&str> = match lines.next() {
         Some((_, h)) if !h.trim().is_empty() => h.split('\t').map(str::trim).collect(),

@@ -389,7 +389,7 @@ pub(crate) fn read_jsonl_rows<T>(
     skip_bad_rows: bool,
     mut parse: impl FnMut(usize, &str) -> std::result::Result<T, String>,
 ) -> Result<(Vec<T>, usize)> {
-    let text = crate::error::read_to_string(path)?;
+    let text = crate::error::read_to_string_bounded(path, crate::error::MAX_DATA_BYTES)?;
     let (mut rows, mut skipped) = (vec![], 0);
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {

@@ -251,7 +251,7 @@ pub fn read_jsonl(path: &Path, skip_bad_rows: bool) -> Result<(Vec<Question>, us
 
 /// The original `mc_task.json` array. `Question::line` is the 1-based entry number.
 pub fn read_mc_task_json(path: &Path, skip_bad_rows: bool) -> Result<(Vec<Question>, usize)> {
-    let text = crate::error::read_to_string(path)?;
+    let text = crate::error::read_to_string_bounded(path, crate::error::MAX_DATA_BYTES)?;
     let v: Value = serde_json::from_str(&text).map_err(|e| Error::file(path, format!("not valid JSON: {e}")))?;
     let arr = v
         .as_array()
