@@ -68,6 +68,11 @@ impl Checkpoint {
         self.index.contains_key(name)
     }
 
+    /// Every tensor name the checkpoint holds, in no particular order.
+    pub fn tensor_names(&self) -> impl Iterator<Item = &str> {
+        self.index.keys().map(String::as_str)
+    }
+
     /// Dtype the weights are stored in (that of `gpt_neox.embed_in.weight`).
     pub fn stored_dtype(&self) -> Result<DType> {
         Ok(self.tensor("gpt_neox.embed_in.weight")?.dtype)
