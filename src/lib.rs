@@ -12,6 +12,7 @@ pub mod engine;
 pub mod error;
 pub mod hub;
 pub mod model;
+pub mod output;
 pub mod plan;
 pub mod report;
 pub mod score;

@@ -2,11 +2,12 @@
 
 use lmscore::checkpoint::Checkpoint;
 use lmscore::engine::{token_progress, Device, Engine, EngineOptions};
-use lmscore::error::{Error, Result};
+use lmscore::error::{Error, Result, MAX_DATA_BYTES};
+use lmscore::output::{self, OutputTarget};
 use lmscore::plan::Request;
 use lmscore::tokenizer::{PairEncoding, Tokenizer};
 use serde_json::{json, Value};
-use std::io::{BufRead, Write};
+use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
@@ -14,10 +15,14 @@ pub struct Args {
     /// Hugging Face model directory (config.json, weights, tokenizer.json for text input).
     #[arg(long)]
     pub model: PathBuf,
-    /// JSONL: {"id", "context", "continuation"} or {"id", "context_ids", "continuation_ids"} per line.
+    /// JSONL: {"id", "context", "continuation"} or {"id", "context_ids", "continuation_ids"} per line, or `-`
+    /// for stdin. "id" (a string or an integer) is optional but must then be on every row or on none: rows
+    /// without ids are numbered 0, 1, 2... in input order (blank lines skipped); duplicate ids are an error.
+    /// Lines may be at most 64 MiB, the file at most 512 MiB.
     #[arg(long)]
     pub input: PathBuf,
-    /// JSONL written in input order: {"id", "logprob", "is_greedy", "n_tokens"}.
+    /// JSONL written in input order: {"id", "logprob", "is_greedy", "n_tokens"}. `-` is stdout. A file is
+    /// replaced atomically once scoring is done (a symlink is followed); a device or FIFO is written in place.
     #[arg(long)]
     pub output: PathBuf,
     #[command(flatten)]
@@ -65,6 +70,8 @@ impl EngineArgs {
 
 pub fn run(args: Args) -> Result<()> {
     let opts = args.engine.options()?;
+    let output = OutputTarget::check(&args.output)?;
+    output::check_distinct(&[&output], &[&args.input, &args.model])?;
     let ckpt = Checkpoint::open(&args.model)?;
     let rows = read_rows(&args.input)?;
     let needs_tokenizer = rows.iter().any(|r| matches!(r.input, RowInput::Text { .. }));
@@ -102,7 +109,7 @@ pub fn run(args: Args) -> Result<()> {
         out.push_str(&v.to_string());
         out.push('\n');
     }
-    write_atomically(&args.output, out.as_bytes())?;
+    output.write_bytes(out.as_bytes())?;
     eprintln!(
         "scored {} requests on {}: {} tokens requested, {} computed (sharing x{:.2}), {:.0} tokens/s",
         requests.len(),
@@ -126,19 +133,64 @@ enum RowInput {
     Ids { context: Vec<u32>, continuation: Vec<u32> },
 }
 
+/// The longest JSONL line read: no real request comes near it, and without a bound a file with no
+/// newline (or `--input - < /dev/zero`) is read until memory runs out.
+const MAX_LINE_BYTES: u64 = 64 << 20;
+
 fn read_rows(path: &Path) -> Result<Vec<Row>> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut reader: Box<dyn BufRead> = if path.as_os_str() == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::io::BufReader::new(lmscore::error::open_regular(path)?))
+    };
     let mut rows = Vec::new();
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line_no = i + 1;
-        let line = line.map_err(|e| Error::row(path, line_no, format!("unreadable: {e}")))?;
+    let (mut line_no, mut total, mut buf) = (0, 0, Vec::new());
+    // The first line with an "id" and the first without; ids seen (as JSON text) -> line.
+    let (mut with_id, mut without_id) = (None, None);
+    let mut seen_ids = std::collections::HashMap::new();
+    loop {
+        buf.clear();
+        let n = reader.by_ref().take(MAX_LINE_BYTES + 1).read_until(b'\n', &mut buf);
+        let n = n.map_err(|e| Error::row(path, line_no + 1, format!("unreadable: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        line_no += 1;
+        total += n as u64;
+        let bad = |msg: String| Error::row(path, line_no, msg);
+        if buf.last() == Some(&b'\n') {
+            buf.pop();
+        } else if buf.len() as u64 > MAX_LINE_BYTES {
+            return Err(bad(format!("line longer than {} MiB", MAX_LINE_BYTES >> 20)));
+        }
+        if total > MAX_DATA_BYTES {
+            return Err(Error::file(path, format!("is larger than {} MiB", MAX_DATA_BYTES >> 20)));
+        }
+        let line = std::str::from_utf8(&buf).map_err(|e| bad(format!("not UTF-8 text: {e}")))?;
         if line.trim().is_empty() {
             continue;
         }
-        let bad = |msg: String| Error::row(path, line_no, msg);
-        let v: Value = serde_json::from_str(&line).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        let v: Value = serde_json::from_str(line).map_err(|e| bad(format!("not valid JSON: {e}")))?;
         let obj = v.as_object().ok_or_else(|| bad("expected a JSON object".into()))?;
-        let id = obj.get("id").cloned().unwrap_or(Value::from(rows.len()));
+        let id = match obj.get("id") {
+            Some(id) if id.is_string() || id.is_i64() || id.is_u64() => {
+                with_id.get_or_insert(line_no);
+                if let Some(first) = seen_ids.insert(id.to_string(), line_no) {
+                    return Err(bad(format!("duplicate id {id}: line {first} has the same id; ids must be unique")));
+                }
+                id.clone()
+            }
+            Some(_) => return Err(bad("`id` must be a string or an integer".into())),
+            None => {
+                without_id.get_or_insert(line_no);
+                Value::from(rows.len())
+            }
+        };
+        if let (Some(a), Some(b)) = (with_id, without_id) {
+            return Err(bad(format!(
+                "line {a} has an \"id\" and line {b} has none: give every row an id, or none (rows are then numbered 0, 1, 2...)"
+            )));
+        }
         let text = |k: &str| {
             obj.get(k)
                 .map(|x| x.as_str().map(str::to_string).ok_or_else(|| bad(format!("`{k}` must be a string"))))
@@ -177,13 +229,4 @@ fn read_rows(path: &Path) -> Result<Vec<Row>> {
         rows.push(Row { line: line_no, id, input });
     }
     Ok(rows)
-}
-
-/// Write to a temporary file beside `path`, then rename: a crash never leaves a half-written output.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp-lmscore");
-    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
-    f.sync_all().map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }

@@ -24,11 +24,15 @@
 //!
 //! `--log-requests` writes one JSONL row per request: `{"task", "doc", "choice", "logprob", "is_greedy",
 //! "n_tokens"}`, `doc` being the 0-based index among the task's scored documents.
+//!
+//! Both outputs are checked before anything is loaded (see [`lmscore::output`]): `-` is stdout (the results
+//! table then goes to stderr), the two must be different files and neither may be an input.
 
-use super::loglikelihood::{write_atomically, EngineArgs};
+use super::loglikelihood::EngineArgs;
 use lmscore::checkpoint::{Checkpoint, DType};
 use lmscore::engine::{token_progress, Device, Engine, PlanStats};
 use lmscore::error::{Error, Result};
+use lmscore::output::{self, OutputTarget};
 use lmscore::tasks::{self, LoadOptions, LoadedTask, Protocol, TaskOutcome};
 use lmscore::tokenizer::Tokenizer;
 use serde_json::{json, Map, Value};
@@ -52,10 +56,13 @@ pub struct Args {
     /// paper-2023: what the paper ran (lm-eval master, spring 2023). lm-eval-0.4: today's lm-eval definitions.
     #[arg(long, value_enum, default_value_t = Protocol::Paper2023)]
     pub protocol: Protocol,
-    /// Write results, config and planner figures as JSON (lm-eval's layout).
+    /// Write results, config and planner figures as JSON (lm-eval's layout). `-` is stdout (the results
+    /// table then goes to stderr). A file is replaced atomically (a symlink is followed); a device or FIFO is
+    /// written in place.
     #[arg(long)]
     pub output_json: Option<PathBuf>,
-    /// Write every request's score as JSONL: {task, doc, choice, logprob, is_greedy, n_tokens}.
+    /// Write every request's score as JSONL: {task, doc, choice, logprob, is_greedy, n_tokens}. Same rules
+    /// as --output-json; the two must be different files.
     #[arg(long)]
     pub log_requests: Option<PathBuf>,
     /// Skip malformed data rows (and count them) instead of stopping at the first.
@@ -111,6 +118,12 @@ fn dtype_name(d: DType) -> String {
 
 pub fn run(args: Args) -> Result<()> {
     let opts = args.engine.options()?;
+    let output_json = args.output_json.as_ref().map(OutputTarget::check).transpose()?;
+    let log_requests = args.log_requests.as_ref().map(OutputTarget::check).transpose()?;
+    let outputs: Vec<&OutputTarget> = output_json.iter().chain(&log_requests).collect();
+    let mut inputs: Vec<&Path> = vec![&args.model];
+    inputs.extend(args.tokenizer.as_deref());
+    output::check_distinct(&outputs, &inputs)?;
     let names = tasks::expand_task_list(&args.tasks, args.protocol)?;
     let data_dir = match &args.data_dir {
         Some(d) => d.clone(),
@@ -124,7 +137,8 @@ pub fn run(args: Args) -> Result<()> {
         }
     };
     let ckpt = Checkpoint::open(&args.model)?;
-    let tokenizer = Tokenizer::from_file(&find_tokenizer(&args, &ckpt, &data_dir)?)?;
+    let tokenizer_path = find_tokenizer(&args, &ckpt, &data_dir)?;
+    let tokenizer = Tokenizer::from_file(&tokenizer_path)?;
     let load = LoadOptions {
         data_dir: data_dir.clone(),
         skip_bad_rows: args.skip_bad_rows,
@@ -147,6 +161,10 @@ pub fn run(args: Args) -> Result<()> {
         );
         loaded.push(t);
     }
+    // The data files are known now; still before the model is loaded.
+    let mut inputs: Vec<&Path> = vec![&tokenizer_path];
+    inputs.extend(loaded.iter().map(|t| t.source.as_path()));
+    output::check_distinct(&outputs, &inputs)?;
     let engine = Engine::load(&ckpt, &opts)?;
     let bar = token_progress(0, "scoring");
     let outcomes = tasks::evaluate(&engine, &loaded, &opts, |done, total| {
@@ -155,7 +173,11 @@ pub fn run(args: Args) -> Result<()> {
     })?;
     bar.finish_and_clear();
 
-    print!("{}", table(&outcomes));
+    if outputs.iter().any(|o| o.is_stdout()) {
+        eprint!("{}", table(&outcomes));
+    } else {
+        print!("{}", table(&outcomes));
+    }
     let dtype = match opts.device {
         Device::Cpu => "f32".to_string(),
         _ => match opts.dtype.or(ckpt.config.torch_dtype) {
@@ -163,7 +185,7 @@ pub fn run(args: Args) -> Result<()> {
             None => dtype_name(ckpt.stored_dtype()?),
         },
     };
-    if let Some(path) = &args.output_json {
+    if let Some(target) = &output_json {
         let config = json!({
             "model": args.model.display().to_string(),
             "protocol": args.protocol.name(),
@@ -182,10 +204,10 @@ pub fn run(args: Args) -> Result<()> {
         let v = results_json(&outcomes, config);
         let mut text = serde_json::to_string_pretty(&v).map_err(|e| Error::invalid(format!("cannot serialise results: {e}")))?;
         text.push('\n');
-        write_atomically(path, text.as_bytes())?;
-        eprintln!("wrote {}", path.display());
+        target.write_bytes(text.as_bytes())?;
+        eprintln!("wrote {}", target.path().display());
     }
-    if let Some(path) = &args.log_requests {
+    if let Some(target) = &log_requests {
         let mut out = String::new();
         for o in &outcomes {
             for r in &o.requests {
@@ -195,11 +217,11 @@ pub fn run(args: Args) -> Result<()> {
                 out.push('\n');
             }
         }
-        write_atomically(path, out.as_bytes())?;
+        target.write_bytes(out.as_bytes())?;
         eprintln!(
             "wrote {} request scores to {}",
             outcomes.iter().map(|o| o.requests.len()).sum::<usize>(),
-            path.display()
+            target.path().display()
         );
     }
     Ok(())
