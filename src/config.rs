@@ -64,6 +64,14 @@ impl ModelConfig {
         if !v.is_object() {
             return Err("expected a JSON object with the model's hyper-parameters".into());
         }
+        // A value shown in a message: at most 80 characters of its JSON (a config may hold anything).
+        fn shown(x: &Value) -> String {
+            let s = x.to_string();
+            match s.char_indices().nth(80) {
+                Some((cut, _)) => format!("{}...", &s[..cut]),
+                None => s,
+            }
+        }
         let rope = v.get("rope_parameters");
         let pick = |keys: &[&str]| -> Option<&Value> {
             keys.iter().find_map(|k| v.get(*k).filter(|x| !x.is_null())).or_else(|| {
@@ -71,58 +79,97 @@ impl ModelConfig {
                 keys.iter().find_map(|k| r.get(*k).filter(|x| !x.is_null()))
             })
         };
-        let uint = |key: &str| -> std::result::Result<usize, String> {
+        let uint = |key: &str, max: u64| -> std::result::Result<usize, String> {
             match v.get(key) {
-                Some(x) => x
-                    .as_u64()
-                    .map(|n| n as usize)
-                    .ok_or_else(|| format!("`{key}` is {x}, expected a non-negative integer")),
+                Some(x) => match x.as_u64() {
+                    Some(n) if n <= max => Ok(n as usize),
+                    Some(n) => Err(format!("`{key}` is {n}, beyond any GPT-NeoX model (at most {max})")),
+                    None => Err(format!("`{key}` is {}, expected a non-negative integer", shown(x))),
+                },
                 None => Err(format!("missing `{key}` (expected a GPT-NeoX config.json)")),
             }
         };
-        let float = |keys: &[&str], default: Option<f64>| -> std::result::Result<f32, String> {
+        // transformers' GPTNeoXConfig defaults for keys a config may leave out.
+        let float = |keys: &[&str], default: f64| -> std::result::Result<f32, String> {
             match pick(keys) {
-                Some(x) => x
-                    .as_f64()
-                    .map(|f| f as f32)
-                    .ok_or_else(|| format!("`{}` is {x}, expected a number", keys[0])),
-                None => default.map(|d| d as f32).ok_or_else(|| format!("missing `{}`", keys.join("` or `"))),
+                Some(x) => match x.as_f64() {
+                    Some(f) if f.is_finite() && (f as f32).is_finite() => Ok(f as f32),
+                    _ => Err(format!("`{}` is {}, expected a finite number", keys[0], shown(x))),
+                },
+                None => Ok(default as f32),
             }
         };
-        if let Some(mt) = v.get("model_type").and_then(|m| m.as_str()) {
+        let boolean = |key: &str, default: bool| -> std::result::Result<bool, String> {
+            match v.get(key) {
+                None | Some(Value::Null) => Ok(default),
+                Some(Value::Bool(b)) => Ok(*b),
+                Some(x) => Err(format!("`{key}` is {}, expected true or false (a JSON boolean, not a string)", shown(x))),
+            }
+        };
+        let string = |key: &str| -> std::result::Result<Option<&str>, String> {
+            match v.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s.as_str())),
+                Some(x) => Err(format!("`{key}` is {}, expected a string", shown(x))),
+            }
+        };
+        if let Some(mt) = string("model_type")? {
             if mt != "gpt_neox" {
-                return Err(format!("model_type is \"{mt}\", expected \"gpt_neox\" (Pythia)"));
+                return Err(format!("model_type is {}, expected \"gpt_neox\" (Pythia)", shown(&Value::from(mt))));
             }
         }
-        if let Some(act) = v.get("hidden_act").and_then(|a| a.as_str()) {
+        if let Some(act) = string("hidden_act")? {
             if act != "gelu" {
-                return Err(format!("hidden_act is \"{act}\"; only exact \"gelu\" (every Pythia model) is supported"));
+                return Err(format!(
+                    "hidden_act is {}; only exact \"gelu\" (every Pythia model) is supported",
+                    shown(&Value::from(act))
+                ));
             }
         }
-        if v.get("tie_word_embeddings").and_then(|t| t.as_bool()) == Some(true) {
+        if boolean("tie_word_embeddings", false)? {
             return Err("tie_word_embeddings is true; Pythia's embed_out is untied and lmscore expects it".into());
         }
-        let torch_dtype = match v.get("torch_dtype").or_else(|| v.get("dtype")).and_then(|d| d.as_str()) {
+        if !boolean("attention_bias", true)? {
+            return Err("attention_bias is false; every Pythia model has attention biases and lmscore expects them".into());
+        }
+        if v.get("rope_scaling").is_some_and(|r| !r.is_null()) {
+            return Err("rope_scaling is set; Pythia uses plain rotary embeddings and lmscore supports only those".into());
+        }
+        if let Some(kind) = rope.and_then(|r| r.get("rope_type")).filter(|k| !k.is_null()) {
+            if kind.as_str() != Some("default") {
+                return Err(format!("rope_parameters.rope_type is {}; only \"default\" is supported", shown(kind)));
+            }
+        }
+        let torch_dtype = match string("torch_dtype")?.or(string("dtype")?) {
             Some("float16") => Some(DType::F16),
             Some("bfloat16") => Some(DType::BF16),
             Some("float32") => Some(DType::F32),
             _ => None,
         };
+        // Upper bounds far beyond any GPT-NeoX model; with them every size product below fits in 64 bits.
         let cfg = ModelConfig {
-            hidden_size: uint("hidden_size")?,
-            num_layers: uint("num_hidden_layers")?,
-            num_heads: uint("num_attention_heads")?,
-            intermediate_size: uint("intermediate_size")?,
-            vocab_size: uint("vocab_size")?,
-            max_positions: uint("max_position_embeddings")?,
-            layer_norm_eps: float(&["layer_norm_eps"], Some(1e-5))?,
-            rotary_pct: float(&["rotary_pct", "partial_rotary_factor"], Some(1.0))?,
-            rotary_base: float(&["rotary_emb_base", "rope_theta"], Some(10000.0))?,
-            parallel_residual: v.get("use_parallel_residual").and_then(|p| p.as_bool()).unwrap_or(true),
+            hidden_size: uint("hidden_size", 1 << 20)?,
+            num_layers: uint("num_hidden_layers", 1 << 12)?,
+            num_heads: uint("num_attention_heads", 1 << 12)?,
+            intermediate_size: uint("intermediate_size", 1 << 22)?,
+            vocab_size: uint("vocab_size", 1 << 24)?,
+            max_positions: match v.get("max_position_embeddings") {
+                None => 2048,
+                Some(_) => uint("max_position_embeddings", 1 << 24)?,
+            },
+            layer_norm_eps: float(&["layer_norm_eps"], 1e-5)?,
+            rotary_pct: float(&["rotary_pct", "partial_rotary_factor"], 0.25)?,
+            rotary_base: float(&["rotary_emb_base", "rope_theta"], 10000.0)?,
+            parallel_residual: boolean("use_parallel_residual", true)?,
             torch_dtype,
         };
-        if cfg.hidden_size == 0 || cfg.num_heads == 0 || cfg.num_layers == 0 || cfg.vocab_size == 0 {
-            return Err("hidden_size, num_attention_heads, num_hidden_layers and vocab_size must be positive".into());
+        if cfg.hidden_size == 0 || cfg.num_heads == 0 || cfg.num_layers == 0 || cfg.vocab_size == 0 || cfg.intermediate_size == 0 {
+            return Err(
+                "hidden_size, intermediate_size, num_attention_heads, num_hidden_layers and vocab_size must be positive".into(),
+            );
+        }
+        if cfg.max_positions == 0 {
+            return Err("max_position_embeddings must be positive".into());
         }
         if cfg.hidden_size % cfg.num_heads != 0 {
             return Err(format!(
@@ -130,9 +177,16 @@ impl ModelConfig {
                 cfg.hidden_size, cfg.num_heads
             ));
         }
-        if !(0.0..=1.0).contains(&cfg.rotary_pct) || cfg.rotary_ndims() % 2 != 0 {
+        // Each of these would turn every score into NaN (or a silently different model).
+        if cfg.layer_norm_eps <= 0.0 {
+            return Err(format!("layer_norm_eps is {}, expected a positive number", cfg.layer_norm_eps));
+        }
+        if cfg.rotary_base <= 0.0 {
+            return Err(format!("rotary_emb_base (rope_theta) is {}, expected a positive number", cfg.rotary_base));
+        }
+        if !(cfg.rotary_pct > 0.0 && cfg.rotary_pct <= 1.0) || cfg.rotary_ndims() == 0 || cfg.rotary_ndims() % 2 != 0 {
             return Err(format!(
-                "rotary_pct {} gives {} rotary dims of a {}-dim head; expected an even number",
+                "rotary_pct {} gives {} rotary dims of a {}-dim head; expected 0 < rotary_pct <= 1 and an even, positive number of dims",
                 cfg.rotary_pct,
                 cfg.rotary_ndims(),
                 cfg.head_dim()
@@ -202,5 +256,57 @@ mod tests {
         let mut v = pythia_70m();
         v["num_attention_heads"] = json!(7);
         assert!(ModelConfig::from_json(&v).unwrap_err().contains("multiple"));
+    }
+    #[test]
+    fn missing_keys_take_transformers_defaults() {
+        let mut v = pythia_70m();
+        for k in ["rotary_pct", "rotary_emb_base", "layer_norm_eps", "use_parallel_residual", "max_position_embeddings"] {
+            v.as_object_mut().unwrap().remove(k);
+        }
+        let c = ModelConfig::from_json(&v).unwrap();
+        // GPTNeoXConfig(): rotary_pct 0.25 (not 1.0), base 10000, eps 1e-5, parallel residual, 2048 positions.
+        assert_eq!(
+            (c.rotary_pct, c.rotary_base, c.layer_norm_eps, c.parallel_residual, c.max_positions),
+            (0.25, 10000.0, 1e-5, true, 2048)
+        );
+    }
+
+    #[test]
+    fn values_that_would_change_or_break_the_model_are_refused() {
+        let cases: &[(&str, Value, &str)] = &[
+            ("use_parallel_residual", json!("false"), "use_parallel_residual"),
+            ("tie_word_embeddings", json!("false"), "tie_word_embeddings"),
+            ("layer_norm_eps", json!(-1e-5), "layer_norm_eps"),
+            ("layer_norm_eps", json!(0.0), "layer_norm_eps"),
+            ("layer_norm_eps", json!("1e-5"), "layer_norm_eps"),
+            ("rotary_emb_base", json!(0), "rotary_emb_base"),
+            ("rotary_emb_base", json!(-10000), "rotary_emb_base"),
+            ("rotary_emb_base", json!(1e300), "rotary_emb_base"),
+            ("rotary_pct", json!(0.0), "rotary_pct"),
+            ("rotary_pct", json!(1.5), "rotary_pct"),
+            ("rotary_pct", json!(0.3), "rotary_pct"), // 19.2 -> 19 dims: odd
+            ("num_hidden_layers", json!(1_000_000_000_000u64), "num_hidden_layers"),
+            ("num_hidden_layers", json!(9_223_372_036_854_775_808u64), "num_hidden_layers"),
+            ("max_position_embeddings", json!(u64::MAX), "max_position_embeddings"),
+            ("max_position_embeddings", json!(0), "max_position_embeddings"),
+            ("hidden_size", json!(-512), "hidden_size"),
+            ("attention_bias", json!(false), "attention_bias"),
+            ("rope_scaling", json!({"type": "linear", "factor": 2.0}), "rope_scaling"),
+            ("model_type", json!(7), "model_type"),
+        ];
+        for (key, value, named) in cases {
+            let mut v = pythia_70m();
+            v[*key] = value.clone();
+            let err = ModelConfig::from_json(&v).expect_err(&format!("{key} = {value} accepted"));
+            assert!(err.contains(named), "{key} = {value}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_huge_value_is_shown_shortened() {
+        let mut v = pythia_70m();
+        v["use_parallel_residual"] = json!("x".repeat(1_000_000));
+        let err = ModelConfig::from_json(&v).unwrap_err();
+        assert!(err.len() < 300, "{} bytes", err.len());
     }
 }

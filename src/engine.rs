@@ -7,7 +7,7 @@ use crate::checkpoint::{Checkpoint, DType};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::plan::{self, Request};
-use crate::score::{run_plan, RequestScore};
+use crate::score::{locate_non_finite, run_plan, RequestScore};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Device {
@@ -131,8 +131,22 @@ impl Engine {
         let total = plan.computed_tokens;
         let on_batch = |tokens| on_progress(tokens, total);
         let scores = match self {
-            Engine::Cpu(b, m) => run_plan(b, m, &plan, on_batch)?,
-            Engine::Cuda(b, m) => run_plan(b, m, &plan, on_batch)?,
+            Engine::Cpu(b, m) => run_plan(b, m, &plan, on_batch),
+            Engine::Cuda(b, m) => run_plan(b, m, &plan, on_batch),
+        };
+        let scores = match scores {
+            Err(Error::NonFinite { request, detail }) => {
+                let located = match self {
+                    Engine::Cpu(b, m) => locate_non_finite(b, m, &requests[request], max_len),
+                    Engine::Cuda(b, m) => locate_non_finite(b, m, &requests[request], max_len),
+                };
+                let detail = match located {
+                    Ok(place) => format!("{detail}; {place}"),
+                    Err(e) => format!("{detail} (locating it failed: {e})"),
+                };
+                return Err(Error::NonFinite { request, detail });
+            }
+            other => other?,
         };
         let stats = PlanStats {
             naive_tokens: plan.naive_tokens,

@@ -20,6 +20,10 @@ pub enum Error {
     /// The CUDA driver, NVRTC, cuBLAS or a kernel failed (including out-of-memory).
     #[error("CUDA: {0}")]
     Cuda(String),
+    /// The model produced a NaN or infinite log-likelihood for a request (0-based, in the order given to
+    /// the engine): never written as a score. `detail` says which token, and where it first went wrong.
+    #[error("request {request}: {detail}")]
+    NonFinite { request: usize, detail: String },
     /// Anything else the user asked for that cannot be done (bad flag combination, sequence too long...).
     #[error("{0}")]
     Invalid(String),
@@ -55,6 +59,14 @@ impl Error {
     }
     pub fn invalid(msg: impl Into<String>) -> Self {
         Error::Invalid(msg.into())
+    }
+    /// A `NonFinite` error names its request by index; a front end replaces that with what the user knows
+    /// of it (a row's id and line, a task's document and choice). Other errors pass through.
+    pub fn naming_request(self, name: impl FnOnce(usize) -> String) -> Self {
+        match self {
+            Error::NonFinite { request, detail } => Error::Invalid(format!("{}: {detail}", name(request))),
+            other => other,
+        }
     }
 }
 

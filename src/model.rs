@@ -38,6 +38,7 @@ impl<B: Backend> Model<B> {
     pub fn load(backend: &B, ckpt: &Checkpoint) -> Result<Self> {
         let c = &ckpt.config;
         let (h, f, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
+        let lm_head = check_tensor_names(ckpt)?;
         backend.check_weights_fit(c)?;
         let get = |name: &str, shape: &[usize]| -> Result<B::Tensor> { backend.upload(&ckpt.tensor_with_shape(name, shape)?) };
         let mut layers = Vec::with_capacity(c.num_layers);
@@ -64,10 +65,85 @@ impl<B: Backend> Model<B> {
             layers,
             final_ln_w: get("gpt_neox.final_layer_norm.weight", &[h])?,
             final_ln_b: get("gpt_neox.final_layer_norm.bias", &[h])?,
-            embed_out: get("embed_out.weight", &[v, h])?,
+            embed_out: get(lm_head, &[v, h])?,
         })
     }
 }
+
+/// The names transformers gives the LM head: `embed_out.weight` in every Pythia file, `lm_head.weight` in
+/// files transformers 5 writes.
+const LM_HEAD_NAMES: [&str; 2] = ["embed_out.weight", "lm_head.weight"];
+
+/// Buffers older transformers saved beside the weights; never read (inv_freq is recomputed in f32).
+const LEGACY_BUFFERS: [&str; 3] = ["attention.bias", "attention.masked_bias", "attention.rotary_emb.inv_freq"];
+
+/// Check that config.json and the checkpoint describe the same model before anything is read: exactly
+/// `num_hidden_layers` layers, and no tensor left over (a config saying 1 layer on a 2-layer checkpoint
+/// would otherwise score a different model without a word). Returns the LM head's name.
+fn check_tensor_names(ckpt: &Checkpoint) -> Result<&'static str> {
+    let layers = ckpt.config.num_layers;
+    let mut unused = Vec::new();
+    let mut layers_present = 0usize;
+    for name in ckpt.tensor_names() {
+        let known = match name.strip_prefix("gpt_neox.layers.") {
+            Some(rest) => {
+                let (index, param) = rest.split_once('.').unwrap_or((rest, ""));
+                match index.parse::<usize>() {
+                    Ok(i) if index == i.to_string() => {
+                        layers_present = layers_present.max(i.saturating_add(1));
+                        i < layers && (LAYER_PARAMS.contains(&param) || LEGACY_BUFFERS.contains(&param))
+                    }
+                    _ => false,
+                }
+            }
+            None => GLOBAL_PARAMS.contains(&name) || LM_HEAD_NAMES.contains(&name),
+        };
+        if !known {
+            unused.push(name);
+        }
+    }
+    if layers_present != layers {
+        return Err(crate::Error::file(
+            ckpt.dir.join("config.json"),
+            format!("num_hidden_layers is {layers}, but the checkpoint's weights hold {layers_present} layers"),
+        ));
+    }
+    if !unused.is_empty() {
+        unused.sort_unstable();
+        let shown: Vec<&str> = unused.iter().take(5).copied().collect();
+        let more = if unused.len() > 5 { format!(" and {} more", unused.len() - 5) } else { String::new() };
+        return Err(crate::Error::file(
+            &ckpt.dir,
+            format!(
+                "{} tensors of the checkpoint are not part of a GPT-NeoX model as config.json describes it: `{}`{more}",
+                unused.len(),
+                shown.join("`, `")
+            ),
+        ));
+    }
+    match LM_HEAD_NAMES.iter().copied().filter(|n| ckpt.contains(n)).collect::<Vec<_>>()[..] {
+        [name] => Ok(name),
+        [] => Err(crate::Error::tensor("embed_out.weight", format!("missing from the checkpoint in {} (nor is there an `lm_head.weight`)", ckpt.dir.display()))),
+        _ => Err(crate::Error::file(&ckpt.dir, "the checkpoint holds both `embed_out.weight` and `lm_head.weight`: which one is the LM head is ambiguous")),
+    }
+}
+
+const LAYER_PARAMS: [&str; 12] = [
+    "input_layernorm.weight",
+    "input_layernorm.bias",
+    "post_attention_layernorm.weight",
+    "post_attention_layernorm.bias",
+    "attention.query_key_value.weight",
+    "attention.query_key_value.bias",
+    "attention.dense.weight",
+    "attention.dense.bias",
+    "mlp.dense_h_to_4h.weight",
+    "mlp.dense_h_to_4h.bias",
+    "mlp.dense_4h_to_h.weight",
+    "mlp.dense_4h_to_h.bias",
+];
+
+const GLOBAL_PARAMS: [&str; 3] = ["gpt_neox.embed_in.weight", "gpt_neox.final_layer_norm.weight", "gpt_neox.final_layer_norm.bias"];
 
 /// Per layer, the qkv rows ([P, 3h], rotary applied) of segments that later batches still attend to.
 /// Only K and V are read back; keeping whole qkv rows lets the cache be filled with a plain row gather.
@@ -112,11 +188,34 @@ pub fn forward<B: Backend>(
     cache: &mut KvCache<B>,
     update: &CacheUpdate,
 ) -> Result<B::Tensor> {
+    forward_inspected(b, m, tokens, layout, cache, update, &mut |_, _| Ok(()))
+}
+
+/// Where in the forward pass an inspected residual stream comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    Embedding,
+    /// The residual stream after layer `i` (0-based).
+    Layer(usize),
+}
+
+/// [`forward`], handing the residual stream to `inspect` after the embedding and after every layer
+/// (used to find where non-finite values first appear).
+pub fn forward_inspected<B: Backend>(
+    b: &B,
+    m: &Model<B>,
+    tokens: &[u32],
+    layout: &B::Layout,
+    cache: &mut KvCache<B>,
+    update: &CacheUpdate,
+    inspect: &mut dyn FnMut(Stage, &B::Tensor) -> Result<()>,
+) -> Result<B::Tensor> {
     let c = &m.config;
     let shape = c.attn_shape();
     let eps = c.layer_norm_eps;
     let past_len = cache.len();
     let mut x = b.embedding(&m.embed_in, tokens)?; // [T, h]
+    inspect(Stage::Embedding, &x)?;
     for (l, layer) in m.layers.iter().enumerate() {
         let a_in = b.layernorm(&x, &layer.ln1_w, &layer.ln1_b, eps)?; // [T, h]
         let mut qkv = b.linear(&a_in, &layer.qkv_w, Some(&layer.qkv_b))?; // [T, 3h]
@@ -137,6 +236,7 @@ pub fn forward<B: Backend>(
             let mlp = mlp(b, layer, &m_in)?;
             b.residual_add(&mut x, &mlp, None)?;
         }
+        inspect(Stage::Layer(l), &x)?;
     }
     Ok(x)
 }

@@ -77,7 +77,7 @@ pub fn model_input(r: &Request, max_len: usize) -> Result<(Vec<u32>, usize)> {
         )));
     }
     let whole: Vec<u32> = r.context.iter().chain(&r.continuation).copied().collect();
-    let seq = &whole[whole.len().saturating_sub(max_len + 1)..];
+    let seq = &whole[whole.len().saturating_sub(max_len.saturating_add(1))..];
     Ok((seq[..seq.len() - 1].to_vec(), n))
 }
 

@@ -3,75 +3,16 @@
 
 mod common;
 
-use safetensors::tensor::{Dtype, TensorView};
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use common::model_files::{copy_model, expect_error, fixture_model as fixture, loglikelihood, rewrite_safetensors};
+use safetensors::tensor::Dtype;
+use std::path::Path;
 use std::process::Command;
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models").join(name)
-}
-
-/// A writable copy of a fixture model directory.
-fn copy_model(name: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(fixture(name)).unwrap() {
-        let p = entry.unwrap().path();
-        std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
-    }
-    dir
-}
 
 fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
 }
 
-/// Run `lmscore loglikelihood`; returns (success, stderr).
-fn score(model: &Path, input_rows: &str) -> (bool, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in.jsonl");
-    write(&input, input_rows);
-    let out = Command::new(env!("CARGO_BIN_EXE_lmscore"))
-        .args(["loglikelihood", "--model"])
-        .arg(model)
-        .arg("--input")
-        .arg(&input)
-        .arg("--output")
-        .arg(dir.path().join("out.jsonl"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!stderr.contains("panicked"), "lmscore panicked:\n{stderr}");
-    (out.status.success(), stderr)
-}
-
-fn expect_error(model: &Path, rows: &str, needles: &[&str]) {
-    let (ok, stderr) = score(model, rows);
-    assert!(!ok, "expected failure, got success; stderr:\n{stderr}");
-    for n in needles {
-        assert!(stderr.contains(n), "error should mention {n:?}; got:\n{stderr}");
-    }
-}
-
 const GOOD_ROW: &str = r#"{"id": "a", "context_ids": [1, 2, 3], "continuation_ids": [4, 5]}"#;
-
-/// Rewrite model.safetensors of `dir` through `edit` (name -> (dtype, shape, bytes)).
-fn rewrite_safetensors(dir: &Path, edit: impl FnOnce(&mut HashMap<String, (Dtype, Vec<usize>, Vec<u8>)>)) {
-    let path = dir.join("model.safetensors");
-    let bytes = std::fs::read(&path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut tensors: HashMap<String, (Dtype, Vec<usize>, Vec<u8>)> = st
-        .tensors()
-        .into_iter()
-        .map(|(n, v)| (n, (v.dtype(), v.shape().to_vec(), v.data().to_vec())))
-        .collect();
-    edit(&mut tensors);
-    let views: Vec<(String, TensorView)> = tensors
-        .iter()
-        .map(|(n, (d, s, b))| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
-        .collect();
-    std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
-}
 
 #[test]
 fn a_good_run_writes_rows_in_input_order() {
@@ -225,11 +166,12 @@ fn sequences_past_the_context_window() {
     let m = fixture("neox-seq"); // max_position_embeddings 128
                                  // A long context is truncated from the left, as lm-eval does: not an error.
     let long_ctx: Vec<String> = (0..300).map(|i| (i % 500).to_string()).collect();
-    let (ok, stderr) = score(
+    let (run, _dir) = loglikelihood(
         &m,
         &format!(r#"{{"id": 1, "context_ids": [{}], "continuation_ids": [3, 4]}}"#, long_ctx.join(",")),
+        &[],
     );
-    assert!(ok, "{stderr}");
+    assert!(run.ok, "{}", run.stderr);
     // A continuation that alone exceeds the window cannot be scored.
     let long_cont: Vec<String> = (0..129).map(|i| (i % 500).to_string()).collect();
     expect_error(

@@ -673,6 +673,24 @@ fn logsoftmax_gather_matches_cpu() {
             "-FLT_MAX row: log-probabilities"
         );
 
+        // Non-finite rows: a NaN anywhere in a row, or an infinite logit, makes every log-probability of
+        // that row non-finite on both backends (the engine then refuses the request); other rows are untouched.
+        let (r, v) = (4usize, 4099usize);
+        let mut logits: Vec<f32> = (0..r * v).map(|i| (i % 97) as f32 * 0.1).collect();
+        logits[3000] = f32::NAN; // row 0, not a target
+        logits[v + 11] = f32::INFINITY; // row 1
+        logits[2 * v + 12] = f32::NEG_INFINITY; // row 2: exp(-inf) = 0, a finite row
+        let targets = [(0u32, 5u32), (0, 3000), (1, 5), (1, 11), (2, 5), (3, 5)];
+        let (lg, lc) = act(&gpu, r, v, &logits, DType::F32);
+        let got = gpu.logsoftmax_gather(&lg, &targets).unwrap();
+        let want = Cpu.logsoftmax_gather(&lc, &targets).unwrap();
+        let finite = |s: &[TokenScore]| s.iter().map(|s| s.logprob.is_finite()).collect::<Vec<_>>();
+        assert_eq!(finite(&got), vec![false, false, false, false, true, true], "non-finite rows (GPU)");
+        assert_eq!(finite(&want), finite(&got), "non-finite rows (CPU twin)");
+        for k in [4, 5] {
+            assert!((got[k].logprob - want[k].logprob).abs() <= 2e-5 * (1.0 + want[k].logprob.abs()), "finite row {k}");
+        }
+
         let (lg, _) = act(&gpu, 2, 10, &[0.0; 20], DType::F32);
         assert!(gpu.logsoftmax_gather(&lg, &[(2, 0)]).is_err() && gpu.logsoftmax_gather(&lg, &[(0, 10)]).is_err());
         assert_eq!(gpu.logsoftmax_gather(&lg, &[]).unwrap(), Vec::<TokenScore>::new());

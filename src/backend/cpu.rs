@@ -75,7 +75,10 @@ fn sum_exp_shifted(row: &[f32], max: f32) -> f64 {
 pub fn exp_nonpositive(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer
-    let x = x.max(-87.0); // exp(-87) ~ 1.6e-38, near the smallest normal f32; the row's max term is 1, so smaller terms vanish anyway
+    // exp(-87) ~ 1.6e-38, near the smallest normal f32; the row's max term is 1, so smaller terms vanish anyway.
+    // Written as a comparison, not `f32::max`, so that a NaN stays NaN (`max` would turn it into -87, and a
+    // NaN logit would silently drop out of the softmax). Still one `maxps`.
+    let x = if x < -87.0 { -87.0 } else { x };
     let n = (x * LOG2E + ROUND) - ROUND;
     let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4; // x - n ln2, ln2 split into an exact head and a tail
     let mut p = 1.987_569_1e-4f32;
@@ -386,6 +389,15 @@ mod tests {
             }
         }
         assert!(worst < 3e-7, "worst relative error {worst:e}");
+    }
+
+    #[test]
+    fn nan_propagates_through_exp_and_the_row_sum() {
+        assert!(exp_nonpositive(f32::NAN).is_nan());
+        assert_eq!(exp_nonpositive(f32::NEG_INFINITY), exp_nonpositive(-87.0));
+        let mut row = vec![0.5f32; 100];
+        row[37] = f32::NAN;
+        assert!(sum_exp_shifted(&row, 0.5).is_nan());
     }
 
     #[test]

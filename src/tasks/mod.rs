@@ -247,7 +247,7 @@ pub fn evaluate(engine: &Engine, tasks: &[LoadedTask], opts: &EngineOptions, mut
     for t in tasks {
         for (di, d) in t.docs.iter().enumerate() {
             for (ci, r) in d.requests.iter().enumerate() {
-                let at = || format!("task {}, doc {di} ({}:{}), choice {ci}", t.name, t.source.display(), d.line);
+                let at = || request_label(t, di, ci);
                 if let Some(id) = r.context.iter().chain(&r.continuation).find(|&&id| id as usize >= vocab) {
                     return Err(Error::invalid(format!(
                         "{}: token id {id} is outside the model's vocabulary of {vocab}",
@@ -286,10 +286,12 @@ pub fn evaluate(engine: &Engine, tasks: &[LoadedTask], opts: &EngineOptions, mut
         let (scores, stats) = if reqs.is_empty() {
             (vec![], PlanStats::default())
         } else {
-            engine.score(reqs, opts, |batch_tokens, _| {
-                done += batch_tokens;
-                progress(done, total);
-            })?
+            engine
+                .score(reqs, opts, |batch_tokens, _| {
+                    done += batch_tokens;
+                    progress(done, total);
+                })
+                .map_err(|e| e.naming_request(|k| describe_request(tasks, members, k)))?
         };
         let mut offset = 0;
         for &i in members {
@@ -304,6 +306,25 @@ pub fn evaluate(engine: &Engine, tasks: &[LoadedTask], opts: &EngineOptions, mut
         }
     }
     Ok(outcomes.into_iter().map(|o| o.expect("every task is in a group")).collect())
+}
+
+/// Request `k` of a plan group (the member tasks' requests end to end), labelled by [`request_label`].
+fn describe_request(tasks: &[LoadedTask], members: &[usize], mut k: usize) -> String {
+    for &i in members {
+        let t = &tasks[i];
+        for (di, d) in t.docs.iter().enumerate() {
+            if k < d.requests.len() {
+                return request_label(t, di, k);
+            }
+            k -= d.requests.len();
+        }
+    }
+    format!("request {k} past the end of its plan group")
+}
+
+/// How errors name one request: "task T, doc D (file:line), choice C".
+fn request_label(t: &LoadedTask, doc: usize, choice: usize) -> String {
+    format!("task {}, doc {doc} ({}:{}), choice {choice}", t.name, t.source.display(), t.docs[doc].line)
 }
 
 /// Metrics of one task from its requests' scores (in `LoadedTask::requests` order).

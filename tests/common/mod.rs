@@ -7,6 +7,8 @@
 //! - `LMSCORE_REQUIRE_CUDA=1`: the GPU parity tests fail when no CUDA device can be opened.
 #![allow(dead_code)]
 
+pub mod model_files;
+
 use lmscore::backend::cuda::{self, CudaBackend};
 use lmscore::checkpoint::DType;
 use std::io::Write;
