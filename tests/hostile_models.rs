@@ -179,3 +179,38 @@ fn a_fifo_or_device_as_config_is_refused_not_read_forever() {
 }
 
 use std::process::Command;
+
+/// Largest resident set of any child this test process has waited for, in bytes.
+fn max_child_rss() -> u64 {
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes the struct it is given.
+    assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) }, 0);
+    usage.ru_maxrss as u64 * 1024
+}
+
+#[test]
+fn a_100_mb_text_context_costs_what_its_window_costs() {
+    // Once: the whole context was tokenised (> 9 GB) although only the last window is used. Now only an
+    // exact tail is encoded: the scores equal those of the context's last few thousand words alone.
+    let words = ["alpha", "beta", "gamma", "delta,", "epsilon.", "zeta", "eta", "theta\n"];
+    let mut long = String::with_capacity(100 << 20);
+    let mut i = 0usize;
+    while long.len() < 100 << 20 {
+        long.push_str(words[i % words.len()]);
+        long.push(' ');
+        i = i.wrapping_mul(31).wrapping_add(7) % 1009;
+    }
+    long.push_str("omega");
+    // A tail of 4,000 words holds far more than the fixture's 2048-token window.
+    let tail_start = long.len() - 4000 * 6;
+    let tail_start = tail_start + long[tail_start..].find(' ').unwrap() + 1;
+    let row = |ctx: &str| serde_json::json!({"id": "x", "context": ctx, "continuation": " the end"}).to_string();
+    let started = std::time::Instant::now();
+    let whole = scores(&fixture_model("pythia-tiny"), &row(&long));
+    let seconds = started.elapsed().as_secs_f64();
+    let rss = max_child_rss();
+    eprintln!("100 MB context: {seconds:.2} s, {} MB peak resident", rss >> 20);
+    assert_eq!(whole, scores(&fixture_model("pythia-tiny"), &row(&long[tail_start..])));
+    assert!(seconds < 10.0, "{seconds:.1} s for a 100 MB context");
+    assert!(rss < 1 << 30, "{} MB resident for a 100 MB context", rss >> 20);
+}

@@ -380,14 +380,14 @@ fn inputs_must_be_regular_files_with_bounded_lines() {
     assert!(Command::new("mkfifo").arg(d.join("fifo")).status().unwrap().success());
     expect_failure(&loglikelihood(d, "fifo", "out.jsonl"), &["fifo", "not a regular file"]);
     expect_failure(&loglikelihood(d, ".", "out.jsonl"), &["a directory"]);
-    // `-` is stdin: rows work, an endless line is refused at 64 MiB, naming the line.
+    // `-` is stdin: rows work, an endless line is refused at 256 MiB, naming the line.
     let m = model("neox-seq");
     let args = ["loglikelihood", "--model", m.to_str().unwrap(), "--input", "-", "--output", "out.jsonl"];
     let out = lmscore(d, &args, Stdio::from(std::fs::File::open(d.join("in.jsonl")).unwrap()));
     assert!(out.status.success(), "{}", stderr(&out));
     std::fs::remove_file(d.join("out.jsonl")).unwrap();
     let out = lmscore(d, &args, Stdio::from(std::fs::File::open("/dev/zero").unwrap()));
-    expect_failure(&out, &["-:1", "longer than 64 MiB"]);
+    expect_failure(&out, &["-:1", "longer than 256 MiB"]);
     assert_eq!(names(d), ["fifo", "in.jsonl"]);
 }
 

@@ -18,7 +18,7 @@ pub struct Args {
     /// JSONL: {"id", "context", "continuation"} or {"id", "context_ids", "continuation_ids"} per line, or `-`
     /// for stdin. "id" (a string or an integer) is optional but must then be on every row or on none: rows
     /// without ids are numbered 0, 1, 2... in input order (blank lines skipped); duplicate ids are an error.
-    /// Lines may be at most 64 MiB, the file at most 512 MiB.
+    /// Lines may be at most 256 MiB, the file at most 512 MiB.
     #[arg(long)]
     pub input: PathBuf,
     /// JSONL written in input order: {"id", "logprob", "is_greedy", "n_tokens"}. `-` is stdout. A file is
@@ -75,20 +75,25 @@ pub fn run(args: Args) -> Result<()> {
     let ckpt = Checkpoint::open(&args.model)?;
     let rows = read_rows(&args.input)?;
     let needs_tokenizer = rows.iter().any(|r| matches!(r.input, RowInput::Text { .. }));
+    let vocab = ckpt.config.vocab_size;
+    let max_len = opts.max_length.unwrap_or(ckpt.config.max_positions);
+    // Only the last max_len + 1 tokens of a request are used: a huge text context is encoded from its tail.
     let tokenizer = if needs_tokenizer {
-        Some(Tokenizer::from_file(&ckpt.tokenizer_path())?)
+        Some(Tokenizer::from_file(&ckpt.tokenizer_path())?.with_window(max_len.saturating_add(1)))
     } else {
         None
     };
-    let vocab = ckpt.config.vocab_size;
-    let max_len = opts.max_length.unwrap_or(ckpt.config.max_positions);
     let mut requests = Vec::with_capacity(rows.len());
     for r in &rows {
+        let bad = |msg: String| Error::row(&args.input, r.line, msg);
         let (context, continuation) = match &r.input {
-            RowInput::Text { context, continuation } => tokenizer.as_ref().unwrap().encode_pair(context, continuation, PairEncoding::Joint)?,
+            RowInput::Text { context, continuation } => tokenizer
+                .as_ref()
+                .unwrap()
+                .encode_pair(context, continuation, PairEncoding::Joint)
+                .map_err(|e| bad(e.to_string()))?,
             RowInput::Ids { context, continuation } => (context.clone(), continuation.clone()),
         };
-        let bad = |msg: String| Error::row(&args.input, r.line, msg);
         if let Some(id) = context.iter().chain(&continuation).find(|&&id| id as usize >= vocab) {
             return Err(bad(format!("token id {id} is outside the model's vocabulary of {vocab}")));
         }
@@ -98,10 +103,12 @@ pub fn run(args: Args) -> Result<()> {
     }
     let engine = Engine::load(&ckpt, &opts)?;
     let bar = token_progress(0, "scoring");
-    let (scores, stats) = engine.score(&requests, &opts, |tokens, total| {
-        bar.set_length(total as u64);
-        bar.inc(tokens as u64);
-    })?;
+    let (scores, stats) = engine
+        .score(&requests, &opts, |tokens, total| {
+            bar.set_length(total as u64);
+            bar.inc(tokens as u64);
+        })
+        .map_err(|e| e.naming_request(|i| format!("{}:{}: request id {}", args.input.display(), rows[i].line, rows[i].id)))?;
     bar.finish_and_clear();
     let mut out = String::new();
     for (r, s) in rows.iter().zip(&scores) {
@@ -135,7 +142,7 @@ enum RowInput {
 
 /// The longest JSONL line read: no real request comes near it, and without a bound a file with no
 /// newline (or `--input - < /dev/zero`) is read until memory runs out.
-const MAX_LINE_BYTES: u64 = 64 << 20;
+const MAX_LINE_BYTES: u64 = 256 << 20;
 
 fn read_rows(path: &Path) -> Result<Vec<Row>> {
     let mut reader: Box<dyn BufRead> = if path.as_os_str() == "-" {
