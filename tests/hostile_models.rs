@@ -214,3 +214,28 @@ fn a_100_mb_text_context_costs_what_its_window_costs() {
     assert!(seconds < 10.0, "{seconds:.1} s for a 100 MB context");
     assert!(rss < 1 << 30, "{} MB resident for a 100 MB context", rss >> 20);
 }
+
+#[test]
+fn score_names_the_task_document_and_choice_of_a_non_finite_request() {
+    let dir = copy_model("pythia-tiny");
+    rewrite_safetensors(dir.path(), |t| {
+        let (dtype, shape, bytes) = t.get_mut("gpt_neox.final_layer_norm.weight").unwrap();
+        for i in 0..shape[0] {
+            poison(bytes, *dtype, i);
+        }
+    });
+    let json = dir.path().join("results.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_lmscore"))
+        .args(["score", "--tasks", "memo_trap", "--model"])
+        .arg(dir.path())
+        .arg("--output-json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    for needle in ["task memo_trap, doc 0", "choice 0", "not finite", "final LayerNorm"] {
+        assert!(stderr.contains(needle), "error should mention {needle:?}; got:\n{stderr}");
+    }
+    assert!(!json.exists(), "a failed run wrote its results");
+}
