@@ -364,7 +364,7 @@ pub fn write_all(rows: &[ResultRow], out_dir: &Path) -> Result<ReportSummary> {
     let mut files = Vec::new();
     let write = |name: &str, content: &[u8], files: &mut Vec<PathBuf>| -> Result<()> {
         let path = out_dir.join(name);
-        std::fs::write(&path, content).map_err(|e| Error::io(&path, e))?;
+        crate::output::write_file(&path, content)?; // atomically: a failed report never leaves half a file
         files.push(path);
         Ok(())
     };
