@@ -1,18 +1,30 @@
-//! The results store: one SQLite file (WAL mode) holding every run, every request's log-likelihood and
-//! every task metric.
+//! The results store: one SQLite file holding every run, every request's log-likelihood and every task
+//! metric.
 //!
-//! Schema (version 1):
+//! Schema (version 2; `PRAGMA application_id` = [`APPLICATION_ID`], `user_version` = the schema version):
 //!
 //! ```sql
 //! runs          (id, model, revision, dtype, protocol, device, lmscore_version, started_at, finished_at)
 //!                UNIQUE (model, revision, dtype, protocol, device)        -- the RunKey
 //! task_runs     (run_id, task, n_docs, skipped_rows, naive_tokens, computed_tokens, seconds,
-//!                lmscore_version, finished_at)   PRIMARY KEY (run_id, task) -- "this task is complete"
+//!                lmscore_version, finished_at, weights_digest, data_digest)
+//!                PRIMARY KEY (run_id, task)                               -- "this task is complete"
 //! requests      (run_id, task, doc, choice, logprob, is_greedy, n_tokens)
 //!                PRIMARY KEY (run_id, task, doc, choice)
 //! task_results  (run_id, task, metric, value, stderr, n)   PRIMARY KEY (run_id, task, metric)
 //! meta          (key, value)                                 -- schema_version
 //! ```
+//!
+//! What a task's numbers were computed from is part of its identity: a `task_runs` row records the
+//! digests of the checkpoint and of the task data ([`Inputs`]). A task is complete for a sweep only when
+//! both match; one stored from other inputs (another directory under the same NAME@REV, other task data, a
+//! version-1 store that recorded no digests) is re-scored and replaced.
+//!
+//! Readers ([`Store::open_read_only`]: `report`, the sources of `merge`) open the file read-only: they
+//! never create tables, change the journal mode or write a byte, and work on a read-only file. Writers
+//! ([`Store::open`]: `sweep`, `merge --into`) refuse a database that is neither empty nor an lmscore store.
+//! A writer runs in WAL mode and sets the file back to rollback-journal mode when it closes, so a store at
+//! rest is one self-contained file that a reader opens without creating `-wal`/`-shm` files beside it.
 //!
 //! Crash safety: everything one (checkpoint, task) produces -- its requests, its metrics and its
 //! `task_runs` row -- is written in ONE transaction. A process killed at any moment (even `kill -9`)
@@ -23,13 +35,17 @@
 //! `synchronous=FULL`: a committed task survives a power cut too, at one fsync per task.
 //!
 //! Stores are merged with [`Store::merge_from`] (`lmscore merge`): idempotent, and a task present in
-//! both stores with different values is reported as a conflict and left as it was, never overwritten.
+//! both stores with different values (or computed from different inputs) is reported as a conflict and
+//! left as it was, never overwritten.
 
 use crate::error::{Error, Result};
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 use std::path::{Path, PathBuf};
 
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// `PRAGMA application_id` of an lmscore store: "lmsc".
+pub const APPLICATION_ID: i64 = 0x6c6d_7363;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
@@ -58,6 +74,8 @@ CREATE TABLE IF NOT EXISTS task_runs (
     seconds         REAL NOT NULL,
     lmscore_version TEXT NOT NULL,
     finished_at     TEXT NOT NULL,
+    weights_digest  TEXT NOT NULL DEFAULT '',
+    data_digest     TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (run_id, task)
 );
 CREATE TABLE IF NOT EXISTS requests (
@@ -79,6 +97,14 @@ CREATE TABLE IF NOT EXISTS task_results (
     n      INTEGER NOT NULL,
     PRIMARY KEY (run_id, task, metric)
 ) WITHOUT ROWID;
+";
+
+/// Version 1 -> 2: the inputs of each task. Rows of version 1 get empty digests, which match no input: a
+/// sweep re-scores them.
+const MIGRATE_1_TO_2: &str = "
+ALTER TABLE task_runs ADD COLUMN weights_digest TEXT NOT NULL DEFAULT '';
+ALTER TABLE task_runs ADD COLUMN data_digest TEXT NOT NULL DEFAULT '';
+UPDATE meta SET value = '2' WHERE key = 'schema_version';
 ";
 
 const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
@@ -118,6 +144,48 @@ impl std::fmt::Display for RunKey {
     }
 }
 
+/// What a task's numbers were computed from, besides its [`RunKey`]: digests of the checkpoint (weights,
+/// config, tokenizer) and of the task's data file. Empty strings: unknown (a version-1 store).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Inputs {
+    pub weights: String,
+    pub data: String,
+}
+
+impl Inputs {
+    /// What differs between two sets of inputs, in words; `labels` name the two sides ("stored", "now").
+    pub fn difference(&self, other: &Inputs, labels: (&str, &str)) -> String {
+        let (a, b) = labels;
+        if self.weights.is_empty() && self.data.is_empty() {
+            return format!("the result {a} has no record of its inputs (stored by an older lmscore)");
+        }
+        let mut what = Vec::new();
+        if self.weights != other.weights {
+            what.push(format!("the checkpoint differs ({a} {}, {b} {})", short(&self.weights), short(&other.weights)));
+        }
+        if self.data != other.data {
+            what.push(format!("the task data differs ({a} sha256 {}, {b} {})", short(&self.data), short(&other.data)));
+        }
+        what.join(" and ")
+    }
+}
+
+/// The first 12 characters of a digest, for messages.
+fn short(digest: &str) -> &str {
+    digest.get(..12).unwrap_or(digest)
+}
+
+/// Where a task of a run stands in the store, for given inputs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TaskState {
+    /// Not stored.
+    Missing,
+    /// Stored from these inputs: complete.
+    Done,
+    /// Stored from other inputs (what differs, in words): to be re-scored.
+    Stale(String),
+}
+
 /// One request's score, as stored.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RequestRow {
@@ -147,6 +215,8 @@ pub struct TaskRecord {
     pub seconds: f64,
     pub metrics: Vec<MetricRow>,
     pub requests: Vec<RequestRow>,
+    /// What the numbers were computed from.
+    pub inputs: Inputs,
 }
 
 impl From<&crate::tasks::TaskOutcome> for TaskRecord {
@@ -178,6 +248,7 @@ impl From<&crate::tasks::TaskOutcome> for TaskRecord {
                     n_tokens: r.n_tokens as u64,
                 })
                 .collect(),
+            inputs: Inputs::default(),
         }
     }
 }
@@ -224,14 +295,78 @@ pub struct MergeReport {
 pub struct Store {
     path: PathBuf,
     conn: Connection,
+    /// Opened by [`Store::open`] (else read-only).
+    writable: bool,
+    /// `task_runs` has the digest columns (schema version 2; a version-1 store opened read-only has not).
+    has_inputs: bool,
 }
 
 fn db_err(path: &Path, what: &str, e: rusqlite::Error) -> Error {
     Error::file(path, format!("results store: {what}: {e}"))
 }
 
+/// What a SQLite file holds, judged without writing to it.
+enum Kind {
+    /// No schema at all (a new or zero-byte file).
+    Empty,
+    /// An lmscore store of this schema version.
+    Store(i64),
+    /// Something else, and why it is not a store.
+    Foreign(String),
+}
+
+fn classify(c: &Connection) -> rusqlite::Result<Kind> {
+    let app: i64 = c.query_row("PRAGMA application_id", [], |r| r.get(0))?;
+    if app != 0 && app != APPLICATION_ID {
+        return Ok(Kind::Foreign(format!("its application_id is {app:#x}, another application's")));
+    }
+    let tables: Vec<String> = c
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let objects: i64 = c.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
+    if objects == 0 {
+        return Ok(Kind::Empty);
+    }
+    let holds = if tables.is_empty() { "no tables".to_string() } else { format!("tables {}", tables.join(", ")) };
+    if !tables.iter().any(|t| t == "meta") {
+        return Ok(Kind::Foreign(format!("it holds {holds} and no lmscore meta table")));
+    }
+    let version = match c.query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get::<_, String>(0)).optional() {
+        Ok(Some(v)) => v,
+        Ok(None) => return Ok(Kind::Foreign(format!("it holds {holds}; its meta table has no schema_version"))),
+        Err(e) => return Ok(Kind::Foreign(format!("it holds {holds}; its meta table is not lmscore's ({e})"))),
+    };
+    match version.parse::<i64>() {
+        Ok(v) if v >= 1 => Ok(Kind::Store(v)),
+        _ => Ok(Kind::Foreign(format!("its schema_version {version:?} is not an lmscore schema version"))),
+    }
+}
+
+/// Percent-encode a path for a `file:` URI.
+fn file_uri(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut s = String::from("file:");
+    for &b in path.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() || b"/._-~".contains(&b) {
+            s.push(b as char);
+        } else {
+            s.push_str(&format!("%{b:02X}"));
+        }
+    }
+    s
+}
+
+/// `path` with `suffix` appended to its file name (`r.db` -> `r.db-wal`).
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_os_string();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
 impl Store {
-    /// Open (creating if needed) a results store.
+    /// Open a results store for writing, creating it if the file is missing or empty. A database that is
+    /// not an lmscore store is refused and left as it is (nothing is written before that check).
     pub fn open(path: impl AsRef<Path>) -> Result<Store> {
         let path = path.as_ref().to_path_buf();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -239,10 +374,64 @@ impl Store {
                 return Err(Error::file(&path, format!("results store: directory {} does not exist", dir.display())));
             }
         }
+        if let Ok(meta) = std::fs::metadata(&path) {
+            if !meta.is_file() {
+                return Err(Error::file(&path, "results store: not a regular file"));
+            }
+        }
         let conn = Connection::open(&path).map_err(|e| db_err(&path, "cannot open", e))?;
-        let s = Store { path, conn };
+        let mut s = Store {
+            path,
+            conn,
+            writable: true,
+            has_inputs: true,
+        };
         s.init()?;
         Ok(s)
+    }
+
+    /// Open an existing results store read-only (SQLITE_OPEN_READ_ONLY): nothing in the file or beside it is
+    /// created or changed. Errors name the file: missing, not SQLite, not an lmscore store, a newer schema.
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<Store> {
+        let path = path.as_ref().to_path_buf();
+        match std::fs::metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Error::file(&path, "results store not found")),
+            Err(e) => return Err(Error::io(&path, e)),
+            Ok(m) if !m.is_file() => return Err(Error::file(&path, "results store: not a regular file")),
+            Ok(_) => {}
+        }
+        let connect = |immutable: bool| -> rusqlite::Result<(Connection, Kind)> {
+            let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+            let conn = if immutable {
+                let abs = std::fs::canonicalize(&path).map_err(|_| rusqlite::Error::InvalidPath(path.clone()))?;
+                Connection::open_with_flags(format!("{}?immutable=1", file_uri(&abs)), flags | OpenFlags::SQLITE_OPEN_URI)?
+            } else {
+                Connection::open_with_flags(&path, flags)?
+            };
+            conn.busy_timeout(std::time::Duration::from_secs(60))?;
+            let kind = classify(&conn)?;
+            Ok((conn, kind))
+        };
+        // A store left in WAL mode (by a killed writer or an older lmscore) needs a `-shm` file; where none can
+        // be created (a read-only directory) and no `-wal` holds pending writes, the main file is the whole
+        // store: read it as immutable.
+        let (conn, kind) = match connect(false) {
+            Ok(x) => x,
+            Err(e) if !sibling(&path, "-wal").exists() => connect(true).map_err(|_| db_err(&path, "cannot read it", e))?,
+            Err(e) => return Err(db_err(&path, "cannot read it", e)),
+        };
+        let version = match kind {
+            Kind::Store(v) if v <= SCHEMA_VERSION => v,
+            Kind::Store(v) => return Err(newer_schema(&path, v)),
+            Kind::Empty => return Err(Error::file(&path, "not an lmscore results store (an empty database)")),
+            Kind::Foreign(why) => return Err(Error::file(&path, format!("not an lmscore results store: {why}"))),
+        };
+        Ok(Store {
+            path,
+            conn,
+            writable: false,
+            has_inputs: version >= 2,
+        })
     }
 
     fn err(&self, what: &str) -> impl Fn(rusqlite::Error) -> Error + '_ {
@@ -250,46 +439,51 @@ impl Store {
         move |e| db_err(&self.path, &what, e)
     }
 
-    fn init(&self) -> Result<()> {
-        let c = &self.conn;
+    /// Check what the file holds (refusing anything but an empty database or an lmscore store), then switch
+    /// to WAL and create or migrate the schema.
+    fn init(&mut self) -> Result<()> {
+        let path = self.path.clone();
+        let c = &mut self.conn;
         c.busy_timeout(std::time::Duration::from_secs(60))
-            .map_err(self.err("setting the busy timeout"))?;
-        // `journal_mode` answers with the mode in effect; anything but wal means the file is not a writable
-        // SQLite database (or lives on a file system without shared memory).
+            .map_err(|e| db_err(&path, "setting the busy timeout", e))?;
+        let check = |c: &Connection| -> Result<Kind> {
+            match classify(c).map_err(|e| db_err(&path, "not a SQLite database (or unreadable)", e))? {
+                Kind::Foreign(why) => Err(Error::file(
+                    &path,
+                    format!("not an lmscore results store: {why}; refusing to write to it (give a new file or an existing store)"),
+                )),
+                Kind::Store(v) if v > SCHEMA_VERSION => Err(newer_schema(&path, v)),
+                k => Ok(k),
+            }
+        };
+        check(c)?;
+        // `journal_mode` answers with the mode in effect; anything but wal means the file is not writable
+        // (or lives on a file system without shared memory).
         let mode: String = c
             .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-            .map_err(|e| db_err(&self.path, "not a SQLite database (or not writable)", e))?;
+            .map_err(|e| db_err(&path, "cannot switch to WAL mode (is the file writable?)", e))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(Error::file(
-                &self.path,
-                format!("results store: could not switch to WAL mode (journal_mode is {mode})"),
+                &path,
+                format!("results store: could not switch to WAL mode (journal_mode is {mode}; is the file writable?)"),
             ));
         }
         c.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
-            .map_err(self.err("setting pragmas"))?;
-        c.execute_batch(SCHEMA)
-            .map_err(|e| db_err(&self.path, "not an lmscore results store (creating the schema failed)", e))?;
-        let version: Option<String> = c
-            .query_row("SELECT value FROM meta WHERE key='schema_version'", [], |r| r.get(0))
-            .optional()
-            .map_err(self.err("reading meta"))?;
-        match version {
-            None => {
-                c.execute(
-                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?1)",
-                    [SCHEMA_VERSION.to_string()],
-                )
-                .map_err(self.err("writing meta"))?;
-            }
-            Some(v) if v == SCHEMA_VERSION.to_string() => {}
-            Some(v) => {
-                return Err(Error::file(
-                    &self.path,
-                    format!("results store has schema version {v}, this lmscore reads version {SCHEMA_VERSION}"),
-                ))
-            }
-        }
-        Ok(())
+            .map_err(|e| db_err(&path, "setting pragmas", e))?;
+        let tx = c
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| db_err(&path, "begin", e))?;
+        // Again inside the write lock: another process may have created the schema meanwhile.
+        let setup = match check(&tx)? {
+            Kind::Empty => format!(
+                "{SCHEMA} INSERT INTO meta (key, value) VALUES ('schema_version', '{SCHEMA_VERSION}');
+                 PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION};"
+            ),
+            Kind::Store(1) => format!("{MIGRATE_1_TO_2} PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION};"),
+            _ => String::new(),
+        };
+        tx.execute_batch(&setup).map_err(|e| db_err(&path, "creating the schema", e))?;
+        tx.commit().map_err(|e| db_err(&path, "commit", e))
     }
 
     pub fn path(&self) -> &Path {
@@ -326,24 +520,34 @@ impl Store {
         Ok(())
     }
 
-    /// Is this task of this run complete (requests and metrics stored)?
-    pub fn is_done(&self, key: &RunKey, task: &str) -> Result<bool> {
-        let Some(id) = self.run_id(key)? else { return Ok(false) };
-        self.conn
-            .query_row("SELECT 1 FROM task_runs WHERE run_id=?1 AND task=?2", params![id, task], |_| Ok(()))
-            .optional()
-            .map(|o| o.is_some())
-            .map_err(self.err("checking a task"))
+    /// Where this task of this run stands for `inputs`: missing, complete, or stored from other inputs.
+    pub fn task_state(&self, key: &RunKey, task: &str, inputs: &Inputs) -> Result<TaskState> {
+        let Some(id) = self.run_id(key)? else { return Ok(TaskState::Missing) };
+        let stored = stored_inputs(&self.conn, id, task, self.has_inputs).map_err(self.err("checking a task"))?;
+        Ok(match stored {
+            None => TaskState::Missing,
+            Some(s) if s == *inputs => TaskState::Done,
+            Some(s) => TaskState::Stale(s.difference(inputs, ("stored", "now"))),
+        })
     }
 
-    /// Store one task's outcome (see [`Store::record`]). Returns false (and writes nothing) if it was already complete.
-    pub fn record_task(&mut self, key: &RunKey, outcome: &crate::tasks::TaskOutcome) -> Result<bool> {
-        self.record(key, &TaskRecord::from(outcome))
+    /// Is this task of this run complete from these inputs (requests and metrics stored)?
+    pub fn is_done(&self, key: &RunKey, task: &str, inputs: &Inputs) -> Result<bool> {
+        Ok(self.task_state(key, task, inputs)? == TaskState::Done)
     }
 
-    /// Store one task's requests, metrics and completion marker in one transaction: all or nothing.
-    /// Returns false (and writes nothing) if the task was already complete.
-    pub fn record(&mut self, key: &RunKey, rec: &TaskRecord) -> Result<bool> {
+    /// Store one task's outcome computed from `inputs` (see [`Store::record`]).
+    pub fn record_task(&mut self, key: &RunKey, inputs: &Inputs, outcome: &crate::tasks::TaskOutcome, force: bool) -> Result<bool> {
+        let mut rec = TaskRecord::from(outcome);
+        rec.inputs = inputs.clone();
+        self.record(key, &rec, force)
+    }
+
+    /// Store one task's requests, metrics and completion marker in one transaction: all or nothing. A record
+    /// of the task from other inputs (or, with `force`, from any) is replaced in the same transaction.
+    /// Returns false (and writes nothing) if the task was already complete from the same inputs and not
+    /// `force`d (e.g. another process stored it meanwhile).
+    pub fn record(&mut self, key: &RunKey, rec: &TaskRecord, force: bool) -> Result<bool> {
         let path = self.path.clone();
         let path = path.as_path();
         let e = |what: &'static str| move |e: rusqlite::Error| db_err(path, &format!("{what} for {key} task {}", rec.task), e);
@@ -352,12 +556,10 @@ impl Store {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(e("begin"))?;
         let id = ensure_run(&tx, key, None).map_err(e("recording the run"))?;
-        let done = tx
-            .query_row("SELECT 1 FROM task_runs WHERE run_id=?1 AND task=?2", params![id, rec.task], |_| Ok(()))
-            .optional()
-            .map_err(e("checking"))?;
-        if done.is_some() {
-            return Ok(false);
+        match stored_inputs(&tx, id, &rec.task, true).map_err(e("checking"))? {
+            Some(s) if s == rec.inputs && !force => return Ok(false),
+            Some(_) => delete_task(&tx, id, &rec.task).map_err(e("replacing the stored task"))?,
+            None => {}
         }
         insert_task(&tx, id, rec, env!("CARGO_PKG_VERSION"), None).map_err(e("writing"))?;
         crash_point();
@@ -430,7 +632,7 @@ impl Store {
     /// The stored record of one task (requests ordered by doc, choice; metrics by name); None if not complete.
     pub fn task_record(&self, key: &RunKey, task: &str) -> Result<Option<TaskRecord>> {
         let Some(id) = self.run_id(key)? else { return Ok(None) };
-        read_task(&self.conn, id, task).map_err(self.err("reading a task"))
+        read_task(&self.conn, id, task, self.has_inputs).map_err(self.err("reading a task"))
     }
 
     /// Every complete (run, task) in the store.
@@ -438,28 +640,24 @@ impl Store {
         completed(&self.conn).map_err(self.err("listing tasks"))
     }
 
-    /// Copy every complete task of the store at `other` into this one, in one transaction. Tasks already here
-    /// with identical values are skipped; with different values they are reported in `conflicts` and left as
-    /// they are. Running it twice changes nothing the second time.
+    /// Copy every complete task of the store at `other` (opened read-only) into this one; see [`Store::merge_store`].
     pub fn merge_from(&mut self, other: &Path) -> Result<MergeReport> {
-        if !other.is_file() {
-            return Err(Error::file(other, "results store not found"));
-        }
-        if std::fs::canonicalize(other).ok() == std::fs::canonicalize(&self.path).ok() {
+        let src = Store::open_read_only(other)?;
+        self.merge_store(&src)
+    }
+
+    /// Copy every complete task of `src` into this store, in one transaction. Tasks already here with
+    /// identical values and inputs are skipped; with different ones they are reported in `conflicts` and left
+    /// as they are. Running it twice changes nothing the second time.
+    pub fn merge_store(&mut self, src: &Store) -> Result<MergeReport> {
+        let other = src.path.as_path();
+        let same_file = match (std::fs::canonicalize(other), std::fs::canonicalize(&self.path)) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        };
+        if same_file {
             return Err(Error::file(other, "cannot merge a results store into itself"));
         }
-        // Only an lmscore store is merged: never create tables in someone else's database.
-        let probe = Connection::open(other).map_err(|e| db_err(other, "cannot open", e))?;
-        let is_store: Option<String> = probe
-            .query_row("SELECT value FROM meta WHERE key='schema_version'", [], |r| r.get(0))
-            .optional()
-            .unwrap_or(None);
-        if is_store.is_none() {
-            return Err(Error::file(other, "not an lmscore results store (no schema_version in a meta table)"));
-        }
-        drop(probe);
-        // Opening runs the same checks (schema version, WAL) and replays a WAL left by a killed writer.
-        let src = Store::open(other)?;
         let oerr = |what: &'static str| move |e: rusqlite::Error| db_err(other, what, e);
         let mut report = MergeReport::default();
         let runs = {
@@ -498,10 +696,10 @@ impl Store {
                 rows.collect::<std::result::Result<_, _>>().map_err(oerr("reading tasks"))?
             };
             for (task, task_version, task_finished) in tasks {
-                let theirs = read_task(&src.conn, src_id, &task)
-                    .map_err(oerr("reading a task"))?
-                    .expect("listed above");
-                match read_task(&tx, id, &task).map_err(e("reading a task"))? {
+                let Some(theirs) = read_task(&src.conn, src_id, &task, src.has_inputs).map_err(oerr("reading a task"))? else {
+                    continue; // listed above, gone now: nothing to merge
+                };
+                match read_task(&tx, id, &task, true).map_err(e("reading a task"))? {
                     None => {
                         insert_task(&tx, id, &theirs, &task_version, Some(&task_finished)).map_err(e("writing a task"))?;
                         report.added += 1;
@@ -524,6 +722,25 @@ impl Store {
         tx.commit().map_err(e("commit"))?;
         Ok(report)
     }
+}
+
+impl Drop for Store {
+    /// A writer leaves the file in rollback-journal mode (the WAL checkpointed into it and removed), so that
+    /// readers find one self-contained file. Best effort: while another connection has the store open the
+    /// switch is refused at once (no waiting) and the file stays in WAL mode, which is just as valid.
+    fn drop(&mut self) {
+        if self.writable {
+            let _ = self.conn.busy_timeout(std::time::Duration::ZERO);
+            let _ = self.conn.query_row("PRAGMA journal_mode=DELETE", [], |_| Ok(()));
+        }
+    }
+}
+
+fn newer_schema(path: &Path, v: i64) -> Error {
+    Error::file(
+        path,
+        format!("results store has schema version {v}, this lmscore reads versions up to {SCHEMA_VERSION}"),
+    )
 }
 
 /// Test hook for crash safety: with `LMSCORE_TEST_ABORT_IN_TRANSACTION=N`, the N-th task write of this
@@ -562,6 +779,32 @@ fn ensure_run(tx: &Connection, key: &RunKey, from: Option<(&str, &str)>) -> rusq
     )
 }
 
+/// The digest columns, or empty strings in a version-1 store.
+fn inputs_columns(has_inputs: bool) -> &'static str {
+    if has_inputs {
+        "weights_digest, data_digest"
+    } else {
+        "'', ''"
+    }
+}
+
+/// The inputs a complete task was stored from; None if the task is not complete.
+fn stored_inputs(c: &Connection, run: i64, task: &str, has_inputs: bool) -> rusqlite::Result<Option<Inputs>> {
+    c.query_row(
+        &format!("SELECT {} FROM task_runs WHERE run_id=?1 AND task=?2", inputs_columns(has_inputs)),
+        params![run, task],
+        |r| Ok(Inputs { weights: r.get(0)?, data: r.get(1)? }),
+    )
+    .optional()
+}
+
+fn delete_task(tx: &Transaction, run: i64, task: &str) -> rusqlite::Result<()> {
+    for table in ["requests", "task_results", "task_runs"] {
+        tx.execute(&format!("DELETE FROM {table} WHERE run_id=?1 AND task=?2"), params![run, task])?;
+    }
+    Ok(())
+}
+
 fn insert_task(tx: &Transaction, run: i64, rec: &TaskRecord, version: &str, finished_at: Option<&str>) -> rusqlite::Result<()> {
     {
         let mut st =
@@ -584,8 +827,9 @@ fn insert_task(tx: &Transaction, run: i64, rec: &TaskRecord, version: &str, fini
     }
     tx.execute(
         &format!(
-            "INSERT INTO task_runs (run_id, task, n_docs, skipped_rows, naive_tokens, computed_tokens, seconds, lmscore_version, finished_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, coalesce(?9, {NOW}))"
+            "INSERT INTO task_runs (run_id, task, n_docs, skipped_rows, naive_tokens, computed_tokens, seconds, lmscore_version, finished_at,
+                                    weights_digest, data_digest)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, coalesce(?9, {NOW}), ?10, ?11)"
         ),
         params![
             run,
@@ -596,29 +840,32 @@ fn insert_task(tx: &Transaction, run: i64, rec: &TaskRecord, version: &str, fini
             rec.computed_tokens as i64,
             rec.seconds,
             version,
-            finished_at
+            finished_at,
+            rec.inputs.weights,
+            rec.inputs.data
         ],
     )?;
     Ok(())
 }
 
-fn read_task(c: &Connection, run: i64, task: &str) -> rusqlite::Result<Option<TaskRecord>> {
+fn read_task(c: &Connection, run: i64, task: &str, has_inputs: bool) -> rusqlite::Result<Option<TaskRecord>> {
     let head = c
         .query_row(
-            "SELECT n_docs, skipped_rows, naive_tokens, computed_tokens, seconds FROM task_runs WHERE run_id=?1 AND task=?2",
+            &format!(
+                "SELECT n_docs, skipped_rows, naive_tokens, computed_tokens, seconds, {} FROM task_runs WHERE run_id=?1 AND task=?2",
+                inputs_columns(has_inputs)
+            ),
             params![run, task],
             |r| {
                 Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, i64>(3)?,
+                    (r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?),
                     r.get::<_, f64>(4)?,
+                    Inputs { weights: r.get(5)?, data: r.get(6)? },
                 ))
             },
         )
         .optional()?;
-    let Some((n_docs, skipped, naive, computed, seconds)) = head else {
+    let Some(((n_docs, skipped, naive, computed), seconds, inputs)) = head else {
         return Ok(None);
     };
     let mut st = c.prepare_cached("SELECT metric, value, stderr FROM task_results WHERE run_id=?1 AND task=?2 ORDER BY metric")?;
@@ -653,6 +900,7 @@ fn read_task(c: &Connection, run: i64, task: &str) -> rusqlite::Result<Option<Ta
         seconds,
         metrics,
         requests,
+        inputs,
     }))
 }
 
@@ -665,10 +913,12 @@ fn completed(c: &Connection) -> rusqlite::Result<Vec<(RunKey, String)>> {
     rows.collect()
 }
 
-/// Two records of the same task differ in their results (timings and token counts are not results).
+/// Two records of the same task differ in their results or their inputs (timings and token counts are not
+/// results).
 impl TaskRecord {
     fn same_results(&self, other: &TaskRecord) -> bool {
         self.task == other.task
+            && self.inputs == other.inputs
             && self.n_docs == other.n_docs
             && self.skipped_rows == other.skipped_rows
             && self.metrics.len() == other.metrics.len()
@@ -687,6 +937,12 @@ fn same(a: f64, b: f64) -> bool {
 }
 
 fn describe_difference(ours: &TaskRecord, theirs: &TaskRecord) -> String {
+    if ours.inputs != theirs.inputs {
+        return format!(
+            "computed from other inputs: {} (kept this one)",
+            ours.inputs.difference(&theirs.inputs, ("here", "in the other store"))
+        );
+    }
     if ours.n_docs != theirs.n_docs {
         return format!("{} documents here, {} in the other store", ours.n_docs, theirs.n_docs);
     }

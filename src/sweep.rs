@@ -2,14 +2,17 @@
 //!
 //! ```text
 //! checkpoints x tasks -> (checkpoint, task) units -> this shard's units -> skip the complete ones
-//!   -> one checkpoint at a time: [background thread: fetch, open and read the NEXT checkpoint into memory]
-//!                                 load on the device -> load tasks -> score task group by group
-//!                                 -> each task's requests + metrics in ONE store transaction
+//!   -> one checkpoint at a time: [background thread: fetch the NEXT checkpoint, read its files once]
+//!                                 check its files are unchanged -> load on the device -> score task group
+//!                                 by group -> each task's requests + metrics in ONE store transaction
 //! ```
 //!
-//! Resuming: a unit is complete when the store says so ([`Store::is_done`]); everything else is redone
-//! from scratch. A sweep killed at any moment (even `kill -9`) and started again with the same arguments
-//! finishes the work without losing or duplicating a row.
+//! Resuming: a unit is complete when the store holds it computed from the same inputs ([`Store::task_state`]):
+//! the same run key (name, revision, protocol, dtype, device), the same checkpoint digest
+//! ([`checkpoint_digest`]: the Hub commit, or for a local directory a digest of its files) and the same task
+//! data (sha256 of the data file). Anything else is redone from scratch, and a unit stored from other inputs
+//! is replaced; `--force` re-scores everything. A sweep killed at any moment (even `kill -9`) and started
+//! again with the same arguments finishes the work without losing or duplicating a row.
 //!
 //! Sharding (`--shard i/N`, e.g. a Slurm job array with `--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT`):
 //! checkpoints are numbered 0.. in sweep order (the preset: size-major, then step) and tasks 0.. in task-list
@@ -18,17 +21,23 @@
 //! With more shards than checkpoints, units are numbered checkpoint-major, `u = c * #tasks + t`, and shard i
 //! takes the units with `u % N == i`. Either way the N shards partition the units exactly; each shard writes
 //! its own store and `lmscore merge` combines them.
+//!
+//! Files changing under a sweep: the next checkpoint is prefetched with plain reads (never through a memory
+//! map), and its files' sizes and modification times are checked before it is loaded and again after: a
+//! checkpoint rewritten meanwhile is a failure of that checkpoint, and the sweep goes on.
 
 use crate::checkpoint::Checkpoint;
 use crate::engine::{Device, Engine, EngineOptions};
 use crate::error::{Error, Result};
-use crate::hub::{self, CheckpointSpec, HubOptions};
-use crate::store::{RunKey, Store};
+use crate::hub::{self, CheckpointSpec, HubOptions, Source};
+use crate::store::{Inputs, RunKey, Store, TaskState};
 use crate::tasks::{self, LoadOptions, LoadedTask, Protocol};
 use crate::tokenizer::Tokenizer;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::collections::BTreeSet;
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
 
 /// The preset of "Emergent inabilities?" (2023): 8 Pythia sizes x 8 checkpoints x 12 tasks.
 pub const PRESET_EMERGENT_INABILITIES: &str = "emergent-inabilities";
@@ -93,8 +102,32 @@ pub struct SweepOptions {
     pub skip_bad_rows: bool,
     /// Tokenizer to use instead of each checkpoint's `tokenizer.json`.
     pub tokenizer: Option<PathBuf>,
-    /// Draw progress bars (they are also hidden whenever stderr is not a terminal).
+    /// Show progress: bars on a terminal, else a plain line every `progress_interval`.
     pub progress: bool,
+    /// How often a plain progress line is printed when stderr is not a terminal (e.g. a Slurm log).
+    pub progress_interval: Duration,
+    /// Re-score units the store already holds from the same inputs (and replace them).
+    pub force: bool,
+}
+
+impl Default for SweepOptions {
+    fn default() -> Self {
+        SweepOptions {
+            checkpoints: Vec::new(),
+            tasks: Vec::new(),
+            protocol: Protocol::default(),
+            engine: EngineOptions::default(),
+            data_dir: PathBuf::from("data"),
+            db: PathBuf::new(),
+            shard: None,
+            hub: HubOptions::default(),
+            skip_bad_rows: false,
+            tokenizer: None,
+            progress: true,
+            progress_interval: Duration::from_secs(30),
+            force: false,
+        }
+    }
 }
 
 /// What a sweep did.
@@ -102,10 +135,14 @@ pub struct SweepOptions {
 pub struct SweepSummary {
     /// Units in this shard.
     pub units: usize,
-    /// Units found complete in the store at the start.
+    /// Units found complete (same inputs) in the store before this process scored them.
     pub already_done: usize,
-    /// Units scored and stored by this run.
+    /// Units re-scored because the store held them from other inputs.
+    pub stale: usize,
+    /// Units scored and stored by this process.
     pub scored: usize,
+    /// Units this process scored but another process had stored (from the same inputs) first.
+    pub stored_by_others: usize,
     /// One line per checkpoint that failed (fetch, load or scoring); its units stay pending.
     pub failures: Vec<String>,
 }
@@ -131,176 +168,142 @@ pub fn run_key(spec: &CheckpointSpec, protocol: Protocol, engine: &EngineOptions
     }
 }
 
-/// A checkpoint fetched and opened by the background thread.
-type Fetched = (usize, Result<(PathBuf, Checkpoint)>);
+// ---------------------------------------------------------------------------------------------------
+// What a checkpoint is: its files, their digest, their sizes and times
 
-/// Run a sweep. Per-checkpoint failures are collected in the summary (the other checkpoints still run);
-/// store and task-data errors stop the sweep.
-pub fn run(opts: &SweepOptions) -> Result<SweepSummary> {
-    if opts.checkpoints.is_empty() || opts.tasks.is_empty() {
-        return Err(Error::invalid("a sweep needs at least one checkpoint and one task"));
-    }
-    let mut store = Store::open(&opts.db)?;
-    let keys: Vec<RunKey> = opts.checkpoints.iter().map(|c| run_key(c, opts.protocol, &opts.engine)).collect();
-    for (i, k) in keys.iter().enumerate() {
-        if let Some(j) = keys[..i].iter().position(|o| o == k) {
-            return Err(Error::invalid(format!(
-                "checkpoints {} and {} are both {}@{}: give local checkpoints distinct NAME@REV",
-                opts.checkpoints[j], opts.checkpoints[i], k.model, k.revision
-            )));
+/// The files of a model directory that determine its scores: `config.json`, `tokenizer.json`, shard
+/// indexes and every `.safetensors` / `.bin` file, sorted by name.
+fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if matches!(name, "config.json" | "tokenizer.json") || [".safetensors", ".bin", ".index.json"].iter().any(|x| name.ends_with(x)) {
+            files.push(path);
         }
     }
-    let units = shard_units(opts.checkpoints.len(), opts.tasks.len(), opts.shard);
-    let mut summary = SweepSummary {
-        units: units.len(),
-        ..Default::default()
-    };
-    // Pending task indices per checkpoint, in order.
-    let mut pending: Vec<(usize, Vec<usize>)> = Vec::new();
-    for &(c, t) in &units {
-        if store.is_done(&keys[c], &opts.tasks[t])? {
-            summary.already_done += 1;
-            continue;
-        }
-        match pending.last_mut() {
-            Some((pc, ts)) if *pc == c => ts.push(t),
-            _ => pending.push((c, vec![t])),
-        }
-    }
-
-    let visible = opts.progress && std::io::stderr().is_terminal();
-    let multi = MultiProgress::with_draw_target(if visible {
-        ProgressDrawTarget::stderr()
-    } else {
-        ProgressDrawTarget::hidden()
-    });
-    let log = |msg: String| {
-        if visible {
-            let _ = multi.println(&msg);
-        } else {
-            eprintln!("{msg}");
-        }
-    };
-    let shard_note = opts.shard.map(|s| format!(" (shard {s})")).unwrap_or_default();
-    log(format!(
-        "sweep{shard_note}: {} units ({} checkpoints x {} tasks in this shard), {} already complete in {}",
-        units.len(),
-        units.iter().map(|u| u.0).collect::<std::collections::BTreeSet<_>>().len(),
-        opts.tasks.len(),
-        summary.already_done,
-        opts.db.display()
-    ));
-    let sweep_bar = multi.add(ProgressBar::new(units.len() as u64));
-    sweep_bar.set_style(
-        ProgressStyle::with_template("sweep {bar:30} {pos}/{len} units [{elapsed} < {eta}] {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    sweep_bar.set_position(summary.already_done as u64);
-
-    // The background thread fetches and opens checkpoints in order; the rendezvous channel makes it hold at
-    // most one finished checkpoint (the next) while the current one is scored.
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Fetched>(0);
-    let to_fetch: Vec<(usize, CheckpointSpec)> = pending.iter().map(|(c, _)| (*c, opts.checkpoints[*c].clone())).collect();
-    let hub_opts = opts.hub.clone();
-    let fetcher = std::thread::Builder::new()
-        .name("lmscore-fetch".into())
-        .spawn(move || {
-            for (c, spec) in to_fetch {
-                let r = hub::resolve(&spec, &hub_opts).and_then(|dir| {
-                    let ckpt = Checkpoint::open(&dir)?;
-                    warm_page_cache(&dir);
-                    Ok((dir, ckpt))
-                });
-                if tx.send((c, r)).is_err() {
-                    return; // the sweep stopped
-                }
-            }
-        })
-        .map_err(|e| Error::invalid(format!("cannot start the checkpoint fetch thread: {e}")))?;
-
-    // Tasks are tokenized once per distinct tokenizer (every Pythia checkpoint shares one).
-    let mut task_cache: Option<(Vec<u8>, Vec<LoadedTask>)> = None;
-    for (c, task_idx) in &pending {
-        let spec = &opts.checkpoints[*c];
-        let key = &keys[*c];
-        sweep_bar.set_message(format!("{spec}"));
-        let fetched = rx
-            .recv()
-            .map_err(|_| Error::invalid("the checkpoint fetch thread stopped unexpectedly"))?;
-        debug_assert_eq!(fetched.0, *c);
-        let (dir, ckpt) = match fetched.1 {
-            Ok(x) => x,
-            Err(e) => {
-                log(format!("FAILED {spec}: {e}"));
-                summary.failures.push(format!("{spec}: {e}"));
-                continue;
-            }
-        };
-        // Tasks for this tokenizer.
-        let tok_path = opts.tokenizer.clone().unwrap_or_else(|| ckpt.tokenizer_path());
-        let tok_bytes = crate::error::read_bounded(&tok_path, crate::error::MAX_METADATA_BYTES)?;
-        if task_cache.as_ref().is_none_or(|(b, _)| *b != tok_bytes) {
-            let tokenizer = Tokenizer::from_file(&tok_path)?;
-            let lo = LoadOptions {
-                data_dir: opts.data_dir.clone(),
-                skip_bad_rows: opts.skip_bad_rows,
-                offline: opts.hub.offline,
-            };
-            let loaded = opts
-                .tasks
-                .iter()
-                .map(|t| tasks::load_task(t, opts.protocol, &tokenizer, &lo))
-                .collect::<Result<Vec<_>>>()?;
-            task_cache = Some((tok_bytes, loaded));
-        }
-        let all_tasks = &task_cache.as_ref().expect("loaded above").1;
-        let todo: Vec<&LoadedTask> = task_idx.iter().map(|&t| &all_tasks[t]).collect();
-
-        match score_checkpoint(&ckpt, key, &todo, opts, &mut store, &multi, &sweep_bar, &log) {
-            Ok(n) => summary.scored += n,
-            Err(ScoreError::Store(e)) => return Err(e),
-            Err(ScoreError::Checkpoint(e, n)) => {
-                summary.scored += n;
-                log(format!("FAILED {spec} ({}): {e}", dir.display()));
-                summary.failures.push(format!("{spec}: {e}"));
-                continue;
-            }
-        }
-        // The run is finished when every task of the sweep is complete for it (other shards included).
-        if opts
-            .tasks
-            .iter()
-            .map(|t| store.is_done(key, t))
-            .collect::<Result<Vec<bool>>>()?
-            .into_iter()
-            .all(|d| d)
-        {
-            store.finish_run(key)?;
-        }
-    }
-    drop(rx);
-    let _ = fetcher.join();
-    sweep_bar.finish_and_clear();
-    log(format!(
-        "sweep{shard_note}: {} units scored now, {} were already complete, {} checkpoints failed; results in {}",
-        summary.scored,
-        summary.already_done,
-        summary.failures.len(),
-        opts.db.display()
-    ));
-    Ok(summary)
+    files.sort();
+    Ok(files)
 }
 
-/// Read a checkpoint's safetensors files once, in the background, so that putting the weights on the device
-/// later reads them from the page cache rather than the disk. (Pickled `.bin` weights are already in memory
-/// after `Checkpoint::open`.) Skipped when the files would take more than half the memory available; errors
-/// are ignored: this only saves time.
-fn warm_page_cache(dir: &std::path::Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    let files: Vec<PathBuf> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
-        .collect();
+/// The weight files the loader reads (safetensors when there are any, else `.bin`).
+fn weight_files(files: &[PathBuf]) -> Vec<&PathBuf> {
+    let of = |ext: &str| files.iter().filter(|p| p.extension().is_some_and(|x| x == ext)).collect::<Vec<_>>();
+    let st = of("safetensors");
+    if st.is_empty() {
+        of("bin")
+    } else {
+        st
+    }
+}
+
+/// Bytes of a weights file that stand for it in the digest: all of it up to 1 MiB; else the first and last
+/// 256 KiB (the safetensors header; the zip central directory of a `.bin`, with every entry's CRC-32) and 32
+/// pages spread over the file (checkpoints of different training steps differ in every page).
+fn sample_file(path: &Path, len: u64, out: &mut Vec<u8>) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    const WHOLE: u64 = 1 << 20;
+    const EDGE: u64 = 256 << 10;
+    const PAGE: u64 = 4096;
+    let file = crate::error::open_regular(path)?;
+    let mut ranges = vec![(0, len.min(WHOLE))];
+    if len > WHOLE {
+        ranges = vec![(0, EDGE), (len - EDGE, EDGE)];
+        ranges.extend((1..=32u64).map(|i| ((len / 33 * i) / PAGE * PAGE, PAGE)));
+    }
+    for (at, n) in ranges {
+        let start = out.len();
+        out.resize(start + n as usize, 0);
+        file.read_exact_at(&mut out[start..], at)
+            .map_err(|e| Error::file(path, format!("cannot read {n} bytes at offset {at} ({e}); was the file truncated?")))?;
+    }
+    Ok(())
+}
+
+/// What a checkpoint's scores are computed from, as one digest: `hub:COMMIT` for a Hub checkpoint; for a
+/// local directory, sha256 over its config, tokenizer and indexes and, for each weights file, its name, size
+/// and sampled bytes ([`sample_file`]: cheap, no full read). A `--tokenizer` file is added by its sha256.
+pub fn checkpoint_digest(spec: &CheckpointSpec, dir: &Path, tokenizer: Option<&Path>) -> Result<String> {
+    let files = checkpoint_files(dir)?;
+    digest_of(spec, dir, &files, tokenizer)
+}
+
+fn digest_of(spec: &CheckpointSpec, dir: &Path, files: &[PathBuf], tokenizer: Option<&Path>) -> Result<String> {
+    let sha = |bytes: &[u8]| crate::tasks::hub::sha256_hex(bytes);
+    let mut digest = match spec.source {
+        Source::Hub => format!("hub:{}", dir.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()),
+        Source::Local(_) => {
+            let mut buf = Vec::new();
+            for f in files {
+                let meta = std::fs::metadata(f).map_err(|e| Error::io(f, e))?;
+                buf.extend_from_slice(f.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default());
+                buf.extend_from_slice(&meta.len().to_le_bytes());
+                if f.extension().is_some_and(|x| x == "json") {
+                    let text = crate::error::read_bounded(f, crate::error::MAX_METADATA_BYTES)?;
+                    buf.extend_from_slice(sha(&text).as_bytes());
+                } else if meta.is_file() {
+                    sample_file(f, meta.len(), &mut buf)?;
+                }
+            }
+            sha(&buf)
+        }
+    };
+    if let Some(t) = tokenizer {
+        digest.push_str(&format!("+tokenizer:{}", sha(&crate::error::read_bounded(t, crate::error::MAX_METADATA_BYTES)?)));
+    }
+    Ok(digest)
+}
+
+/// Size and modification time of a file (None: gone).
+type Stamp = Option<(u64, Option<SystemTime>)>;
+
+fn stamp(path: &Path) -> Stamp {
+    std::fs::metadata(path).ok().map(|m| (m.len(), m.modified().ok()))
+}
+
+/// A checkpoint fetched by the background thread: where it is, its digest, and its files as they were then.
+struct Fetched {
+    dir: PathBuf,
+    digest: String,
+    files: Vec<(PathBuf, Stamp)>,
+}
+
+impl Fetched {
+    /// An error naming the first file whose size or modification time changed since the fetch.
+    fn check_unchanged(&self, when: &str) -> Result<()> {
+        for (path, was) in &self.files {
+            let now = stamp(path);
+            if now != *was {
+                let size = |s: &Stamp| s.map_or("gone".to_string(), |(n, _)| format!("{n} bytes"));
+                return Err(Error::file(
+                    path,
+                    format!("changed on disk {when} (was {}, now {}); not using this checkpoint", size(was), size(&now)),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Resolve (and download) a checkpoint, read its weights once so that loading finds them in the page cache,
+/// and compute its digest. No file is memory-mapped here: a file truncated meanwhile is an error, not SIGBUS.
+fn fetch(spec: &CheckpointSpec, hub_opts: &HubOptions, tokenizer: Option<&Path>) -> Result<Fetched> {
+    let dir = hub::resolve(spec, hub_opts)?;
+    let paths = checkpoint_files(&dir)?;
+    let files: Vec<(PathBuf, Stamp)> = paths.iter().map(|p| (p.clone(), stamp(p))).collect();
+    warm_page_cache(&weight_files(&paths));
+    let digest = digest_of(spec, &dir, &paths, tokenizer)?;
+    let fetched = Fetched { dir, digest, files };
+    fetched.check_unchanged("while it was being prefetched")?;
+    Ok(fetched)
+}
+
+/// Read weight files once through one small buffer, so that putting the weights on the device later reads
+/// them from the page cache rather than the disk. Skipped when the files would take more than half the
+/// memory available. Read errors end it quietly: this only saves time, and a file that changed is caught by
+/// [`Fetched::check_unchanged`].
+fn warm_page_cache(files: &[&PathBuf]) {
+    use std::io::Read;
     let total: u64 = files.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
     let available = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
         m.lines()
@@ -311,94 +314,499 @@ fn warm_page_cache(dir: &std::path::Path) {
     if available.is_none_or(|a| total > a / 2) {
         return;
     }
+    let mut buf = vec![0u8; 1 << 20];
     for f in files {
-        if let Ok(mut file) = std::fs::File::open(&f) {
-            let _ = std::io::copy(&mut file, &mut std::io::sink());
+        let Ok(mut file) = crate::error::open_regular(f) else { continue };
+        while matches!(file.read(&mut buf), Ok(n) if n > 0) {}
+    }
+}
+
+/// The directory of a checkpoint if it is available without fetching anything (a local directory, or a
+/// checkpoint complete in the Hub cache).
+fn available_dir(spec: &CheckpointSpec, hub_opts: &HubOptions) -> Option<PathBuf> {
+    match &spec.source {
+        Source::Local(dir) => dir.is_dir().then(|| dir.clone()),
+        Source::Hub => {
+            let cache = hub_opts.cache_dir.clone().or_else(|| hub::default_cache_dir().ok())?;
+            hub::resolve_cached(spec, &cache).ok()
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Tasks
+
+/// The sweep's tasks tokenized with one tokenizer, and the sha256 of each task's data file.
+struct TaskSet {
+    tokenizer: Vec<u8>,
+    tasks: Vec<LoadedTask>,
+    digests: Vec<String>,
+}
+
+fn read_tokenizer(path: &Path) -> Result<(Vec<u8>, Tokenizer)> {
+    let bytes = crate::error::read_bounded(path, crate::error::MAX_METADATA_BYTES)?;
+    Ok((bytes, Tokenizer::from_file(path)?))
+}
+
+fn load_tasks((bytes, tokenizer): (Vec<u8>, Tokenizer), opts: &SweepOptions) -> Result<TaskSet> {
+    let lo = LoadOptions {
+        data_dir: opts.data_dir.clone(),
+        skip_bad_rows: opts.skip_bad_rows,
+        offline: opts.hub.offline,
+    };
+    let tasks = opts
+        .tasks
+        .iter()
+        .map(|t| tasks::load_task(t, opts.protocol, &tokenizer, &lo))
+        .collect::<Result<Vec<_>>>()?;
+    let digests = tasks
+        .iter()
+        .map(|t| Ok(crate::tasks::hub::sha256_hex(&crate::error::read_bounded(&t.source, crate::error::MAX_DATA_BYTES)?)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(TaskSet {
+        tokenizer: bytes,
+        tasks,
+        digests,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Messages
+
+/// `1 unit`, `2 units`.
+fn count(n: usize, word: &str) -> String {
+    format!("{n} {word}{}", if n == 1 { "" } else { "s" })
+}
+
+/// `1h02m`, `3m05s`, `12s`.
+fn clock(secs: f64) -> String {
+    if !secs.is_finite() || secs < 0.0 {
+        return "?".into();
+    }
+    let s = secs.round() as u64;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+    }
+}
+
+/// `NAME@REV`: how a checkpoint is named in messages (without a local directory's path).
+fn short_name(spec: &CheckpointSpec) -> String {
+    format!("{}@{}", spec.model, spec.revision)
+}
+
+/// Progress of a sweep on stderr: bars on a terminal; without one (a Slurm log), a plain line with rates and
+/// ETAs every `progress_interval`; with `progress` off, only the per-unit lines.
+struct Progress {
+    multi: MultiProgress,
+    /// The sweep bar, in thousandths of a unit: it moves with the tokens of the unit being scored.
+    bar: ProgressBar,
+    plain: Option<Duration>,
+    units: usize,
+    /// Units complete (found or stored).
+    done: usize,
+    /// Units complete or failed.
+    settled: usize,
+    /// Units settled by this process's own scoring or failures (for the sweep's rate).
+    worked: usize,
+    checkpoint: String,
+    started: Instant,
+    last_line: Instant,
+}
+
+const SCALE: u64 = 1000;
+
+impl Progress {
+    fn new(opts: &SweepOptions, units: usize, done: usize) -> Progress {
+        let visible = opts.progress && std::io::stderr().is_terminal();
+        let multi = MultiProgress::with_draw_target(if visible {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        });
+        let bar = multi.add(ProgressBar::new(units as u64 * SCALE));
+        bar.set_style(ProgressStyle::with_template("sweep {bar:30} {msg} [{elapsed} < {eta}]").unwrap_or_else(|_| ProgressStyle::default_bar()));
+        bar.set_position(done as u64 * SCALE);
+        bar.reset_eta();
+        if visible {
+            bar.enable_steady_tick(Duration::from_millis(500));
+        }
+        let p = Progress {
+            multi,
+            bar,
+            plain: (opts.progress && !visible).then_some(opts.progress_interval),
+            units,
+            done,
+            settled: done,
+            worked: 0,
+            checkpoint: String::new(),
+            started: Instant::now(),
+            last_line: Instant::now(),
+        };
+        p.show();
+        p
+    }
+
+    fn log(&self, msg: &str) {
+        if self.multi.is_hidden() {
+            eprintln!("{msg}");
+        } else {
+            let _ = self.multi.println(msg);
+        }
+    }
+
+    fn show(&self) {
+        self.bar.set_message(format!("{}/{} units {}", self.done, self.units, self.checkpoint));
+    }
+
+    fn set_checkpoint(&mut self, name: &str) {
+        self.checkpoint = name.to_string();
+        self.show();
+    }
+
+    /// `n` units complete (`worked`: by this process's scoring) or, with `complete` false, failed.
+    fn settle(&mut self, n: usize, complete: bool, worked: bool) {
+        self.settled += n;
+        self.done += if complete { n } else { 0 };
+        self.worked += if worked { n } else { 0 };
+        self.bar.set_position(self.settled as u64 * SCALE);
+        self.show();
+    }
+
+    /// Scoring `what` (a plan of `units` units) has run `tokens.0` of `tokens.1` tokens since `since`.
+    fn tick(&mut self, what: &str, units: usize, tokens: (u64, u64), since: Instant) {
+        let frac = tokens.0 as f64 / tokens.1.max(1) as f64 * units as f64;
+        self.bar.set_position(((self.settled as f64 + frac) * SCALE as f64) as u64);
+        let Some(every) = self.plain else { return };
+        if self.last_line.elapsed() < every {
+            return;
+        }
+        self.last_line = Instant::now();
+        let rate = tokens.0 as f64 / since.elapsed().as_secs_f64().max(1e-9);
+        let sweep_rate = (self.worked as f64 + frac) / self.started.elapsed().as_secs_f64().max(1e-9);
+        let left = self.units.saturating_sub(self.settled) as f64 - frac;
+        eprintln!(
+            "progress: {}/{} units complete; {what}: {}/{} tokens ({:.0}%), {:.0} tokens/s, ETA {}; sweep ETA {} (elapsed {})",
+            self.done,
+            self.units,
+            tokens.0,
+            tokens.1,
+            100.0 * tokens.0 as f64 / tokens.1.max(1) as f64,
+            rate,
+            clock(tokens.1.saturating_sub(tokens.0) as f64 / rate),
+            clock(left / sweep_rate),
+            clock(self.started.elapsed().as_secs_f64())
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The sweep
+
+/// Run a sweep. Per-checkpoint failures are collected in the summary (the other checkpoints still run);
+/// store and task-data errors stop the sweep.
+pub fn run(opts: &SweepOptions) -> Result<SweepSummary> {
+    if opts.checkpoints.is_empty() || opts.tasks.is_empty() {
+        return Err(Error::invalid("a sweep needs at least one checkpoint and one task"));
+    }
+    let keys: Vec<RunKey> = opts.checkpoints.iter().map(|c| run_key(c, opts.protocol, &opts.engine)).collect();
+    for (i, k) in keys.iter().enumerate() {
+        if let Some(j) = keys[..i].iter().position(|o| o == k) {
+            return Err(Error::invalid(format!(
+                "checkpoints {} and {} are both {}@{}: give local checkpoints distinct NAME@REV",
+                opts.checkpoints[j], opts.checkpoints[i], k.model, k.revision
+            )));
+        }
+    }
+    let mut store = Store::open(&opts.db)?;
+    let units = shard_units(opts.checkpoints.len(), opts.tasks.len(), opts.shard);
+    let mut summary = SweepSummary {
+        units: units.len(),
+        ..Default::default()
+    };
+    let in_shard: BTreeSet<usize> = units.iter().map(|u| u.0).collect();
+
+    // What can be known without fetching: the digests of checkpoints already on disk, and the task data
+    // (loaded with the first such checkpoint's tokenizer). Errors here are left for the fetch to report.
+    let mut digests: Vec<Option<String>> = vec![None; opts.checkpoints.len()];
+    let mut first_dir = None;
+    if !opts.force {
+        for &c in &in_shard {
+            let Some(dir) = available_dir(&opts.checkpoints[c], &opts.hub) else { continue };
+            digests[c] = checkpoint_digest(&opts.checkpoints[c], &dir, opts.tokenizer.as_deref()).ok();
+            if digests[c].is_some() && first_dir.is_none() {
+                first_dir = Some(dir);
+            }
+        }
+    }
+    let mut task_set: Option<TaskSet> = None;
+    if let Some(tok) = opts.tokenizer.clone().or(first_dir.map(|d| d.join("tokenizer.json"))) {
+        if let Ok(t) = read_tokenizer(&tok) {
+            task_set = Some(load_tasks(t, opts)?);
+        }
+    }
+    // Pending task indices per checkpoint, in order.
+    let mut pending: Vec<(usize, Vec<usize>)> = Vec::new();
+    let mut stale = 0;
+    for &(c, t) in &units {
+        let state = match (&digests[c], &task_set) {
+            (Some(w), Some(ts)) => store.task_state(&keys[c], &opts.tasks[t], &Inputs { weights: w.clone(), data: ts.digests[t].clone() })?,
+            _ => TaskState::Missing,
+        };
+        match state {
+            TaskState::Done => {
+                summary.already_done += 1;
+                continue;
+            }
+            TaskState::Stale(_) => stale += 1,
+            TaskState::Missing => {}
+        }
+        match pending.last_mut() {
+            Some((pc, ts)) if *pc == c => ts.push(t),
+            _ => pending.push((c, vec![t])),
+        }
+    }
+
+    let shard_note = opts.shard.map(|s| format!(" (shard {s})")).unwrap_or_default();
+    let n_ck = in_shard.len();
+    let n_t = units.iter().map(|u| u.1).collect::<BTreeSet<_>>().len();
+    let what = if units.len() == n_ck * n_t {
+        format!("{} ({} x {})", count(units.len(), "unit"), count(n_ck, "checkpoint"), count(n_t, "task"))
+    } else {
+        format!("{} over {} and {}", count(units.len(), "unit"), count(n_ck, "checkpoint"), count(n_t, "task"))
+    };
+    let mut progress = Progress::new(opts, units.len(), summary.already_done);
+    progress.log(&format!(
+        "sweep{shard_note}: {what}; {} already complete in {}, {} to score{}",
+        summary.already_done,
+        opts.db.display(),
+        units.len() - summary.already_done,
+        if stale > 0 { format!(" ({stale} stored from other inputs)") } else { String::new() }
+    ));
+
+    // The background thread fetches checkpoints in order; the rendezvous channel makes it hold at most one
+    // finished checkpoint (the next) while the current one is scored.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Result<Fetched>)>(0);
+    let to_fetch: Vec<(usize, CheckpointSpec)> = pending.iter().map(|(c, _)| (*c, opts.checkpoints[*c].clone())).collect();
+    let (hub_opts, tokenizer) = (opts.hub.clone(), opts.tokenizer.clone());
+    let fetcher = std::thread::Builder::new()
+        .name("lmscore-fetch".into())
+        .spawn(move || {
+            for (c, spec) in to_fetch {
+                if tx.send((c, fetch(&spec, &hub_opts, tokenizer.as_deref()))).is_err() {
+                    return; // the sweep stopped
+                }
+            }
+        })
+        .map_err(|e| Error::invalid(format!("cannot start the checkpoint fetch thread: {e}")))?;
+
+    for (c, task_idx) in &pending {
+        let name = short_name(&opts.checkpoints[*c]);
+        let key = &keys[*c];
+        progress.set_checkpoint(&name);
+        let fetched = rx
+            .recv()
+            .map_err(|_| Error::invalid("the checkpoint fetch thread stopped unexpectedly"))?;
+        debug_assert_eq!(fetched.0, *c);
+        let fail = |summary: &mut SweepSummary, progress: &mut Progress, e: Error, left: usize| {
+            progress.log(&format!("FAILED {name}: {e}"));
+            summary.failures.push(format!("{name}: {e}"));
+            progress.settle(left, false, true);
+        };
+        let f = match fetched.1 {
+            Ok(f) => f,
+            Err(e) => {
+                fail(&mut summary, &mut progress, e, task_idx.len());
+                continue;
+            }
+        };
+        // Tasks for this tokenizer (every Pythia checkpoint shares one: tokenized once).
+        let tok_path = opts.tokenizer.clone().unwrap_or_else(|| f.dir.join("tokenizer.json"));
+        let tok_bytes = crate::error::read_bounded(&tok_path, crate::error::MAX_METADATA_BYTES);
+        if !matches!((&tok_bytes, &task_set), (Ok(b), Some(s)) if s.tokenizer == *b) {
+            match read_tokenizer(&tok_path) {
+                Ok(t) => task_set = Some(load_tasks(t, opts)?),
+                Err(e) => {
+                    fail(&mut summary, &mut progress, e, task_idx.len());
+                    continue;
+                }
+            }
+        }
+        let ts = task_set.as_ref().expect("loaded above");
+        let inputs = |t: usize| Inputs {
+            weights: f.digest.clone(),
+            data: ts.digests[t].clone(),
+        };
+        // The decisive check, with the digest of the files as fetched.
+        let mut todo = Vec::new();
+        for &t in task_idx {
+            match if opts.force { TaskState::Missing } else { store.task_state(key, &opts.tasks[t], &inputs(t))? } {
+                TaskState::Done => {
+                    summary.already_done += 1;
+                    progress.settle(1, true, false);
+                }
+                TaskState::Stale(why) => {
+                    summary.stale += 1;
+                    progress.log(&format!("{name} {}: re-scoring: {why}", opts.tasks[t]));
+                    todo.push(t);
+                }
+                TaskState::Missing => todo.push(t),
+            }
+        }
+        if !todo.is_empty() {
+            let mut counts = Counts::default();
+            let r = score_checkpoint(&f, &name, key, &todo, ts, opts, &mut store, &mut progress, &mut counts);
+            summary.scored += counts.stored;
+            summary.stored_by_others += counts.by_others;
+            match r {
+                Ok(()) => {}
+                Err(ScoreError::Store(e)) => return Err(e),
+                Err(ScoreError::Checkpoint(e)) => {
+                    fail(&mut summary, &mut progress, e, todo.len() - counts.stored - counts.by_others);
+                    continue;
+                }
+            }
+        }
+        // The run is finished when every task of the sweep is complete for it (other shards included).
+        let mut all_done = true;
+        for t in 0..opts.tasks.len() {
+            all_done &= store.is_done(key, &opts.tasks[t], &inputs(t))?;
+        }
+        if all_done {
+            store.finish_run(key)?;
+        }
+    }
+    drop(rx);
+    let _ = fetcher.join();
+    progress.bar.finish_and_clear();
+    let others = if summary.stored_by_others > 0 {
+        format!(", {} stored meanwhile by another process", summary.stored_by_others)
+    } else {
+        String::new()
+    };
+    progress.log(&format!(
+        "sweep{shard_note}: {} scored now, {} already complete{others}, {} failed; results in {}",
+        count(summary.scored, "unit"),
+        summary.already_done,
+        count(summary.failures.len(), "checkpoint"),
+        opts.db.display()
+    ));
+    Ok(summary)
 }
 
 enum ScoreError {
     /// The store failed: stop the sweep.
     Store(Error),
-    /// This checkpoint failed after `n` of its units were stored: go on with the next.
-    Checkpoint(Error, usize),
+    /// This checkpoint failed: go on with the next.
+    Checkpoint(Error),
 }
 
-/// Load one checkpoint on the device and score its pending tasks, storing each task as soon as its plan
-/// group is scored. Returns the number of units stored.
+/// Units a checkpoint's scoring settled.
+#[derive(Default)]
+struct Counts {
+    /// Stored by this process.
+    stored: usize,
+    /// Scored here, but another process had stored them first.
+    by_others: usize,
+}
+
+/// Load one fetched checkpoint on the device (after checking its files did not change since the fetch) and
+/// score the tasks `todo` (indices into the sweep's tasks), storing each task as soon as its plan group is
+/// scored.
 #[allow(clippy::too_many_arguments)]
 fn score_checkpoint(
-    ckpt: &Checkpoint,
+    f: &Fetched,
+    name: &str,
     key: &RunKey,
-    todo: &[&LoadedTask],
+    todo: &[usize],
+    ts: &TaskSet,
     opts: &SweepOptions,
     store: &mut Store,
-    multi: &MultiProgress,
-    sweep_bar: &ProgressBar,
-    log: &dyn Fn(String),
-) -> std::result::Result<usize, ScoreError> {
-    let engine = Engine::load(ckpt, &opts.engine).map_err(|e| ScoreError::Checkpoint(e, 0))?;
+    progress: &mut Progress,
+    counts: &mut Counts,
+) -> std::result::Result<(), ScoreError> {
+    let failed = ScoreError::Checkpoint;
+    f.check_unchanged("after it was prefetched").map_err(failed)?;
+    let t0 = Instant::now();
+    // The checkpoint's files are memory-mapped only while the weights are copied onto the device.
+    let engine = Engine::load(&Checkpoint::open(&f.dir).map_err(failed)?, &opts.engine).map_err(failed)?;
+    f.check_unchanged("while it was being loaded").map_err(failed)?;
+    progress.log(&format!("{name}: loaded in {:.1} s", t0.elapsed().as_secs_f64()));
     store.start_run(key).map_err(ScoreError::Store)?;
     // Plan groups (TruthfulQA MC1 + MC2 share one plan), in order of first appearance.
-    let mut groups: Vec<Vec<LoadedTask>> = Vec::new();
-    for t in todo {
-        match groups.iter_mut().find(|g| g[0].plan_group == t.plan_group) {
-            Some(g) => g.push((*t).clone()),
-            None => groups.push(vec![(*t).clone()]),
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for &t in todo {
+        match groups.iter_mut().find(|g| ts.tasks[g[0]].plan_group == ts.tasks[t].plan_group) {
+            Some(g) => g.push(t),
+            None => groups.push(vec![t]),
         }
     }
-    // Total computed tokens over the groups, for the checkpoint bar's ETA (planning is cheap next to scoring).
+    // Computed tokens per group, for the checkpoint bar's ETA (planning is cheap next to scoring).
     let max_len = opts.engine.max_length.unwrap_or(engine.config().max_positions);
-    let mut total = 0u64;
-    for g in &groups {
-        let reqs: Vec<_> = g.iter().flat_map(|t| t.requests().cloned()).collect();
-        if !reqs.is_empty() {
-            total += crate::plan::build(&reqs, max_len, usize::MAX, opts.engine.sharing)
+    let totals: Vec<u64> = groups
+        .iter()
+        .map(|g| {
+            let reqs: Vec<_> = g.iter().flat_map(|&t| ts.tasks[t].requests().cloned()).collect();
+            if reqs.is_empty() {
+                return 0;
+            }
+            crate::plan::build(&reqs, max_len, usize::MAX, opts.engine.sharing)
                 .map(|p| p.computed_tokens as u64)
-                .unwrap_or(0);
-        }
-    }
-    let bar = multi.add(ProgressBar::new(total));
+                .unwrap_or(0)
+        })
+        .collect();
+    let bar = progress.multi.add(ProgressBar::new(totals.iter().sum()));
     bar.set_style(
         ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} tokens [{elapsed} < {eta}, {per_sec}]")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    bar.set_message(format!("{}@{}", key.model, key.revision));
-    let mut stored = 0;
     let mut base = 0u64;
-    for g in &groups {
-        let names: Vec<&str> = g.iter().map(|t| t.name.as_str()).collect();
-        bar.set_message(format!("{}@{} {}", key.model, key.revision, names.join("+")));
-        let outcomes = tasks::evaluate(&engine, g, &opts.engine, |done, _| bar.set_position(base + done as u64));
+    for (g, &total) in groups.iter().zip(&totals) {
+        let group: Vec<LoadedTask> = g.iter().map(|&t| ts.tasks[t].clone()).collect();
+        let names: Vec<&str> = group.iter().map(|t| t.name.as_str()).collect();
+        let what = format!("{name} {}", names.join("+"));
+        bar.set_message(what.clone());
+        let started = Instant::now();
+        let outcomes = tasks::evaluate(&engine, &group, &opts.engine, |done, _| {
+            bar.set_position(base + done as u64);
+            progress.tick(&what, g.len(), (done as u64, total), started);
+        });
         let outcomes = match outcomes {
             Ok(o) => o,
             Err(e) => {
                 bar.finish_and_clear();
-                return Err(ScoreError::Checkpoint(
-                    Error::invalid(format!("scoring {}: {e}", names.join("+"))),
-                    stored,
-                ));
+                return Err(failed(Error::invalid(format!("scoring {}: {e}", names.join("+")))));
             }
         };
         for o in &outcomes {
-            store.record_task(key, o).map_err(ScoreError::Store)?;
-            stored += 1;
-            sweep_bar.inc(1);
+            let t = g.iter().copied().find(|&t| ts.tasks[t].name == o.task).unwrap_or(g[0]);
+            let inputs = Inputs {
+                weights: f.digest.clone(),
+                data: ts.digests[t].clone(),
+            };
+            let stored = store.record_task(key, &inputs, o, opts.force).map_err(ScoreError::Store)?;
             let metrics: Vec<String> = o.metrics.iter().map(|m| format!("{}={:.4}", m.name, m.value)).collect();
-            log(format!(
-                "{}@{} {}: {} ({} docs, {:.0} tokens/s)",
-                key.model,
-                key.revision,
+            let note = if stored {
+                counts.stored += 1;
+                ""
+            } else {
+                counts.by_others += 1;
+                "; another process had stored it already, kept that"
+            };
+            progress.settle(1, true, true);
+            progress.log(&format!(
+                "{name} {}: {} ({} docs, {:.1} s, {:.0} tokens/s{note})",
                 o.task,
                 metrics.join(" "),
                 o.n_docs,
+                o.stats.seconds,
                 o.stats.tokens_per_second()
             ));
         }
-        base += outcomes.first().map(|o| o.stats.computed_tokens as u64).unwrap_or(0);
+        base += total;
         bar.set_position(base);
     }
     bar.finish_and_clear();
-    Ok(stored)
+    Ok(())
 }

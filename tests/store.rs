@@ -1,7 +1,7 @@
 //! The SQLite results store: one transaction per (checkpoint, task), no duplicates, idempotent merges
 //! that report conflicts instead of overwriting.
 
-use lmscore::store::{MetricRow, RequestRow, RunKey, Store, TaskRecord};
+use lmscore::store::{Inputs, MetricRow, RequestRow, RunKey, Store, TaskRecord, TaskState};
 
 fn key(model: &str, rev: &str) -> RunKey {
     RunKey {
@@ -45,6 +45,7 @@ fn record(task: &str, seed: f64, n_docs: u64) -> TaskRecord {
             },
         ],
         requests,
+        inputs: Inputs::default(),
     }
 }
 
@@ -59,14 +60,14 @@ fn record_is_done_and_read_back() {
     let path = dir.path().join("r.db");
     let mut s = Store::open(&path).unwrap();
     let k = key("EleutherAI/pythia-70m", "step2000");
-    assert!(!s.is_done(&k, "memo_trap").unwrap());
+    assert!(!s.is_done(&k, "memo_trap", &Inputs::default()).unwrap());
     let rec = record("memo_trap", 3.0, 5);
-    assert!(s.record(&k, &rec).unwrap());
-    assert!(s.is_done(&k, "memo_trap").unwrap());
-    assert!(!s.is_done(&k, "neqa").unwrap());
-    assert!(!s.is_done(&key("EleutherAI/pythia-70m", "step4000"), "memo_trap").unwrap());
+    assert!(s.record(&k, &rec, false).unwrap());
+    assert!(s.is_done(&k, "memo_trap", &Inputs::default()).unwrap());
+    assert!(!s.is_done(&k, "neqa", &Inputs::default()).unwrap());
+    assert!(!s.is_done(&key("EleutherAI/pythia-70m", "step4000"), "memo_trap", &Inputs::default()).unwrap());
     // Recording again writes nothing.
-    assert!(!s.record(&k, &record("memo_trap", 9.0, 7)).unwrap());
+    assert!(!s.record(&k, &record("memo_trap", 9.0, 7), false).unwrap());
     assert_eq!(s.task_record(&k, "memo_trap").unwrap().unwrap(), rec);
     drop(s);
     assert_eq!(count(&path, "requests"), 10);
@@ -74,7 +75,7 @@ fn record_is_done_and_read_back() {
     assert_eq!(count(&path, "runs"), 1);
     // Reopening finds everything; the file is in WAL mode.
     let s = Store::open(&path).unwrap();
-    assert!(s.is_done(&k, "memo_trap").unwrap());
+    assert!(s.is_done(&k, "memo_trap", &Inputs::default()).unwrap());
     let c = rusqlite::Connection::open(&path).unwrap();
     let mode: String = c.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
     assert_eq!(mode, "wal");
@@ -90,9 +91,9 @@ fn a_failed_task_write_leaves_nothing() {
     // A duplicate (doc, choice) violates the primary key after some rows were inserted.
     let dup = rec.requests[0].clone();
     rec.requests.push(dup);
-    let e = s.record(&k, &rec).unwrap_err().to_string();
+    let e = s.record(&k, &rec, false).unwrap_err().to_string();
     assert!(e.contains("r.db") && e.contains("neqa"), "{e}");
-    assert!(!s.is_done(&k, "neqa").unwrap());
+    assert!(!s.is_done(&k, "neqa", &Inputs::default()).unwrap());
     drop(s);
     assert_eq!(count(&path, "requests"), 0);
     assert_eq!(count(&path, "task_results"), 0);
@@ -103,9 +104,9 @@ fn a_failed_task_write_leaves_nothing() {
 fn all_task_results_for_reports() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = Store::open(dir.path().join("r.db")).unwrap();
-    s.record(&key("b-160m", "step2"), &record("neqa", 1.0, 2)).unwrap();
-    s.record(&key("a-70m", "step1"), &record("neqa", 2.0, 3)).unwrap();
-    s.record(&key("a-70m", "step1"), &record("memo_trap", 4.0, 3)).unwrap();
+    s.record(&key("b-160m", "step2"), &record("neqa", 1.0, 2), false).unwrap();
+    s.record(&key("a-70m", "step1"), &record("neqa", 2.0, 3), false).unwrap();
+    s.record(&key("a-70m", "step1"), &record("memo_trap", 4.0, 3), false).unwrap();
     s.finish_run(&key("a-70m", "step1")).unwrap();
     let rows = s.all_task_results().unwrap();
     let flat: Vec<(String, String, String, String, f64, u64)> = rows
@@ -134,14 +135,14 @@ fn report_rows_use_the_papers_metric_and_names() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = Store::open(dir.path().join("r.db")).unwrap();
     let k = key("EleutherAI/pythia-70m", "step2000");
-    s.record(&k, &record("memo_trap", 4.0, 3)).unwrap();
+    s.record(&k, &record("memo_trap", 4.0, 3), false).unwrap();
     let mut mc1 = record("truthfulqa_mc1", 1.0, 3);
     mc1.metrics = vec![MetricRow {
         name: "mc1".into(),
         value: 0.25,
         stderr: Some(0.1),
     }];
-    s.record(&k, &mc1).unwrap();
+    s.record(&k, &mc1, false).unwrap();
     let rows = s.report_rows(None).unwrap();
     let flat: Vec<(&str, f64, f64)> = rows.iter().map(|r| (r.task.as_str(), r.accuracy, r.accuracy_se)).collect();
     assert_eq!(flat, [("isp_memo_trap", 0.4, 0.01), ("truthfulqa_mc1", 0.25, 0.1)]);
@@ -152,7 +153,7 @@ fn report_rows_use_the_papers_metric_and_names() {
         device: "cuda".into(),
         ..k.clone()
     };
-    s.record(&cuda, &record("memo_trap", 4.0, 3)).unwrap();
+    s.record(&cuda, &record("memo_trap", 4.0, 3), false).unwrap();
     let e = s.report_rows(Some("paper-2023")).unwrap_err().to_string();
     assert!(e.contains("scored twice") && e.contains("memo_trap"), "{e}");
 }
@@ -163,14 +164,14 @@ fn merge_is_idempotent_and_reports_conflicts() {
     let (a, b, c) = (dir.path().join("a.db"), dir.path().join("b.db"), dir.path().join("c.db"));
     {
         let mut sa = Store::open(&a).unwrap();
-        sa.record(&key("m-70m", "step1"), &record("neqa", 1.0, 3)).unwrap();
+        sa.record(&key("m-70m", "step1"), &record("neqa", 1.0, 3), false).unwrap();
         let mut sb = Store::open(&b).unwrap();
-        sb.record(&key("m-70m", "step1"), &record("neqa", 1.0, 3)).unwrap(); // identical
-        sb.record(&key("m-70m", "step1"), &record("memo_trap", 2.0, 3)).unwrap(); // new task, same run
-        sb.record(&key("m-70m", "step2"), &record("neqa", 3.0, 3)).unwrap(); // new run
+        sb.record(&key("m-70m", "step1"), &record("neqa", 1.0, 3), false).unwrap(); // identical
+        sb.record(&key("m-70m", "step1"), &record("memo_trap", 2.0, 3), false).unwrap(); // new task, same run
+        sb.record(&key("m-70m", "step2"), &record("neqa", 3.0, 3), false).unwrap(); // new run
         sb.finish_run(&key("m-70m", "step2")).unwrap();
         let mut sc = Store::open(&c).unwrap();
-        sc.record(&key("m-70m", "step1"), &record("neqa", 5.0, 3)).unwrap(); // conflict
+        sc.record(&key("m-70m", "step1"), &record("neqa", 5.0, 3), false).unwrap(); // conflict
     }
     let mut sa = Store::open(&a).unwrap();
     let r = sa.merge_from(&b).unwrap();
@@ -238,4 +239,148 @@ fn bad_files_are_errors_naming_them() {
         .unwrap();
     let e = Store::open(&other).err().unwrap().to_string();
     assert!(e.contains("schema version 9"), "{e}");
+}
+
+fn with_inputs(mut rec: TaskRecord, weights: &str, data: &str) -> TaskRecord {
+    rec.inputs = Inputs {
+        weights: weights.into(),
+        data: data.into(),
+    };
+    rec
+}
+
+#[test]
+fn a_task_is_complete_only_for_the_inputs_it_was_computed_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.db");
+    let mut s = Store::open(&path).unwrap();
+    let k = key("tiny", "step1");
+    let (a, b) = (("w-aaaaaaaaaaaaaaaa", "d-aaaaaaaaaaaaaaaa"), ("w-bbbbbbbbbbbbbbbb", "d-bbbbbbbbbbbbbbbb"));
+    let inputs = |(w, d): (&str, &str)| Inputs {
+        weights: w.into(),
+        data: d.into(),
+    };
+    let first = with_inputs(record("neqa", 1.0, 3), a.0, a.1);
+    assert!(s.record(&k, &first, false).unwrap());
+    assert_eq!(s.task_state(&k, "neqa", &inputs(a)).unwrap(), TaskState::Done);
+    assert!(!s.is_done(&k, "neqa", &inputs((a.0, b.1))).unwrap());
+    match s.task_state(&k, "neqa", &inputs((b.0, a.1))).unwrap() {
+        TaskState::Stale(why) => assert!(why.contains("checkpoint differs") && !why.contains("task data"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    match s.task_state(&k, "neqa", &inputs((a.0, b.1))).unwrap() {
+        TaskState::Stale(why) => assert!(why.contains("task data differs") && why.contains("d-aaaaaaaaa"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    // The same inputs again: nothing written (another process stored it first).
+    assert!(!s.record(&k, &with_inputs(record("neqa", 7.0, 5), a.0, a.1), false).unwrap());
+    // Other inputs: replaced in one transaction, no row of the old record left.
+    let second = with_inputs(record("neqa", 2.0, 5), b.0, b.1);
+    assert!(s.record(&k, &second, false).unwrap());
+    assert_eq!(s.task_record(&k, "neqa").unwrap().unwrap(), second);
+    assert_eq!(s.task_state(&k, "neqa", &inputs(a)).unwrap(), TaskState::Stale(
+        "the checkpoint differs (stored w-bbbbbbbbbb, now w-aaaaaaaaaa) and the task data differs (stored sha256 d-bbbbbbbbbb, now d-aaaaaaaaaa)".into()
+    ));
+    // Forced: replaced even from the same inputs.
+    let forced = with_inputs(record("neqa", 3.0, 4), b.0, b.1);
+    assert!(s.record(&k, &forced, true).unwrap());
+    assert_eq!(s.task_record(&k, "neqa").unwrap().unwrap(), forced);
+    drop(s);
+    assert_eq!(count(&path, "requests"), 8);
+    assert_eq!(count(&path, "task_results"), 2);
+    assert_eq!(count(&path, "task_runs"), 1);
+
+    // A merge treats other inputs as a conflict, even with equal values.
+    let other = dir.path().join("o.db");
+    Store::open(&other).unwrap().record(&k, &with_inputs(record("neqa", 3.0, 4), a.0, b.1), false).unwrap();
+    let r = Store::open(&path).unwrap().merge_from(&other).unwrap();
+    assert_eq!(r.conflicts.len(), 1);
+    assert!(r.conflicts[0].contains("other inputs") && r.conflicts[0].contains("checkpoint differs"), "{:?}", r.conflicts);
+}
+
+/// The schema of lmscore's first stores (no inputs recorded), in WAL mode as they were left.
+fn version_1_store(path: &std::path::Path) {
+    let c = rusqlite::Connection::open(path).unwrap();
+    let _: String = c.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).unwrap();
+    c.execute_batch(
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+         CREATE TABLE runs (id INTEGER PRIMARY KEY, model TEXT NOT NULL, revision TEXT NOT NULL, dtype TEXT NOT NULL,
+             protocol TEXT NOT NULL, device TEXT NOT NULL, lmscore_version TEXT NOT NULL, started_at TEXT NOT NULL, finished_at TEXT,
+             UNIQUE (model, revision, dtype, protocol, device));
+         CREATE TABLE task_runs (run_id INTEGER NOT NULL REFERENCES runs(id), task TEXT NOT NULL, n_docs INTEGER NOT NULL,
+             skipped_rows INTEGER NOT NULL, naive_tokens INTEGER NOT NULL, computed_tokens INTEGER NOT NULL, seconds REAL NOT NULL,
+             lmscore_version TEXT NOT NULL, finished_at TEXT NOT NULL, PRIMARY KEY (run_id, task));
+         CREATE TABLE requests (run_id INTEGER NOT NULL REFERENCES runs(id), task TEXT NOT NULL, doc INTEGER NOT NULL, choice INTEGER NOT NULL,
+             logprob REAL NOT NULL, is_greedy INTEGER NOT NULL, n_tokens INTEGER NOT NULL, PRIMARY KEY (run_id, task, doc, choice)) WITHOUT ROWID;
+         CREATE TABLE task_results (run_id INTEGER NOT NULL REFERENCES runs(id), task TEXT NOT NULL, metric TEXT NOT NULL, value REAL,
+             stderr REAL, n INTEGER NOT NULL, PRIMARY KEY (run_id, task, metric)) WITHOUT ROWID;
+         INSERT INTO meta VALUES ('schema_version', '1');
+         INSERT INTO runs VALUES (1, 'm-70m', 'step1', 'f32', 'paper-2023', 'cpu', '0.1.0', '2024-01-01T00:00:00Z', NULL);
+         INSERT INTO task_runs VALUES (1, 'neqa', 1, 0, 10, 5, 0.5, '0.1.0', '2024-01-01T00:00:01Z');
+         INSERT INTO requests VALUES (1, 'neqa', 0, 0, -1.0, 1, 2), (1, 'neqa', 0, 1, -2.0, 0, 2);
+         INSERT INTO task_results VALUES (1, 'neqa', 'acc', 1.0, 0.0, 1);",
+    )
+    .unwrap();
+}
+
+#[test]
+fn version_1_stores_are_read_as_they_are_and_migrated_by_writers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v1.db");
+    version_1_store(&path);
+    let bytes = std::fs::read(&path).unwrap();
+    let k = key("m-70m", "step1");
+    let real = Inputs {
+        weights: "w".into(),
+        data: "d".into(),
+    };
+    {
+        // Read-only: readable without its digest columns, and not migrated.
+        let s = Store::open_read_only(&path).unwrap();
+        let rec = s.task_record(&k, "neqa").unwrap().unwrap();
+        assert_eq!((rec.n_docs, rec.requests.len(), rec.inputs.clone()), (1, 2, Inputs::default()));
+        assert_eq!(s.report_rows(None).unwrap().len(), 1);
+        assert!(matches!(s.task_state(&k, "neqa", &real).unwrap(), TaskState::Stale(_)));
+        let mut fresh = Store::open(dir.path().join("new.db")).unwrap();
+        assert_eq!(fresh.merge_store(&s).unwrap().added, 1);
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), bytes, "a reader changed the version-1 store");
+    // A writer migrates it: the old task is kept, counts as computed from unknown inputs, and is replaced
+    // when scored again.
+    let mut s = Store::open(&path).unwrap();
+    match s.task_state(&k, "neqa", &real).unwrap() {
+        TaskState::Stale(why) => assert!(why.contains("no record of its inputs"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(s.record(&k, &with_inputs(record("neqa", 1.0, 3), "w", "d"), false).unwrap());
+    assert!(s.is_done(&k, "neqa", &real).unwrap());
+    drop(s);
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let q = |sql: &str| -> i64 { c.query_row(sql, [], |r| r.get(0)).unwrap() };
+    assert_eq!(q("SELECT CAST(value AS INTEGER) FROM meta WHERE key='schema_version'"), 2);
+    assert_eq!(q("PRAGMA application_id"), lmscore::store::APPLICATION_ID);
+    assert_eq!(q("PRAGMA user_version"), 2);
+    assert_eq!(q("SELECT count(*) FROM requests"), 6);
+}
+
+#[test]
+fn writers_refuse_other_databases_and_leave_them_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, sql) in [
+        ("tables.db", "CREATE TABLE t (x INTEGER); INSERT INTO t VALUES (1);"),
+        ("meta.db", "CREATE TABLE meta (key TEXT, value TEXT); INSERT INTO meta VALUES ('other', 'x');"),
+        ("app_id.db", "PRAGMA application_id = 42;"),
+        ("bad_version.db", "CREATE TABLE meta (key TEXT, value TEXT); INSERT INTO meta VALUES ('schema_version', 'abc');"),
+    ] {
+        let path = dir.path().join(name);
+        rusqlite::Connection::open(&path).unwrap().execute_batch(sql).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let e = Store::open(&path).err().expect("must be refused").to_string();
+        assert!(e.contains(name) && e.contains("not an lmscore results store"), "{e}");
+        let e = Store::open_read_only(&path).err().expect("must be refused").to_string();
+        assert!(e.contains(name) && e.contains("not an lmscore results store"), "{e}");
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "{name} changed");
+        let siblings: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(siblings.iter().all(|f| !f.to_string_lossy().contains("-wal")), "{siblings:?}");
+    }
 }

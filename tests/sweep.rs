@@ -282,6 +282,7 @@ fn sweep_two_checkpoints_two_tasks() {
         skip_bad_rows: false,
         tokenizer: None,
         progress: false,
+        ..Default::default()
     };
     let s = sweep::run(&opts).unwrap();
     assert_eq!((s.units, s.already_done, s.scored, s.failures.len()), (4, 0, 4, 0));
@@ -545,4 +546,204 @@ fn report_from_the_sweep_store() {
         assert!((m.value - acc).abs() < 1e-12, "{r}");
     }
     assert!(out.join("figure1.png").exists() && out.join("figure1.svg").exists());
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Resuming by contents, messages, files changing under a sweep
+
+fn options(db: &Path, checkpoints: &str, tasks: &[&str], data_dir: PathBuf) -> SweepOptions {
+    SweepOptions {
+        checkpoints: CheckpointSpec::parse_list(checkpoints).unwrap(),
+        tasks: tasks.iter().map(|t| t.to_string()).collect(),
+        data_dir,
+        db: db.to_path_buf(),
+        hub: HubOptions {
+            offline: true,
+            cache_dir: None,
+            progress: false,
+        },
+        progress: false,
+        ..Default::default()
+    }
+}
+
+/// Copy the files of a directory (and its subdirectories).
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        let dest = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_dir(&p, &dest);
+        } else {
+            std::fs::copy(&p, &dest).unwrap();
+        }
+    }
+}
+
+fn counts(s: &lmscore::sweep::SweepSummary) -> (usize, usize, usize, usize) {
+    (s.already_done, s.stale, s.scored, s.failures.len())
+}
+
+/// The same NAME@REV with other weights, other task data or an edited custom task is not "already
+/// complete": it is scored again and replaces what was stored; the same files elsewhere are complete.
+#[test]
+fn resume_follows_contents_not_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("r.db");
+    let a = tmp.path().join("a");
+    copy_dir(&models().join("pythia-tiny"), &a);
+    let mut o = options(&db, &format!("tiny@step1={}", a.display()), &["memo_trap", "neqa"], sample_data());
+    assert_eq!(counts(&sweep::run(&o).unwrap()), (0, 0, 2, 0));
+    assert_eq!(counts(&sweep::run(&o).unwrap()), (2, 0, 0, 0));
+    // The same files in another directory: still complete.
+    let a2 = tmp.path().join("a2");
+    copy_dir(&a, &a2);
+    o.checkpoints = CheckpointSpec::parse_list(&format!("tiny@step1={}", a2.display())).unwrap();
+    assert_eq!(counts(&sweep::run(&o).unwrap()), (2, 0, 0, 0));
+    // The same name at another checkpoint: scored again; the store then holds exactly what a fresh sweep
+    // of that checkpoint stores.
+    let b = format!("tiny@step1={}", models().join("pythia-tiny-b").display());
+    o.checkpoints = CheckpointSpec::parse_list(&b).unwrap();
+    assert_eq!(counts(&sweep::run(&o).unwrap()), (0, 2, 2, 0));
+    let reference = tmp.path().join("ref.db");
+    sweep::run(&SweepOptions { db: reference.clone(), ..o.clone() }).unwrap();
+    assert_eq!(dump(&db), dump(&reference));
+    assert_eq!(count(&db, "SELECT count(*) FROM task_runs"), 2);
+
+    // Other task data (a 10-document memo_trap): that task only is scored again.
+    let data = tmp.path().join("data");
+    copy_dir(&sample_data(), &data);
+    let memo = data.join("memo_trap/memo-trap_classification.jsonl");
+    let rows: Vec<String> = std::fs::read_to_string(&memo).unwrap().lines().take(10).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&memo, rows.concat()).unwrap();
+    o.data_dir = data.clone();
+    assert_eq!(counts(&sweep::run(&o).unwrap()), (1, 1, 1, 0));
+    let k = sweep::run_key(&o.checkpoints[0], o.protocol, &o.engine);
+    let store = Store::open(&db).unwrap();
+    assert_eq!(store.task_record(&k, "memo_trap").unwrap().unwrap().n_docs, 10);
+    drop(store);
+    // Back to the 20-document sample: scored again.
+    o.data_dir = sample_data();
+    assert_eq!(counts(&sweep::run(&o).unwrap()), (1, 1, 1, 0));
+    assert_eq!(Store::open(&db).unwrap().task_record(&k, "memo_trap").unwrap().unwrap().n_docs, 20);
+
+    // An edited custom task.
+    let custom = tmp.path().join("mine.jsonl");
+    let row = |c: &str| format!("{{\"context\": \"The sky is\", \"choices\": [\" blue\", \"{c}\"], \"gold\": 0}}\n");
+    std::fs::write(&custom, row(" green").repeat(3)).unwrap();
+    o.tasks = vec![format!("custom:{}", custom.display())];
+    assert_eq!(counts(&sweep::run(&o).unwrap()), (0, 0, 1, 0));
+    assert_eq!(counts(&sweep::run(&o).unwrap()), (1, 0, 0, 0));
+    std::fs::write(&custom, row(" loud").repeat(3)).unwrap();
+    assert_eq!(counts(&sweep::run(&o).unwrap()), (0, 1, 1, 0));
+
+    // --force scores everything again.
+    o.tasks = vec!["memo_trap".into(), "neqa".into()];
+    o.force = true;
+    assert_eq!(counts(&sweep::run(&o).unwrap()), (0, 0, 2, 0));
+    assert_eq!(dump(&db).len(), 3);
+}
+
+/// Two sweeps of the same units into one store at the same time: each counts only what it stored.
+#[test]
+fn concurrent_sweeps_count_only_what_they_stored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("c.db");
+    let o = options(&db, &checkpoints_arg(), &["memo_trap", "neqa"], sample_data());
+    let (o1, o2) = (o.clone(), o.clone());
+    let t1 = std::thread::spawn(move || sweep::run(&o1).unwrap());
+    let t2 = std::thread::spawn(move || sweep::run(&o2).unwrap());
+    let (s1, s2) = (t1.join().unwrap(), t2.join().unwrap());
+    println!("{s1:?}\n{s2:?}");
+    assert_eq!(s1.scored + s2.scored, 4, "{s1:?} {s2:?}");
+    for s in [&s1, &s2] {
+        assert_eq!(s.already_done + s.scored + s.stored_by_others, 4, "{s:?}");
+    }
+    assert_eq!(dump(&db).len(), 4);
+}
+
+#[test]
+fn sweep_messages_describe_the_shard_and_name_failures_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("m.db").display().to_string();
+    let stderr = run_ok(lmscore(&sweep_args(&db, &checkpoints_arg(), &["--shard", "3/4"])));
+    assert!(
+        stderr.contains(&format!("sweep (shard 3/4): 1 unit (1 checkpoint x 1 task); 0 already complete in {db}, 1 to score\n")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("sweep (shard 3/4): 1 unit scored now, 0 already complete, 0 checkpoints failed"), "{stderr}");
+    assert!(!stderr.contains("1 units") && !stderr.contains("1 checkpoints"), "{stderr}");
+    assert!(!stderr.contains("fixtures/models"), "messages name checkpoints by NAME@REV, not their path: {stderr}");
+
+    let db2 = tmp.path().join("f.db").display().to_string();
+    let cks = format!("gone@s1={},t@s2={}", tmp.path().join("gone").display(), models().join("pythia-tiny").display());
+    let out = lmscore(&sweep_args(&db2, &cks, &[])).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(stderr.matches("local model directory not found").count(), 1, "{stderr}");
+    assert!(stderr.contains("FAILED gone@s1: ") && stderr.contains("1 checkpoint failed"), "{stderr}");
+    assert!(stderr.contains("sweep: 2 units scored now, 0 already complete, 1 checkpoint failed"), "{stderr}");
+}
+
+/// Without a terminal (a Slurm log), progress comes as plain lines with rates and ETAs.
+#[test]
+fn plain_progress_lines_without_a_terminal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("p.db").display().to_string();
+    let cks = checkpoints_arg();
+    let mut args = sweep_args(&db, &cks, &["--progress-interval", "0"]);
+    args.retain(|a| *a != "--quiet");
+    let stderr = run_ok(lmscore(&args));
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("progress: ")).collect();
+    assert!(!lines.is_empty(), "{stderr}");
+    for l in &lines {
+        assert!(l.contains("tokens/s") && l.contains("ETA") && l.contains("sweep ETA") && l.contains("units complete"), "{l}");
+        assert!(l.contains("tiny@step1") || l.contains("tiny@step2"), "{l}");
+    }
+    // One line per unit, with its time.
+    let unit = stderr.lines().find(|l| l.starts_with("tiny@step1 memo_trap: ")).expect("a line per unit");
+    assert!(unit.contains(" s, ") && unit.contains("20 docs"), "{unit}");
+    assert!(!stderr.contains("fixtures/models"), "{stderr}");
+}
+
+/// The next checkpoint's weights truncated while the current one is scored: a failure of that
+/// checkpoint (no SIGBUS), the others stored.
+#[test]
+fn a_checkpoint_truncated_while_prefetched_fails_cleanly() {
+    use std::io::BufRead;
+    use std::os::unix::process::ExitStatusExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    copy_dir(&models().join("pythia-tiny"), &a);
+    copy_dir(&models().join("pythia-tiny"), &b);
+    let db = tmp.path().join("t.db");
+    let db_s = db.display().to_string();
+    let cks = format!("a@s1={},b@s2={}", a.display(), b.display());
+    let mut args = sweep_args(&db_s, &cks, &[]);
+    let tasks_at = args.iter().position(|a| *a == TASKS).unwrap();
+    args[tasks_at] = "memo_trap,neqa,truthfulqa_mc1,truthfulqa_mc2";
+    let mut child = lmscore(&args).stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+    let mut stderr = String::new();
+    let mut truncated = false;
+    for line in std::io::BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if !truncated && line.starts_with("a@s1 memo_trap:") {
+            // b was fetched while a loads and scores; a still has three tasks to go.
+            let f = std::fs::OpenOptions::new().write(true).open(b.join("model.safetensors")).unwrap();
+            f.set_len(f.metadata().unwrap().len() / 2).unwrap();
+            truncated = true;
+        }
+        stderr.push_str(&line);
+        stderr.push('\n');
+    }
+    let status = child.wait().unwrap();
+    assert!(truncated, "{stderr}");
+    assert_eq!(status.signal(), None, "killed by a signal: {stderr}");
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("FAILED b@s2: ") && stderr.contains("model.safetensors"), "{stderr}");
+    assert!(stderr.contains("changed on disk") || stderr.contains("truncated"), "{stderr}");
+    let stored = dump(&db);
+    assert_eq!(stored.len(), 4);
+    assert!(stored.keys().all(|(k, _)| k.model == "a"));
 }

@@ -11,7 +11,7 @@ pub struct Args {
     /// (ModelName, ModelRevision, Task, Accuracy, Accuracy_SE).
     #[arg(long, conflicts_with = "db", required_unless_present = "db")]
     pub tsv: Option<PathBuf>,
-    /// SQLite results store to report on (instead of --tsv).
+    /// SQLite results store to report on (instead of --tsv); opened read-only.
     #[arg(long)]
     pub db: Option<PathBuf>,
     /// With --db: report only runs of this protocol (paper-2023 or lm-eval-0.4); needed when a store holds both.
@@ -29,7 +29,7 @@ pub fn run(args: Args) -> Result<()> {
             if !db.exists() {
                 return Err(Error::file(db, "results store not found (make one with `lmscore sweep --db FILE`)"));
             }
-            let rows = lmscore::store::Store::open(db)?.report_rows(args.protocol.as_deref())?;
+            let rows = lmscore::store::Store::open_read_only(db)?.report_rows(args.protocol.as_deref())?;
             if rows.is_empty() {
                 return Err(Error::file(db, "the store holds no completed task results to report on"));
             }

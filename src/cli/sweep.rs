@@ -23,7 +23,8 @@ pub struct Args {
     /// Task data directory laid out like shared/data (files missing there come from the HF cache or the Hub).
     #[arg(long, default_value = "data")]
     pub data_dir: PathBuf,
-    /// Results store (SQLite); created if missing, resumed if present.
+    /// Results store (SQLite); created if missing or empty, resumed if present. Another application's
+    /// database is refused.
     #[arg(long)]
     pub db: PathBuf,
     #[arg(long, value_enum, default_value = "paper-2023")]
@@ -42,9 +43,17 @@ pub struct Args {
     /// tokenizer.json to use instead of each checkpoint's own.
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
-    /// No progress bars (they are off anyway when stderr is not a terminal).
+    /// No progress bars or progress lines (only one line per unit scored).
     #[arg(long)]
     pub quiet: bool,
+    /// When stderr is not a terminal (a Slurm log), print a plain progress line with rates and ETAs every
+    /// SECONDS.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    pub progress_interval: f64,
+    /// Score every unit again, even those the store holds from the same checkpoint and task data (the stored
+    /// results are replaced).
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -55,6 +64,13 @@ pub fn run(args: Args) -> Result<()> {
         (None, Some(p)) => sweep::preset(p)?,
         _ => return Err(Error::invalid("give either --checkpoints or --preset")),
     };
+    if !(args.progress_interval.is_finite() && args.progress_interval >= 0.0) {
+        return Err(Error::invalid(format!(
+            "--progress-interval {}: expected a number of seconds >= 0",
+            args.progress_interval
+        )));
+    }
+    let progress_interval = std::time::Duration::from_secs_f64(args.progress_interval.min(1e9));
     let tasks = tasks::expand_task_list(args.tasks.as_deref().unwrap_or(&default_tasks), args.protocol)?;
     let opts = SweepOptions {
         checkpoints,
@@ -72,14 +88,16 @@ pub fn run(args: Args) -> Result<()> {
         skip_bad_rows: args.skip_bad_rows,
         tokenizer: args.tokenizer,
         progress: !args.quiet,
+        progress_interval,
+        force: args.force,
     };
     let summary = sweep::run(&opts)?;
-    if !summary.failures.is_empty() {
-        return Err(Error::invalid(format!(
-            "{} checkpoint(s) failed (their units stay pending; run the same command again to retry):\n  {}",
-            summary.failures.len(),
-            summary.failures.join("\n  ")
-        )));
+    match summary.failures.len() {
+        0 => Ok(()),
+        n => Err(Error::invalid(format!(
+            "{n} checkpoint{} failed (the FAILED lines above say why); {} units stay pending: run the same command again to retry",
+            if n == 1 { "" } else { "s" },
+            if n == 1 { "its" } else { "their" }
+        ))),
     }
-    Ok(())
 }
