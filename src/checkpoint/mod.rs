@@ -3,7 +3,11 @@
 //!
 //! Tensors are read lazily by name from memory-mapped files (safetensors and `.bin` alike: torch stores
 //! each storage uncompressed, so a tensor is a byte range of the file). Headers and pickles are validated
-//! when the checkpoint is opened, so a truncated or corrupt file is reported then, naming the file.
+//! when the checkpoint is opened, so a truncated or corrupt file is reported then, naming the file; a `.bin`
+//! storage's CRC-32 is checked when it is first read, before any of its bytes is used.
+//!
+//! Every tensor must be listed once: twice in one safetensors header or state dict, in two shards, or in a
+//! shard other than the one a sharded index assigns it to is an error (a reader would pick one silently).
 
 mod pickle;
 mod tensor;
@@ -13,8 +17,20 @@ pub use tensor::{DType, HostTensor};
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+
+/// `s`, cut to a few hundred bytes for an error message: names and strings come from the file and can be
+/// megabytes long.
+fn clip(s: &str) -> Cow<'_, str> {
+    const MAX: usize = 200;
+    if s.len() <= MAX {
+        return Cow::Borrowed(s);
+    }
+    let cut = (0..=MAX).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0);
+    Cow::Owned(format!("{}... ({} bytes)", &s[..cut], s.len()))
+}
 
 /// One memory-mapped weights file and where each of its tensors lies in it.
 struct Shard {
@@ -47,15 +63,46 @@ impl Checkpoint {
             return Err(Error::file(&config_path, "missing: every model directory needs config.json"));
         }
         let config = ModelConfig::from_file(&config_path)?;
-        let files = weight_files(&dir)?;
-        let mut shards = Vec::new();
-        let mut index = HashMap::new();
-        for file in files {
-            let shard = open_shard(&file)?;
+        let weights = weight_files(&dir)?;
+        let mut shards: Vec<Shard> = Vec::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
+        for file in &weights.files {
+            let shard = open_shard(file)?;
             for name in shard.tensors.keys() {
+                if let Some(&j) = index.get(name) {
+                    return Err(Error::tensor(
+                        clip(name),
+                        format!(
+                            "is in both {} and {}: a tensor must be in one shard",
+                            shards[j].path.display(),
+                            file.display()
+                        ),
+                    ));
+                }
+                if let Some((index_path, map)) = &weights.index {
+                    let listed = match map.get(name) {
+                        Some(f) if f == file => None,
+                        Some(f) => Some(format!("assigns it to {}", f.display())),
+                        None => Some("does not list it".to_string()),
+                    };
+                    if let Some(listed) = listed {
+                        return Err(Error::tensor(
+                            clip(name),
+                            format!("is in {}, but {} {listed}", file.display(), index_path.display()),
+                        ));
+                    }
+                }
                 index.insert(name.clone(), shards.len());
             }
             shards.push(shard);
+        }
+        if let Some((index_path, map)) = &weights.index {
+            if let Some((name, file)) = map.iter().find(|(name, _)| !index.contains_key(*name)) {
+                return Err(Error::tensor(
+                    clip(name),
+                    format!("{} assigns it to {}, which does not hold it", index_path.display(), file.display()),
+                ));
+            }
         }
         Ok(Checkpoint { dir, config, shards, index })
     }
@@ -111,15 +158,25 @@ impl Checkpoint {
                 format!("in {} has a dtype lmscore cannot read (expected F16, BF16 or F32)", shard.path.display()),
             ));
         }
-        Ok(entry.read(&shard.map))
+        entry.read(&shard.path, &shard.map)
     }
 }
 
-/// The weight files of a model directory, in shard order.
-fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let single = dir.join("model.safetensors");
-    if single.exists() {
-        return Ok(vec![single]);
+/// The weight files of a model directory, in shard order, and for a sharded checkpoint its index file and
+/// `weight_map` (tensor name -> shard file).
+struct WeightFiles {
+    files: Vec<PathBuf>,
+    index: Option<(PathBuf, HashMap<String, PathBuf>)>,
+}
+
+fn weight_files(dir: &Path) -> Result<WeightFiles> {
+    let single = |file: PathBuf| WeightFiles {
+        files: vec![file],
+        index: None,
+    };
+    let safetensors = dir.join("model.safetensors");
+    if safetensors.exists() {
+        return Ok(single(safetensors));
     }
     for index_name in ["model.safetensors.index.json", "pytorch_model.bin.index.json"] {
         let index = dir.join(index_name);
@@ -129,29 +186,36 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     let bin = dir.join("pytorch_model.bin");
     if bin.exists() {
-        return Ok(vec![bin]);
+        return Ok(single(bin));
     }
     Err(Error::file(dir, format!("no weights found: expected {WEIGHT_FILES}")))
 }
 
-/// Files named by a sharded checkpoint's `weight_map`, each once, in first-seen order.
-fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
+/// A sharded checkpoint's index: the files its `weight_map` names, each once, in first-seen order, and the map.
+fn shard_files(index: &Path) -> Result<WeightFiles> {
+    /// The index with its `weight_map` entries in file order, repeats kept (a JSON map keeps only the last).
+    #[derive(serde::Deserialize)]
+    struct IndexFile {
+        weight_map: Option<Entries<serde_json::Value>>,
+    }
     let text = crate::error::read_to_string(index)?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::file(index, format!("not valid JSON: {e}")))?;
-    let map = v
-        .get("weight_map")
-        .and_then(|m| m.as_object())
-        .ok_or_else(|| Error::file(index, "expected an object `weight_map` of tensor name -> shard file"))?;
+    let v: IndexFile = serde_json::from_str(&text).map_err(|e| Error::file(index, format!("not valid JSON: {e}")))?;
+    let entries = v
+        .weight_map
+        .ok_or_else(|| Error::file(index, "expected an object `weight_map` of tensor name -> shard file"))?
+        .0;
     let dir = index.parent().unwrap_or(Path::new("."));
     let mut files: Vec<PathBuf> = Vec::new();
-    for (tensor, file) in map {
+    let mut map = HashMap::with_capacity(entries.len());
+    for (tensor, file) in entries {
+        let tensor_c = clip(&tensor);
         let file = file
             .as_str()
-            .ok_or_else(|| Error::file(index, format!("weight_map[{tensor}] is not a file name")))?;
+            .ok_or_else(|| Error::file(index, format!("weight_map[{tensor_c}] is not a file name")))?;
         if file.contains('/') || file.contains("..") {
             return Err(Error::file(
                 index,
-                format!("weight_map[{tensor}] = {file:?} points outside the model directory"),
+                format!("weight_map[{tensor_c}] = {:?} points outside the model directory", clip(file)),
             ));
         }
         let path = dir.join(file);
@@ -159,13 +223,46 @@ fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
             return Err(Error::file(&path, format!("missing: named as a shard by {}", index.display())));
         }
         if !files.contains(&path) {
-            files.push(path);
+            files.push(path.clone());
+        }
+        if let Some(first) = map.insert(tensor.clone(), path) {
+            return Err(Error::file(
+                index,
+                format!("weight_map lists tensor `{}` twice (in {} and {file})", clip(&tensor), first.display()),
+            ));
         }
     }
     if files.is_empty() {
         return Err(Error::file(index, "weight_map is empty"));
     }
-    Ok(files)
+    Ok(WeightFiles {
+        files,
+        index: Some((index.to_path_buf(), map)),
+    })
+}
+
+/// A JSON object's entries in file order, repeated keys kept: serde_json's maps keep only the last of a
+/// repeated key, and a tensor listed twice must be an error, not a silent choice.
+struct Entries<T>(Vec<(String, T)>);
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Entries<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Visit<T>(std::marker::PhantomData<T>);
+        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for Visit<T> {
+            type Value = Entries<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> std::result::Result<Entries<T>, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(e) = m.next_entry()? {
+                    entries.push(e);
+                }
+                Ok(Entries(entries))
+            }
+        }
+        d.deserialize_map(Visit(std::marker::PhantomData))
+    }
 }
 
 /// Memory-map a weights file and index its tensors: safetensors by its header, `.bin` by its pickle.
@@ -179,7 +276,13 @@ fn open_shard(path: &Path) -> Result<Shard> {
     } else {
         pickle::index_state_dict(path, &map)?
     };
-    let tensors = entries.into_iter().map(|e| (e.name.clone(), e)).collect();
+    let mut tensors = HashMap::with_capacity(entries.len());
+    for e in entries {
+        // The readers report repeats themselves; this keeps any later reader from choosing silently.
+        if let Some(e) = tensors.insert(e.name.clone(), e) {
+            return Err(Error::file(path, format!("holds tensor `{}` twice", clip(&e.name))));
+        }
+    }
     Ok(Shard {
         path: path.to_path_buf(),
         map,
@@ -190,6 +293,14 @@ fn open_shard(path: &Path) -> Result<Shard> {
 fn index_safetensors(path: &Path, bytes: &[u8]) -> Result<Vec<pickle::TensorEntry>> {
     let (header_len, meta) = safetensors::SafeTensors::read_metadata(bytes)
         .map_err(|e| Error::file(path, format!("not a valid safetensors file ({e}); is it truncated or corrupt?")))?;
+    // The crate keeps only the last of a repeated tensor name (and its layout checks can still pass), so
+    // read the header's names once more.
+    let names: Entries<serde::de::IgnoredAny> =
+        serde_json::from_slice(&bytes[8..8 + header_len]).map_err(|e| Error::file(path, format!("safetensors header is not a JSON object ({e})")))?;
+    let mut seen = std::collections::HashSet::with_capacity(names.0.len());
+    if let Some((name, _)) = names.0.iter().find(|(name, _)| !seen.insert(name.as_str())) {
+        return Err(Error::file(path, format!("safetensors header lists tensor `{}` twice", clip(name))));
+    }
     let data_start = 8 + header_len;
     Ok(meta
         .tensors()
@@ -210,6 +321,7 @@ fn index_safetensors(path: &Path, bytes: &[u8]) -> Result<Vec<pickle::TensorEntr
                 start,
                 end,
                 swap: 1,
+                member: None,
             }
         })
         .collect())

@@ -19,17 +19,24 @@
 //! `builtins.eval`, ...) stops the load with an error before anything else happens. Every read is
 //! bounds-checked, so a truncated or malformed file is an error naming the file, never a panic.
 //!
+//! Hostile pickles are bounded too: the VM's memory and work (MAX_VM_BYTES), tuple nesting (MAX_DEPTH;
+//! dropping is iterative anyway), tensor rank and storage-key length; values in messages are summaries
+//! of a few hundred characters. The zip is checked as Python's zipfile does (local headers against the
+//! central directory, no overlapping or repeated members) and every member's CRC-32 before it is used.
+//!
 //! Tensors must be contiguous row-major views of their storage (what `save_pretrained` writes).
 //! F16, BF16, F32 and U8 tensors carry their bytes; other storage types (I64 step counters, bool masks)
 //! come back as [`DType::Other`] with no bytes, so the checkpoint loader reports them only if they are
 //! asked for as weights.
 
-use super::{DType, HostTensor};
+use super::{clip, DType, HostTensor};
 use crate::error::{Error, Result};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::fmt;
 use std::io::Cursor;
 use std::path::Path;
 use std::rc::Rc;
+use std::sync::{Arc, OnceLock};
 
 /// All tensors of a state dict, by their state-dict names, in the order the file lists them.
 pub fn load_state_dict(path: &Path) -> Result<Vec<HostTensor>> {
@@ -41,7 +48,7 @@ pub fn load_state_dict(path: &Path) -> Result<Vec<HostTensor>> {
 
 /// Same as [`load_state_dict`] on bytes already in memory; `path` only names the file in errors.
 pub fn load_from_bytes(path: &Path, bytes: &[u8]) -> Result<Vec<HostTensor>> {
-    Ok(index_state_dict(path, bytes)?.into_iter().map(|e| e.read(bytes)).collect())
+    index_state_dict(path, bytes)?.into_iter().map(|e| e.read(path, bytes)).collect()
 }
 
 /// Where one tensor's bytes lie in a `.bin` file: torch stores each storage as an uncompressed zip entry,
@@ -56,26 +63,87 @@ pub struct TensorEntry {
     pub end: usize,
     /// Element size when the file is big-endian (bytes are swapped on read), else 1.
     pub swap: usize,
+    /// The zip member holding the bytes, whose CRC-32 is checked before they are first used (None for
+    /// safetensors, which carry no checksum, and for tensors with no bytes).
+    pub member: Option<Arc<Member>>,
 }
 
 impl TensorEntry {
-    /// The tensor's little-endian bytes out of the whole file's `bytes`.
-    pub fn read(&self, bytes: &[u8]) -> HostTensor {
+    /// The tensor's little-endian bytes out of the whole file's `bytes` (`path` names it in errors).
+    pub fn read(&self, path: &Path, bytes: &[u8]) -> Result<HostTensor> {
+        if let Some(m) = &self.member {
+            m.verify(path, bytes)?;
+        }
         let mut b = bytes[self.start..self.end].to_vec();
         if self.swap > 1 {
             b.chunks_exact_mut(self.swap).for_each(|c| c.reverse());
         }
-        HostTensor {
+        Ok(HostTensor {
             name: self.name.clone(),
             dtype: self.dtype,
             shape: self.shape.clone(),
             bytes: b,
-        }
+        })
     }
 }
 
-/// Parse the state dict's pickle and locate every tensor's bytes, validating shapes, strides and storage
-/// sizes, without copying any tensor data.
+/// One stored member of the zip, already checked against its local header. Its CRC-32 is computed the first
+/// time its bytes are read, not when the file is opened: a storage can be GBs, and reading every one at open
+/// and again for the weights would double the I/O of loading a large model.
+#[derive(Debug)]
+pub struct Member {
+    name: String,
+    /// Stored: not compressed, not encrypted. Only such members can be read (in place, from the map); others
+    /// are refused if they are used.
+    stored: bool,
+    /// Byte range of the (stored) data in the file.
+    start: usize,
+    end: usize,
+    crc: u32,
+    computed: OnceLock<u32>,
+}
+
+impl Member {
+    fn check_stored(&self, path: &Path) -> Result<()> {
+        if !self.stored {
+            return Err(Error::file(
+                path,
+                format!(
+                    "zip entry {} is compressed or encrypted; torch.save writes stored (uncompressed) entries",
+                    clip(&self.name)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn verify(&self, path: &Path, bytes: &[u8]) -> Result<()> {
+        let got = *self.computed.get_or_init(|| crc32_parallel(&bytes[self.start..self.end]));
+        if got != self.crc {
+            return Err(Error::file(
+                path,
+                format!(
+                    "zip entry {} fails its CRC-32 check (the archive records {:08x}, its {} bytes give {got:08x}): \
+                     the file is corrupt; download it again",
+                    self.name,
+                    self.crc,
+                    self.end - self.start
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The member's bytes, after checking its CRC-32.
+    fn bytes<'a>(&self, path: &Path, bytes: &'a [u8]) -> Result<&'a [u8]> {
+        self.check_stored(path)?;
+        self.verify(path, bytes)?;
+        Ok(&bytes[self.start..self.end])
+    }
+}
+
+/// Parse the state dict's pickle and locate every tensor's bytes, validating the zip structure, shapes,
+/// strides and storage sizes, without reading any tensor data.
 pub fn index_state_dict(path: &Path, bytes: &[u8]) -> Result<Vec<TensorEntry>> {
     if !bytes.starts_with(b"PK") {
         // Legacy torch.save (before 1.6, or `_use_new_zipfile_serialization=False`) starts with a pickled
@@ -88,69 +156,88 @@ pub fn index_state_dict(path: &Path, bytes: &[u8]) -> Result<Vec<TensorEntry>> {
         };
         return Err(Error::file(path, msg));
     }
-    let mut zip = zip::ZipArchive::new(Cursor::new(bytes))
-        .map_err(|e| Error::file(path, format!("not a readable zip archive ({e}); is it truncated or corrupt?")))?;
-    let pkl_names: Vec<String> = zip
-        .file_names()
+    let members = zip_members(path, bytes)?;
+    let mut pkl_names: Vec<&str> = members
+        .keys()
+        .map(String::as_str)
         .filter(|n| *n == "data.pkl" || n.ends_with("/data.pkl"))
-        .map(str::to_string)
         .collect();
+    pkl_names.sort_unstable();
     let pkl_name = match pkl_names.as_slice() {
-        [one] => one.clone(),
+        [one] => one.to_string(),
         [] => return Err(Error::file(path, "zip archive holds no data.pkl: not a torch.save checkpoint")),
         many => {
             return Err(Error::file(
                 path,
-                format!("zip archive holds {} data.pkl files ({}), expected one", many.len(), many.join(", ")),
+                format!(
+                    "zip archive holds {} data.pkl files ({}), expected one",
+                    many.len(),
+                    clip(&many.join(", "))
+                ),
             ))
         }
     };
     let prefix = &pkl_name[..pkl_name.len() - "data.pkl".len()];
-    let big_endian = match stored_entry(path, bytes, &mut zip, &format!("{prefix}byteorder"))? {
+    let big_endian = match members.get(&format!("{prefix}byteorder")) {
         None => false,
-        Some(b) => match std::str::from_utf8(b).map(str::trim) {
-            Ok("little") => false,
-            Ok("big") => true,
-            _ => {
-                return Err(Error::file(
-                    path,
-                    format!("{prefix}byteorder holds {:?}, expected \"little\" or \"big\"", String::from_utf8_lossy(b)),
-                ))
+        Some(m) => {
+            let b = m.bytes(path, bytes)?;
+            match std::str::from_utf8(b).map(str::trim) {
+                Ok("little") => false,
+                Ok("big") => true,
+                _ => {
+                    return Err(Error::file(
+                        path,
+                        format!(
+                            "{prefix}byteorder holds {:?}, expected \"little\" or \"big\"",
+                            clip(&String::from_utf8_lossy(b))
+                        ),
+                    ))
+                }
             }
-        },
+        }
     };
-    let pkl = stored_entry(path, bytes, &mut zip, &pkl_name)?.ok_or_else(|| Error::file(path, format!("{pkl_name} is missing")))?;
+    let pkl = members[&pkl_name].bytes(path, bytes)?;
     let entries = Vm::new(pkl).run().map_err(|msg| Error::file(path, format!("{pkl_name}: {msg}")))?;
 
-    let mut storages: HashMap<Rc<str>, &[u8]> = HashMap::new();
+    // Each storage as first declared: a later reference must agree, or its bytes would be reinterpreted
+    // (torch itself silently keeps the first declaration).
+    let mut storages: HashMap<Rc<str>, Rc<StorageRef>> = HashMap::new();
     let mut out = Vec::with_capacity(entries.len());
     for (name, t) in entries {
-        let bad = |msg: String| Error::file(path, format!("tensor `{name}`: {msg}"));
+        let bad = |msg: String| Error::file(path, format!("tensor `{}`: {msg}", clip(&name)));
+        if t.shape.len() > MAX_RANK || t.stride.len() > MAX_RANK {
+            return Err(bad(format!(
+                "has rank {} (stride rank {}), more than the {MAX_RANK} lmscore accepts",
+                t.shape.len(),
+                t.stride.len()
+            )));
+        }
         let st = &t.storage;
         let es = st.kind.elem_size as u64;
-        let data = match storages.get(&st.key) {
-            Some(d) => *d,
-            None => {
-                let file = format!("{prefix}data/{}", st.key);
-                let d =
-                    stored_entry(path, bytes, &mut zip, &file)?.ok_or_else(|| bad(format!("its storage file {file} is missing from the archive")))?;
-                let declared = st
-                    .numel
-                    .checked_mul(es)
-                    .ok_or_else(|| bad(format!("storage {} declares an impossible size", st.key)))?;
-                if (d.len() as u64) < declared {
-                    return Err(bad(format!(
-                        "storage {file} holds {} bytes, but data.pkl declares {} elements of {} bytes ({}); is the file truncated?",
-                        d.len(),
-                        st.numel,
-                        es,
-                        st.kind.name
-                    )));
-                }
-                storages.insert(st.key.clone(), d);
-                d
-            }
-        };
+        let first = storages.entry(st.key.clone()).or_insert_with(|| st.clone());
+        if (first.kind, first.numel) != (st.kind, st.numel) {
+            return Err(bad(format!(
+                "storage {} is declared as {} of {} elements, but an earlier tensor declares it as {} of {}",
+                st.key, st.kind.name, st.numel, first.kind.name, first.numel
+            )));
+        }
+        let file = format!("{prefix}data/{}", st.key);
+        let member = members
+            .get(&file)
+            .ok_or_else(|| bad(format!("its storage file {file} is missing from the archive")))?;
+        member.check_stored(path)?;
+        let declared = st
+            .numel
+            .checked_mul(es)
+            .ok_or_else(|| bad(format!("storage {} declares an impossible size", st.key)))?;
+        let held = (member.end - member.start) as u64;
+        if held < declared {
+            return Err(bad(format!(
+                "storage {file} holds {held} bytes, but data.pkl declares {} elements of {} bytes ({}); is the file truncated?",
+                st.numel, es, st.kind.name
+            )));
+        }
         let numel = t
             .shape
             .iter()
@@ -170,12 +257,11 @@ pub fn index_state_dict(path: &Path, bytes: &[u8]) -> Result<Vec<TensorEntry>> {
             ))
         })?;
         let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
-        // Offset of the storage within the file: `data` is a sub-slice of `bytes`.
-        let base = data.as_ptr() as usize - bytes.as_ptr() as usize;
-        let (start, end) = if st.kind.dtype == DType::Other {
-            (0, 0)
+        let (start, end, member) = if st.kind.dtype == DType::Other {
+            (0, 0, None)
         } else {
-            (base + (t.offset * es) as usize, base + (end * es) as usize)
+            let base = member.start as u64;
+            ((base + t.offset * es) as usize, (base + end * es) as usize, Some(member.clone()))
         };
         out.push(TensorEntry {
             name,
@@ -184,37 +270,280 @@ pub fn index_state_dict(path: &Path, bytes: &[u8]) -> Result<Vec<TensorEntry>> {
             start,
             end,
             swap: if big_endian { es as usize } else { 1 },
+            member,
         });
     }
     Ok(out)
 }
 
-/// The bytes of one uncompressed zip entry, straight from the archive; None if there is no such entry.
-fn stored_entry<'a>(path: &Path, bytes: &'a [u8], zip: &mut zip::ZipArchive<Cursor<&'a [u8]>>, name: &str) -> Result<Option<&'a [u8]>> {
-    let Some(i) = zip.index_for_name(name) else { return Ok(None) };
-    let f = zip
-        .by_index_raw(i)
-        .map_err(|e| Error::file(path, format!("zip entry {name} is unreadable ({e}); is the file truncated?")))?;
-    if f.compression() != zip::CompressionMethod::Stored || f.encrypted() {
-        return Err(Error::file(
-            path,
-            format!("zip entry {name} is compressed or encrypted; torch.save writes stored (uncompressed) entries"),
+// ------------------------------------------------------------------------------------------------
+// The zip archive, checked as Python's zipfile checks it (and a little more) before any member is used:
+// the zip crate alone reads a member where the central directory points, whatever is there.
+
+const LOCAL_SIG: u32 = 0x0403_4b50;
+const CENTRAL_SIG: u32 = 0x0201_4b50;
+/// General-purpose flag bits: encrypted, and "CRC and sizes follow the data" (torch writes that one, with
+/// zeros in the local header).
+const FLAG_ENCRYPTED: u16 = 1;
+const FLAG_DATA_DESCRIPTOR: u16 = 8;
+
+fn le16(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+fn le32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// What the central directory says of one member.
+struct CentralEntry {
+    name: String,
+    raw_name: Vec<u8>,
+    header_start: u64,
+    method: u16,
+    encrypted: bool,
+    size: u64,
+    compressed_size: u64,
+    crc: u32,
+}
+
+/// Every member of the archive by name, each checked: its local header agreeing with the central directory
+/// (signature, name, method, CRC and sizes), its data inside the file and not overlapping the next member,
+/// and no name listed twice.
+fn zip_members(path: &Path, bytes: &[u8]) -> Result<HashMap<String, Arc<Member>>> {
+    let mut zip = zip::ZipArchive::new(Cursor::new(bytes))
+        .map_err(|e| Error::file(path, format!("not a readable zip archive ({e}); is it truncated or corrupt?")))?;
+    check_unique_names(path, bytes, zip.central_directory_start())?;
+    let mut central = Vec::with_capacity(zip.len());
+    for i in 0..zip.len() {
+        let name = zip.name_for_index(i).unwrap_or_default().to_string();
+        let f = zip.by_index_raw(i).map_err(|e| {
+            Error::file(
+                path,
+                format!("zip entry {} is unreadable ({e}); is the file truncated or corrupt?", clip(&name)),
+            )
+        })?;
+        // The method number as recorded (the crate's enum has no stable number for it).
+        let at = usize::try_from(f.central_header_start()).unwrap_or(usize::MAX);
+        let method = bytes.get(at..at.saturating_add(12)).map_or(u16::MAX, |r| le16(r, 10));
+        central.push(CentralEntry {
+            raw_name: f.name_raw().to_vec(),
+            header_start: f.header_start(),
+            method,
+            encrypted: f.encrypted(),
+            size: f.size(),
+            compressed_size: f.compressed_size(),
+            crc: f.crc32(),
+            name,
+        });
+    }
+    // Where each member must end: the next local header, or the central directory.
+    let mut starts: Vec<u64> = central.iter().map(|c| c.header_start).collect();
+    starts.push(zip.central_directory_start());
+    starts.sort_unstable();
+    let mut members = HashMap::with_capacity(central.len());
+    for c in central {
+        let corrupt = |msg: String| Error::file(path, format!("zip entry {}: {msg}; the file is corrupt", clip(&c.name)));
+        let (start, end) = local_data_range(bytes, &c).map_err(corrupt)?;
+        let limit = starts[starts.partition_point(|&s| s <= c.header_start)..]
+            .first()
+            .copied()
+            .unwrap_or(u64::MAX);
+        if end > limit {
+            return Err(corrupt(format!(
+                "its {} bytes at offset {start} overlap the next member (at offset {limit})",
+                c.compressed_size
+            )));
+        }
+        let member = Member {
+            name: c.name.clone(),
+            stored: c.method == 0 && !c.encrypted && c.compressed_size == c.size,
+            start: start as usize,
+            end: end as usize,
+            crc: c.crc,
+            computed: OnceLock::new(),
+        };
+        members.insert(c.name, Arc::new(member));
+    }
+    Ok(members)
+}
+
+/// The byte range of a member's data, after checking its local header against the central directory.
+fn local_data_range(bytes: &[u8], c: &CentralEntry) -> std::result::Result<(u64, u64), String> {
+    let h = usize::try_from(c.header_start)
+        .ok()
+        .and_then(|at| bytes.get(at..))
+        .filter(|h| h.len() >= 30)
+        .ok_or_else(|| format!("its local header at offset {} lies past the end of the file", c.header_start))?;
+    if le32(h, 0) != LOCAL_SIG {
+        return Err(format!(
+            "no local file header at offset {}, where the central directory points",
+            c.header_start
         ));
     }
-    let start = f.data_start();
-    let end = start
-        .checked_add(f.size())
-        .filter(|&e| e <= bytes.len() as u64 && f.compressed_size() == f.size());
-    match end {
-        Some(end) => Ok(Some(&bytes[start as usize..end as usize])),
-        None => Err(Error::file(
-            path,
-            format!(
-                "zip entry {name} ({} bytes at offset {start}) runs past the end of the file; is it truncated?",
-                f.size()
-            ),
-        )),
+    let (flags, method, crc) = (le16(h, 6), le16(h, 8), le32(h, 14));
+    let (name_len, extra_len) = (le16(h, 26) as usize, le16(h, 28) as usize);
+    let name = h.get(30..30 + name_len).ok_or("its local header runs past the end of the file")?;
+    if name != c.raw_name {
+        return Err(format!(
+            "its local header names {:?}: the central directory points at another member's header",
+            clip(&String::from_utf8_lossy(name))
+        ));
     }
+    if method != c.method || (flags & FLAG_ENCRYPTED != 0) != c.encrypted {
+        return Err(format!(
+            "its local header says compression method {method}{}, the central directory method {}{}",
+            if flags & FLAG_ENCRYPTED != 0 { " (encrypted)" } else { "" },
+            c.method,
+            if c.encrypted { " (encrypted)" } else { "" }
+        ));
+    }
+    let extra = h
+        .get(30 + name_len..30 + name_len + extra_len)
+        .ok_or("its local header runs past the end of the file")?;
+    let (size, csize) = local_sizes(h, extra);
+    // With a data descriptor the local CRC and sizes may be left 0 (they follow the data).
+    let agrees = |local: u64, central: u64| local == central || (flags & FLAG_DATA_DESCRIPTOR != 0 && local == 0);
+    if !agrees(crc as u64, c.crc as u64) || !agrees(size, c.size) || !agrees(csize, c.compressed_size) {
+        return Err(format!(
+            "its local header says {size} bytes ({csize} in the file) with CRC {crc:08x}, the central directory {} ({}) with CRC {:08x}",
+            c.size, c.compressed_size, c.crc
+        ));
+    }
+    let start = c.header_start + 30 + name_len as u64 + extra_len as u64;
+    let end = start.checked_add(c.compressed_size).filter(|&e| e <= bytes.len() as u64).ok_or_else(|| {
+        format!(
+            "its {} bytes at offset {start} run past the end of the file; is it truncated?",
+            c.compressed_size
+        )
+    })?;
+    Ok((start, end))
+}
+
+/// A local header's (uncompressed, compressed) sizes; 0xffffffff means they are in the zip64 extra field
+/// (id 1: the uncompressed then the compressed size, 8 bytes each).
+fn local_sizes(h: &[u8], mut extra: &[u8]) -> (u64, u64) {
+    let (mut size, mut csize) = (le32(h, 22) as u64, le32(h, 18) as u64);
+    while extra.len() >= 4 {
+        let (id, len) = (le16(extra, 0), le16(extra, 2) as usize);
+        let Some(data) = extra.get(4..4 + len) else { break };
+        if id == 1 {
+            let mut fields = data.chunks_exact(8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+            if size == u32::MAX as u64 {
+                size = fields.next().unwrap_or(size);
+            }
+            if csize == u32::MAX as u64 {
+                csize = fields.next().unwrap_or(csize);
+            }
+        }
+        extra = &extra[4 + len..];
+    }
+    (size, csize)
+}
+
+/// The zip crate keeps only the last of two central-directory entries with one name, so read the names from
+/// the directory itself: two storages under one name would make the choice of bytes arbitrary.
+fn check_unique_names(path: &Path, bytes: &[u8], dir_start: u64) -> Result<()> {
+    let mut seen = HashSet::new();
+    let mut at = usize::try_from(dir_start).unwrap_or(usize::MAX);
+    while let Some(rec) = bytes.get(at..at.saturating_add(46)).filter(|r| le32(r, 0) == CENTRAL_SIG) {
+        let (n, m, k) = (le16(rec, 28) as usize, le16(rec, 30) as usize, le16(rec, 32) as usize);
+        let Some(name) = bytes.get(at + 46..at + 46 + n) else { break };
+        if !seen.insert(name) {
+            return Err(Error::file(
+                path,
+                format!(
+                    "zip archive lists member {} twice; the file is corrupt",
+                    clip(&String::from_utf8_lossy(name))
+                ),
+            ));
+        }
+        at += 46 + n + m + k;
+    }
+    Ok(())
+}
+
+const CRC_POLY: u32 = 0xedb8_8320; // reflected IEEE polynomial
+
+/// CRC-32 of a large buffer on all cores: CRCs of 16 MiB chunks joined with [`crc32_combine`]. One core
+/// manages about 1 GB/s, slow beside the disk for a 20 GB model.
+fn crc32_parallel(data: &[u8]) -> u32 {
+    use rayon::prelude::*;
+    const CHUNK: usize = 16 << 20;
+    if data.len() <= CHUNK {
+        return crc32(data);
+    }
+    let crcs: Vec<(u32, usize)> = data.par_chunks(CHUNK).map(|c| (crc32(c), c.len())).collect();
+    crcs.into_iter()
+        .reduce(|(a, _), (b, len)| (crc32_combine(a, b, len), len))
+        .map_or(0, |(c, _)| c)
+}
+
+/// The CRC-32 of A followed by B from crc(A), crc(B) and B's length (zlib's method): crc(A) is advanced
+/// over len(B) zero bytes by multiplying it by x^(8 len(B)) modulo the polynomial.
+fn crc32_combine(crc_a: u32, crc_b: u32, len_b: usize) -> u32 {
+    // Polynomials are reflected: bit 31 is x^0.
+    fn mul(a: u32, mut b: u32) -> u32 {
+        let mut p = 0;
+        for i in 0..32 {
+            if a & (1 << (31 - i)) != 0 {
+                p ^= b;
+            }
+            b = if b & 1 != 0 { (b >> 1) ^ CRC_POLY } else { b >> 1 };
+        }
+        p
+    }
+    // x^(8 len_b) by squaring: `square` runs through x^8, x^16, x^32, ... (x^0 is 1 << 31, x^8 is 1 << 23).
+    let (mut xn, mut square, mut n) = (1u32 << 31, 1u32 << 23, len_b);
+    while n > 0 {
+        if n & 1 != 0 {
+            xn = mul(xn, square);
+        }
+        square = mul(square, square);
+        n >>= 1;
+    }
+    mul(xn, crc_a) ^ crc_b
+}
+
+/// CRC-32 (IEEE, as zip uses), eight bytes at a time ("slicing-by-8"): tables of the CRC of each byte value
+/// followed by 0..7 zero bytes. (crc32fast, several times faster per core, is only an indirect dependency.)
+fn crc32(data: &[u8]) -> u32 {
+    const T: [[u32; 256]; 8] = {
+        let mut t = [[0u32; 256]; 8];
+        let mut i = 0;
+        while i < 256 {
+            let mut c = i as u32;
+            let mut k = 0;
+            while k < 8 {
+                c = if c & 1 != 0 { CRC_POLY ^ (c >> 1) } else { c >> 1 };
+                k += 1;
+            }
+            t[0][i] = c;
+            i += 1;
+        }
+        let mut i = 0;
+        while i < 256 {
+            let mut k = 1;
+            while k < 8 {
+                t[k][i] = (t[k - 1][i] >> 8) ^ t[0][(t[k - 1][i] & 0xff) as usize];
+                k += 1;
+            }
+            i += 1;
+        }
+        t
+    };
+    let mut crc = !0u32;
+    let mut chunks = data.chunks_exact(8);
+    for c in &mut chunks {
+        let lo = crc ^ u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        let hi = u32::from_le_bytes([c[4], c[5], c[6], c[7]]);
+        let b = |x: u32, s: u32| ((x >> s) & 0xff) as usize;
+        crc =
+            T[7][b(lo, 0)] ^ T[6][b(lo, 8)] ^ T[5][b(lo, 16)] ^ T[4][b(lo, 24)] ^ T[3][b(hi, 0)] ^ T[2][b(hi, 8)] ^ T[1][b(hi, 16)] ^ T[0][b(hi, 24)];
+    }
+    for &x in chunks.remainder() {
+        crc = (crc >> 8) ^ T[0][((crc ^ x as u32) & 0xff) as usize];
+    }
+    !crc
 }
 
 /// Row-major strides for `shape`, ignoring dimensions of size 1 (their stride is arbitrary).
@@ -316,10 +645,12 @@ impl Global {
                 .iter()
                 .find(|k| k.name == s)
                 .map(|k| Global::Storage(*k))
-                .ok_or_else(|| format!("refusing to import `torch.{s}`: not a storage type lmscore knows")),
+                .ok_or_else(|| format!("refusing to import `torch.{}`: not a storage type lmscore knows", clip(s))),
             _ => Err(format!(
-                "refusing to import `{module}.{name}`: a state dict only needs collections.OrderedDict, \
-                 torch._utils._rebuild_tensor_v2 / _rebuild_parameter and torch.*Storage (nothing is executed)"
+                "refusing to import `{}.{}`: a state dict only needs collections.OrderedDict, \
+                 torch._utils._rebuild_tensor_v2 / _rebuild_parameter and torch.*Storage (nothing is executed)",
+                clip(module),
+                clip(name)
             )),
         }
     }
@@ -342,8 +673,8 @@ struct TensorDesc {
 
 /// A pickle value. Lists and dicts live in arenas and are referred to by index, so a memoized container
 /// mutated later (SETITEMS after BINPUT) is the same object everywhere, as in Python, and nothing is copied.
-#[derive(Clone, Debug)]
-#[allow(dead_code)] // payloads of Bool/Float/Bytes are only shown through Debug in error messages
+/// Only tuples nest by ownership. Debug prints a bounded summary (see `show`).
+#[derive(Clone)]
 enum Value {
     None,
     Bool(bool),
@@ -351,12 +682,55 @@ enum Value {
     Float(f64),
     Str(Rc<str>),
     Bytes(Rc<[u8]>),
-    Tuple(Rc<[Value]>),
+    Tuple(Tuple),
     List(usize),
     Dict(usize),
     Global(Global),
     Storage(Rc<StorageRef>),
     Tensor(Rc<TensorDesc>),
+}
+
+/// The deepest tuple nesting accepted; a state dict needs 3. Deeper values are refused where they are
+/// built, so nothing that walks a value (printing, dropping) can overflow the stack.
+const MAX_DEPTH: u32 = 1000;
+
+/// A tuple: items shared by every copy (DUP, memo), and its nesting depth (1 + that of its deepest item).
+#[derive(Clone)]
+struct Tuple {
+    items: Rc<[Value]>,
+    depth: u32,
+}
+
+impl std::ops::Deref for Tuple {
+    type Target = [Value];
+    fn deref(&self) -> &[Value] {
+        &self.items
+    }
+}
+
+impl Drop for Tuple {
+    /// Iterative: the default drop recurses once per level of nesting. The nested tuples of a tuple about to
+    /// be freed are moved onto a heap stack, so each drop below is shallow.
+    fn drop(&mut self) {
+        let mut orphans = Vec::new();
+        self.release_items(&mut orphans);
+        while let Some(mut v) = orphans.pop() {
+            if let Value::Tuple(t) = &mut v {
+                t.release_items(&mut orphans);
+            }
+        }
+    }
+}
+
+impl Tuple {
+    /// Move out the tuple items of this tuple if this is its last reference (else dropping it frees nothing).
+    fn release_items(&mut self, out: &mut Vec<Value>) {
+        if let Some(items) = Rc::get_mut(&mut self.items) {
+            for v in items.iter_mut().filter(|v| matches!(v, Value::Tuple(_))) {
+                out.push(std::mem::replace(v, Value::None));
+            }
+        }
+    }
 }
 
 impl Value {
@@ -376,6 +750,56 @@ impl Value {
             Value::Tensor(_) => "tensor",
         }
     }
+
+    /// Append a summary of the value to `out`, stopping soon after it reaches SHOW_CHARS: a tuple shared by
+    /// DUP or the memo prints as its full expansion, exponentially larger than the pickle.
+    fn show(&self, out: &mut String, depth: u32) {
+        use std::fmt::Write;
+        match self {
+            Value::None => out.push_str("None"),
+            Value::Bool(b) => out.push_str(if *b { "True" } else { "False" }),
+            Value::Int(i) => write!(out, "{i}").expect("String"),
+            Value::Float(x) => write!(out, "{x:?}").expect("String"),
+            Value::Str(s) => write!(out, "{:?}", clip(s)).expect("String"),
+            Value::Bytes(b) => write!(out, "<{} bytes>", b.len()).expect("String"),
+            Value::Tuple(t) if depth == 0 => write!(out, "(<{} items>)", t.len()).expect("String"),
+            Value::Tuple(t) => {
+                out.push('(');
+                for (i, v) in t.iter().enumerate() {
+                    if out.len() > SHOW_CHARS {
+                        out.push_str("...");
+                        break;
+                    }
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    v.show(out, depth - 1);
+                }
+                out.push_str(if t.len() == 1 { ",)" } else { ")" });
+            }
+            Value::List(_) => out.push_str("[...]"),
+            Value::Dict(_) => out.push_str("{...}"),
+            Value::Global(g) => write!(out, "{g:?}").expect("String"),
+            Value::Storage(s) => write!(out, "<{} {}>", s.kind.name, s.key).expect("String"),
+            Value::Tensor(_) => out.push_str("<tensor>"),
+        }
+    }
+}
+
+/// About how many characters of a value an error message shows.
+const SHOW_CHARS: usize = 200;
+
+impl fmt::Debug for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut s = String::new();
+        self.show(&mut s, 4);
+        if s.len() > SHOW_CHARS + 50 {
+            let cut = (0..=SHOW_CHARS).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0);
+            s.truncate(cut);
+            s.push_str("...");
+        }
+        f.write_str(&s)
+    }
 }
 
 #[derive(Default)]
@@ -383,9 +807,28 @@ struct Dict {
     entries: Vec<(Value, Value)>,
     /// String keys -> index into `entries` (state dicts only have string keys).
     by_str: HashMap<Rc<str>, usize>,
+    /// The first string key set twice: Python keeps the last value, but in a state dict it hides a tensor.
+    repeated: Option<Rc<str>>,
 }
 
 type VmResult<T> = std::result::Result<T, String>;
+
+/// The most memory the unpickler may allocate (bytes of values, containers, memo and marks, counted as they
+/// are created and never given back) plus the bytes of keys hashed. A state dict needs well under a KB per
+/// tensor; hostile pickles (42 MB of empty dicts, floods of DUPs, a huge string hashed again and again as a
+/// key) would otherwise take many GB or hours.
+const MAX_VM_BYTES: usize = 256 << 20;
+
+/// What one heap allocation costs beyond its bytes (allocator header and rounding, Rc counts), and the
+/// factor by which a hash table outgrows its entries: charged so that floods of tiny objects are counted.
+const ALLOC: usize = 32;
+const TABLE_SLACK: usize = 2;
+
+/// The most dimensions a tensor may have (shapes are printed in messages and walked per tensor).
+const MAX_RANK: usize = 64;
+
+/// The longest storage key: torch numbers its storages "0", "1", ...
+const MAX_KEY_LEN: usize = 256;
 
 struct Vm<'a> {
     data: &'a [u8],
@@ -395,6 +838,8 @@ struct Vm<'a> {
     memo: HashMap<u64, Value>,
     lists: Vec<Vec<Value>>,
     dicts: Vec<Dict>,
+    /// Bytes charged against MAX_VM_BYTES so far.
+    used: usize,
 }
 
 impl<'a> Vm<'a> {
@@ -407,7 +852,20 @@ impl<'a> Vm<'a> {
             memo: HashMap::new(),
             lists: Vec::new(),
             dicts: Vec::new(),
+            used: 0,
         }
+    }
+
+    fn charge(&mut self, bytes: usize) -> VmResult<()> {
+        self.used = self.used.saturating_add(bytes);
+        if self.used > MAX_VM_BYTES {
+            return Err(format!(
+                "unpickling needs more than {} MiB at byte {}, far more than any state dict; the file is corrupt or hostile",
+                MAX_VM_BYTES >> 20,
+                self.pos
+            ));
+        }
+        Ok(())
     }
 
     fn take(&mut self, n: u64, what: &str) -> VmResult<&'a [u8]> {
@@ -449,11 +907,26 @@ impl<'a> Vm<'a> {
         let at = self.pos;
         let b = self.take(n, what)?;
         let s = std::str::from_utf8(b).map_err(|_| format!("{what} at byte {at} is not valid UTF-8"))?;
+        self.charge(ALLOC + b.len())?;
         Ok(Value::Str(s.into()))
     }
 
-    fn push(&mut self, v: Value) {
+    fn push(&mut self, v: Value) -> VmResult<()> {
+        self.charge(size_of::<Value>())?;
         self.stack.push(v);
+        Ok(())
+    }
+    /// A new tuple, refused if nested deeper than MAX_DEPTH.
+    fn tuple(&mut self, items: Vec<Value>) -> VmResult<()> {
+        let depth = 1 + items.iter().map(|v| if let Value::Tuple(t) = v { t.depth } else { 0 }).max().unwrap_or(0);
+        if depth > MAX_DEPTH {
+            return Err(format!(
+                "tuples nested more than {MAX_DEPTH} deep at byte {}; a state dict needs 3",
+                self.pos
+            ));
+        }
+        self.charge(ALLOC + items.len() * size_of::<Value>())?;
+        self.push(Value::Tuple(Tuple { items: items.into(), depth }))
     }
     fn pop(&mut self, op: &str) -> VmResult<Value> {
         let floor = self.marks.last().copied().unwrap_or(0);
@@ -475,6 +948,7 @@ impl<'a> Vm<'a> {
     }
     fn memo_put(&mut self, idx: u64, op: &str) -> VmResult<()> {
         let v = self.top(op)?.clone();
+        self.charge(TABLE_SLACK * size_of::<(u64, Value)>())?;
         self.memo.insert(idx, v);
         Ok(())
     }
@@ -484,8 +958,17 @@ impl<'a> Vm<'a> {
             .get(&idx)
             .cloned()
             .ok_or_else(|| format!("memo entry {idx} read at byte {} was never stored", self.pos))?;
-        self.push(v);
-        Ok(())
+        self.push(v)
+    }
+    fn new_dict(&mut self) -> VmResult<Value> {
+        self.charge(size_of::<Dict>() + ALLOC)?;
+        self.dicts.push(Dict::default());
+        Ok(Value::Dict(self.dicts.len() - 1))
+    }
+    fn new_list(&mut self, items: Vec<Value>) -> VmResult<()> {
+        self.charge(size_of::<Vec<Value>>() + ALLOC + items.len() * size_of::<Value>())?;
+        self.lists.push(items);
+        self.push(Value::List(self.lists.len() - 1))
     }
 
     fn set_items(&mut self, dict: &Value, items: Vec<Value>, op: &str) -> VmResult<()> {
@@ -495,12 +978,18 @@ impl<'a> Vm<'a> {
         if items.len() % 2 != 0 {
             return Err(format!("{op} at byte {} has an odd number of keys and values", self.pos));
         }
+        // An entry's memory, and the work of hashing its key (the same long string can be a key many times).
+        let key_bytes: usize = items.iter().step_by(2).map(|k| if let Value::Str(s) = k { s.len() } else { 0 }).sum();
+        self.charge(items.len() * TABLE_SLACK * size_of::<Value>() + key_bytes)?;
         let dict = &mut self.dicts[d];
         let mut it = items.into_iter();
         while let (Some(k), Some(v)) = (it.next(), it.next()) {
             match &k {
                 Value::Str(s) => match dict.by_str.get(s) {
-                    Some(&i) => dict.entries[i].1 = v,
+                    Some(&i) => {
+                        dict.repeated.get_or_insert_with(|| s.clone());
+                        dict.entries[i].1 = v;
+                    }
                     None => {
                         dict.by_str.insert(s.clone(), dict.entries.len());
                         dict.entries.push((k, v));
@@ -532,8 +1021,7 @@ impl<'a> Vm<'a> {
                         args.len()
                     ));
                 }
-                self.dicts.push(Dict::default());
-                Ok(Value::Dict(self.dicts.len() - 1))
+                self.new_dict()
             }
             Global::RebuildTensorV2 => {
                 if args.len() != 6 && args.len() != 7 {
@@ -551,6 +1039,7 @@ impl<'a> Vm<'a> {
                 let offset = non_negative(&args[1], "storage offset", at)?;
                 let shape = int_tuple(&args[2], "size", at)?;
                 let stride = int_tuple(&args[3], "stride", at)?;
+                self.charge(3 * ALLOC + size_of::<TensorDesc>() + 8 * (shape.len() + stride.len()))?;
                 Ok(Value::Tensor(Rc::new(TensorDesc {
                     storage: storage.clone(),
                     offset,
@@ -575,10 +1064,17 @@ impl<'a> Vm<'a> {
         let Value::Tuple(t) = pid else { return Err(bad()) };
         match &t[..] {
             [Value::Str(tag), Value::Global(Global::Storage(kind)), Value::Str(key), Value::Str(_location), numel] if &**tag == "storage" => {
+                if key.len() > MAX_KEY_LEN {
+                    return Err(format!(
+                        "BINPERSID at byte {at}: storage key of {} bytes is longer than any torch writes ({MAX_KEY_LEN})",
+                        key.len()
+                    ));
+                }
                 if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.') || key.contains("..") {
                     return Err(format!("BINPERSID at byte {at}: storage key {key:?} is not a plain name"));
                 }
                 let numel = non_negative(numel, "storage numel", at)?;
+                self.charge(ALLOC + size_of::<StorageRef>())?;
                 Ok(Value::Storage(Rc::new(StorageRef {
                     kind: *kind,
                     key: key.clone(),
@@ -609,7 +1105,10 @@ impl<'a> Vm<'a> {
                     let v = self.pop("STOP")?;
                     return self.finish(v);
                 }
-                b'(' => self.marks.push(self.stack.len()),
+                b'(' => {
+                    self.charge(size_of::<usize>())?;
+                    self.marks.push(self.stack.len());
+                }
                 b'0' => {
                     self.pop("POP")?;
                 }
@@ -618,22 +1117,22 @@ impl<'a> Vm<'a> {
                 }
                 b'2' => {
                     let v = self.top("DUP")?.clone();
-                    self.push(v);
+                    self.push(v)?;
                 }
-                b'N' => self.push(Value::None),
-                0x88 => self.push(Value::Bool(true)),
-                0x89 => self.push(Value::Bool(false)),
+                b'N' => self.push(Value::None)?,
+                0x88 => self.push(Value::Bool(true))?,
+                0x89 => self.push(Value::Bool(false))?,
                 b'J' => {
                     let v = self.u32("BININT")? as i32;
-                    self.push(Value::Int(v as i64));
+                    self.push(Value::Int(v as i64))?;
                 }
                 b'K' => {
                     let v = self.u8("BININT1")?;
-                    self.push(Value::Int(v as i64));
+                    self.push(Value::Int(v as i64))?;
                 }
                 b'M' => {
                     let v = self.u16("BININT2")?;
-                    self.push(Value::Int(v as i64));
+                    self.push(Value::Int(v as i64))?;
                 }
                 0x8a | 0x8b => {
                     let n = if op == 0x8a {
@@ -652,26 +1151,26 @@ impl<'a> Vm<'a> {
                     if n > 0 && n < 8 && b[n as usize - 1] & 0x80 != 0 {
                         v -= 1i64 << (8 * n); // sign-extend
                     }
-                    self.push(Value::Int(v));
+                    self.push(Value::Int(v))?;
                 }
                 b'G' => {
                     let b = self.take(8, "BINFLOAT")?;
-                    self.push(Value::Float(f64::from_be_bytes(b.try_into().expect("8 bytes"))));
+                    self.push(Value::Float(f64::from_be_bytes(b.try_into().expect("8 bytes"))))?;
                 }
                 b'X' => {
                     let n = self.u32("BINUNICODE")? as u64;
                     let v = self.utf8(n, "BINUNICODE")?;
-                    self.push(v);
+                    self.push(v)?;
                 }
                 0x8c => {
                     let n = self.u8("SHORT_BINUNICODE")? as u64;
                     let v = self.utf8(n, "SHORT_BINUNICODE")?;
-                    self.push(v);
+                    self.push(v)?;
                 }
                 0x8d => {
                     let n = self.u64("BINUNICODE8")?;
                     let v = self.utf8(n, "BINUNICODE8")?;
-                    self.push(v);
+                    self.push(v)?;
                 }
                 b'T' | b'U' => {
                     // BINSTRING / SHORT_BINSTRING: Python 2 str, read as text.
@@ -681,7 +1180,7 @@ impl<'a> Vm<'a> {
                         self.u8("SHORT_BINSTRING")? as u64
                     };
                     let v = self.utf8(n, "BINSTRING")?;
-                    self.push(v);
+                    self.push(v)?;
                 }
                 b'B' | b'C' | 0x8e => {
                     let n = match op {
@@ -690,12 +1189,13 @@ impl<'a> Vm<'a> {
                         _ => self.u64("BINBYTES8")?,
                     };
                     let b = self.take(n, "BINBYTES")?;
-                    self.push(Value::Bytes(b.into()));
+                    self.charge(ALLOC + b.len())?;
+                    self.push(Value::Bytes(b.into()))?;
                 }
-                b')' => self.push(Value::Tuple(Rc::from(Vec::new()))),
+                b')' => self.tuple(Vec::new())?,
                 b't' => {
                     let items = self.pop_mark("TUPLE")?;
-                    self.push(Value::Tuple(items.into()));
+                    self.tuple(items)?;
                 }
                 0x85..=0x87 => {
                     let n = (op - 0x84) as usize;
@@ -704,16 +1204,12 @@ impl<'a> Vm<'a> {
                         items.push(self.pop("TUPLEn")?);
                     }
                     items.reverse();
-                    self.push(Value::Tuple(items.into()));
+                    self.tuple(items)?;
                 }
-                b']' => {
-                    self.lists.push(Vec::new());
-                    self.push(Value::List(self.lists.len() - 1));
-                }
+                b']' => self.new_list(Vec::new())?,
                 b'l' => {
                     let items = self.pop_mark("LIST")?;
-                    self.lists.push(items);
-                    self.push(Value::List(self.lists.len() - 1));
+                    self.new_list(items)?;
                 }
                 b'a' | b'e' => {
                     let items = if op == b'a' {
@@ -721,21 +1217,21 @@ impl<'a> Vm<'a> {
                     } else {
                         self.pop_mark("APPENDS")?
                     };
+                    self.charge(items.len() * size_of::<Value>())?;
                     match *self.top("APPEND")? {
                         Value::List(l) => self.lists[l].extend(items),
                         ref other => return Err(format!("APPEND at byte {at} on a {}, expected a list", other.kind())),
                     }
                 }
                 b'}' => {
-                    self.dicts.push(Dict::default());
-                    self.push(Value::Dict(self.dicts.len() - 1));
+                    let d = self.new_dict()?;
+                    self.push(d)?;
                 }
                 b'd' => {
                     let items = self.pop_mark("DICT")?;
-                    self.dicts.push(Dict::default());
-                    let d = Value::Dict(self.dicts.len() - 1);
+                    let d = self.new_dict()?;
                     self.set_items(&d, items, "DICT")?;
-                    self.push(d);
+                    self.push(d)?;
                 }
                 b's' => {
                     let v = self.pop("SETITEM")?;
@@ -772,7 +1268,7 @@ impl<'a> Vm<'a> {
                     let module = self.line("GLOBAL module")?;
                     let name = self.line("GLOBAL name")?;
                     let g = Global::resolve(module, name).map_err(|e| format!("GLOBAL at byte {at}: {e}"))?;
-                    self.push(Value::Global(g));
+                    self.push(Value::Global(g))?;
                 }
                 0x93 => {
                     let name = self.pop("STACK_GLOBAL")?;
@@ -781,13 +1277,13 @@ impl<'a> Vm<'a> {
                         return Err(format!("STACK_GLOBAL at byte {at} expects two strings"));
                     };
                     let g = Global::resolve(&module, &name).map_err(|e| format!("STACK_GLOBAL at byte {at}: {e}"))?;
-                    self.push(Value::Global(g));
+                    self.push(Value::Global(g))?;
                 }
                 b'R' => {
                     let args = self.pop("REDUCE")?;
                     let func = self.pop("REDUCE")?;
                     let v = self.reduce(func, args)?;
-                    self.push(v);
+                    self.push(v)?;
                 }
                 b'b' => {
                     // BUILD: object state. The state dict's `_metadata` and tensor/parameter attributes carry
@@ -802,7 +1298,7 @@ impl<'a> Vm<'a> {
                 b'Q' => {
                     let pid = self.pop("BINPERSID")?;
                     let v = self.persistent_load(pid)?;
-                    self.push(v);
+                    self.push(v)?;
                 }
                 other => {
                     return Err(format!(
@@ -822,6 +1318,9 @@ impl<'a> Vm<'a> {
             ));
         };
         let mut dicts = self.dicts;
+        if let Some(name) = &dicts[d].repeated {
+            return Err(format!("the state dict lists tensor `{}` twice", clip(name)));
+        }
         let entries = std::mem::take(&mut dicts[d].entries);
         let mut out = Vec::with_capacity(entries.len());
         for (k, v) in entries {
@@ -830,7 +1329,8 @@ impl<'a> Vm<'a> {
             };
             let Value::Tensor(t) = v else {
                 return Err(format!(
-                    "state dict entry `{name}` is a {}, expected a tensor (is this a full training checkpoint rather than a state dict?)",
+                    "state dict entry `{}` is a {}, expected a tensor (is this a full training checkpoint rather than a state dict?)",
+                    clip(&name),
                     v.kind()
                 ));
             };
@@ -849,14 +1349,14 @@ impl<'a> Vm<'a> {
 fn non_negative(v: &Value, what: &str, at: usize) -> VmResult<u64> {
     match v {
         Value::Int(i) if *i >= 0 => Ok(*i as u64),
-        other => Err(format!("REDUCE at byte {at}: {what} is {other:?}, expected a non-negative integer")),
+        other => Err(format!("at byte {at}: {what} is {other:?}, expected a non-negative integer")),
     }
 }
 
 fn int_tuple(v: &Value, what: &str, at: usize) -> VmResult<Vec<u64>> {
     match v {
         Value::Tuple(t) => t.iter().map(|x| non_negative(x, what, at)).collect(),
-        other => Err(format!("REDUCE at byte {at}: {what} is a {}, expected a tuple of integers", other.kind())),
+        other => Err(format!("at byte {at}: {what} is a {}, expected a tuple of integers", other.kind())),
     }
 }
 
@@ -870,6 +1370,53 @@ mod tests {
         assert!(check_contiguous(&[2, 3], &[1, 2]).is_err());
         assert!(check_contiguous(&[1, 3], &[99, 1]).is_ok());
         assert!(check_contiguous(&[], &[]).is_ok());
+    }
+
+    #[test]
+    fn crc32_known_answers() {
+        assert_eq!(crc32(b""), 0);
+        assert_eq!(crc32(b"123456789"), 0xcbf4_3926);
+        // Every length through the 8-byte loop and the tail, against the bytewise definition.
+        let data: Vec<u8> = (0..100u32).map(|i| (i * 7 + 3) as u8).collect();
+        for n in 0..data.len() {
+            let mut c = !0u32;
+            for &b in &data[..n] {
+                c ^= b as u32;
+                for _ in 0..8 {
+                    c = if c & 1 != 0 { 0xedb8_8320 ^ (c >> 1) } else { c >> 1 };
+                }
+            }
+            assert_eq!(crc32(&data[..n]), !c, "length {n}");
+        }
+        // Joining the CRCs of two parts, at every split, and in parallel over a buffer of several chunks.
+        for split in 0..=data.len() {
+            let (a, b) = data.split_at(split);
+            assert_eq!(crc32_combine(crc32(a), crc32(b), b.len()), crc32(&data), "split {split}");
+        }
+        let big: Vec<u8> = (0..(40u32 << 20) + 12345).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        assert_eq!(crc32_parallel(&big), crc32(&big));
+    }
+
+    /// A value nested a million deep, built past the VM's depth check: dropping and printing it must not
+    /// recurse per level (run on a small stack, where that would overflow).
+    #[test]
+    fn deep_values_drop_and_print_without_recursion() {
+        std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn(|| {
+                let mut v = Value::None;
+                for _ in 0..1_000_000 {
+                    v = Value::Tuple(Tuple {
+                        items: Rc::from(vec![v.clone(), v]),
+                        depth: 0,
+                    });
+                }
+                assert!(format!("{v:?}").len() < 300);
+                drop(v);
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 
     #[test]
