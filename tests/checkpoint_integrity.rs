@@ -7,25 +7,14 @@
 //!   exponential DUP-shared values in messages, deep nesting, memory and work floods;
 //! - tensors listed twice or in the wrong place: sharded indexes, safetensors headers, state dicts.
 
+mod common;
+
+use common::model_files::{copy_model, fixture_model as fixture};
 use lmscore::checkpoint::{load_pickle_state_dict, Checkpoint};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models").join(name)
-}
-
-/// A writable copy of a fixture model directory.
-fn copy_model(name: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(fixture(name)).unwrap() {
-        let p = entry.unwrap().path();
-        std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
-    }
-    dir
-}
 
 /// The error of opening `dir` and reading every float tensor it holds (CRCs are checked on read).
 fn open_and_read_all(dir: &Path) -> Result<(), String> {
@@ -591,4 +580,25 @@ fn fixtures_pass_every_check() {
     }
     let (ok, stderr) = score_bounded(&fixture("neox-hd64-bin"));
     assert!(ok, "{stderr}");
+}
+
+#[test]
+fn a_zip_declaring_hundreds_of_thousands_of_members_is_refused_before_they_are_read() {
+    let names: Vec<String> = (0..300_000).map(|i| format!("a/{i}")).collect();
+    let entries: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &b""[..])).collect();
+    expect_cli_error(&zip_bytes(&entries), &["declares 300000 members"]);
+}
+
+#[test]
+fn a_weights_file_truncated_after_opening_is_an_error_not_a_sigbus() {
+    // Reading a mapped page past the new end of a truncated file raises SIGBUS, which would kill the whole
+    // process (a sweep included): each read first checks the file is as it was when mapped.
+    for (model, file) in [("pythia-tiny", "model.safetensors"), ("neox-hd64-bin", "pytorch_model.bin")] {
+        let dir = copy_model(model);
+        let ck = Checkpoint::open(dir.path()).unwrap();
+        let weights = std::fs::OpenOptions::new().write(true).open(dir.path().join(file)).unwrap();
+        weights.set_len(4096).unwrap();
+        let err = ck.tensor("embed_out.weight").err().expect("read a truncated file").to_string();
+        assert!(err.contains(file) && err.contains("changed on disk"), "{model}: {err}");
+    }
 }

@@ -35,8 +35,36 @@ fn clip(s: &str) -> Cow<'_, str> {
 /// One memory-mapped weights file and where each of its tensors lies in it.
 struct Shard {
     path: PathBuf,
+    /// Kept open to re-check its size before each read: reading a mapped page past the end of a file that
+    /// was truncated after mapping raises SIGBUS, which nothing can catch.
+    file: std::fs::File,
+    /// (length, modification time) when mapped.
+    stamp: (u64, Option<std::time::SystemTime>),
     map: memmap2::Mmap,
     tensors: HashMap<String, pickle::TensorEntry>,
+}
+
+/// A file's (length, modification time): what changes when it is rewritten or truncated.
+fn file_stamp(file: &std::fs::File, path: &Path) -> Result<(u64, Option<std::time::SystemTime>)> {
+    file.metadata().map(|m| (m.len(), m.modified().ok())).map_err(|e| Error::io(path, e))
+}
+
+impl Shard {
+    /// An error, instead of a SIGBUS or stale bytes later, if the file changed on disk since it was mapped
+    /// (a sweep's next checkpoint re-downloaded, a file rewritten under a running job).
+    fn check_unchanged(&self) -> Result<()> {
+        let now = file_stamp(&self.file, &self.path)?;
+        if now != self.stamp {
+            return Err(Error::file(
+                &self.path,
+                format!(
+                    "changed on disk while lmscore was reading it (was {} bytes, now {}): was it rewritten or re-downloaded?",
+                    self.stamp.0, now.0
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 pub struct Checkpoint {
@@ -158,6 +186,7 @@ impl Checkpoint {
                 format!("in {} has a dtype lmscore cannot read (expected F16, BF16 or F32)", shard.path.display()),
             ));
         }
+        shard.check_unchanged()?;
         entry.read(&shard.path, &shard.map)
     }
 }
@@ -269,7 +298,8 @@ impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Entries<T> {
 /// Truncated or corrupt files are reported here, naming the file.
 fn open_shard(path: &Path) -> Result<Shard> {
     let file = crate::error::open_regular(path)?;
-    // SAFETY: the file is opened read-only and not modified while lmscore runs.
+    let stamp = file_stamp(&file, path)?;
+    // SAFETY: the file is opened read-only; a change on disk is detected before each tensor is read.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
     let entries = if path.extension().is_some_and(|e| e == "safetensors") {
         index_safetensors(path, &map)?
@@ -285,6 +315,8 @@ fn open_shard(path: &Path) -> Result<Shard> {
     }
     Ok(Shard {
         path: path.to_path_buf(),
+        file,
+        stamp,
         map,
         tensors,
     })

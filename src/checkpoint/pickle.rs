@@ -118,7 +118,7 @@ impl Member {
     }
 
     fn verify(&self, path: &Path, bytes: &[u8]) -> Result<()> {
-        let got = *self.computed.get_or_init(|| crc32_parallel(&bytes[self.start..self.end]));
+        let got = *self.computed.get_or_init(|| crc32(&bytes[self.start..self.end]));
         if got != self.crc {
             return Err(Error::file(
                 path,
@@ -293,6 +293,33 @@ fn le16(b: &[u8], at: usize) -> u16 {
 fn le32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
+fn le64(b: &[u8], at: usize) -> u64 {
+    u64::from(le32(b, at)) | u64::from(le32(b, at + 4)) << 32
+}
+
+/// Members a zip may declare: torch.save writes one per storage plus a few (hundreds for Pythia-12B). The zip
+/// crate builds a record per entry before any check here runs, so a directory of millions of tiny entries
+/// (a few hundred MB of file, GBs of records) is refused from the end record alone.
+const MAX_ZIP_MEMBERS: u64 = 1 << 18;
+
+/// The member count the end-of-central-directory record declares (the zip64 one when the classic field
+/// overflows); None when there is no such record (the zip crate then reports the file).
+fn declared_members(bytes: &[u8]) -> Option<u64> {
+    let tail = bytes.len().saturating_sub(22 + 65535); // the record is 22 bytes plus a comment of at most 64 KiB
+    let eocd = tail + bytes[tail..].windows(4).rposition(|w| w == b"PK\x05\x06")?;
+    let count = u64::from(le16(bytes.get(eocd..eocd + 22)?, 10));
+    if count != 0xffff {
+        return Some(count);
+    }
+    // zip64: a 20-byte locator just before the record gives the offset of the zip64 record.
+    let locator = bytes.get(eocd.checked_sub(20)?..eocd)?;
+    if !locator.starts_with(b"PK\x06\x07") {
+        return Some(count);
+    }
+    let at = usize::try_from(le64(locator, 8)).ok()?;
+    let record = bytes.get(at..at.checked_add(56)?)?;
+    record.starts_with(b"PK\x06\x06").then(|| le64(record, 32))
+}
 
 /// What the central directory says of one member.
 struct CentralEntry {
@@ -310,6 +337,12 @@ struct CentralEntry {
 /// (signature, name, method, CRC and sizes), its data inside the file and not overlapping the next member,
 /// and no name listed twice.
 fn zip_members(path: &Path, bytes: &[u8]) -> Result<HashMap<String, Arc<Member>>> {
+    if let Some(n) = declared_members(bytes).filter(|&n| n > MAX_ZIP_MEMBERS) {
+        return Err(Error::file(
+            path,
+            format!("zip archive declares {n} members; a torch.save checkpoint holds one per storage (far below {MAX_ZIP_MEMBERS})"),
+        ));
+    }
     let mut zip = zip::ZipArchive::new(Cursor::new(bytes))
         .map_err(|e| Error::file(path, format!("not a readable zip archive ({e}); is it truncated or corrupt?")))?;
     check_unique_names(path, bytes, zip.central_directory_start())?;
@@ -462,88 +495,23 @@ fn check_unique_names(path: &Path, bytes: &[u8], dir_start: u64) -> Result<()> {
     Ok(())
 }
 
-const CRC_POLY: u32 = 0xedb8_8320; // reflected IEEE polynomial
-
-/// CRC-32 of a large buffer on all cores: CRCs of 16 MiB chunks joined with [`crc32_combine`]. One core
-/// manages about 1 GB/s, slow beside the disk for a 20 GB model.
-fn crc32_parallel(data: &[u8]) -> u32 {
+/// CRC-32 (IEEE, as zip uses) on all cores: crc32fast (SIMD) over 16 MiB chunks, joined in order with its
+/// `combine`, so checking a 20 GB model's storages keeps up with the disk.
+fn crc32(data: &[u8]) -> u32 {
     use rayon::prelude::*;
     const CHUNK: usize = 16 << 20;
-    if data.len() <= CHUNK {
-        return crc32(data);
-    }
-    let crcs: Vec<(u32, usize)> = data.par_chunks(CHUNK).map(|c| (crc32(c), c.len())).collect();
-    crcs.into_iter()
-        .reduce(|(a, _), (b, len)| (crc32_combine(a, b, len), len))
-        .map_or(0, |(c, _)| c)
-}
-
-/// The CRC-32 of A followed by B from crc(A), crc(B) and B's length (zlib's method): crc(A) is advanced
-/// over len(B) zero bytes by multiplying it by x^(8 len(B)) modulo the polynomial.
-fn crc32_combine(crc_a: u32, crc_b: u32, len_b: usize) -> u32 {
-    // Polynomials are reflected: bit 31 is x^0.
-    fn mul(a: u32, mut b: u32) -> u32 {
-        let mut p = 0;
-        for i in 0..32 {
-            if a & (1 << (31 - i)) != 0 {
-                p ^= b;
-            }
-            b = if b & 1 != 0 { (b >> 1) ^ CRC_POLY } else { b >> 1 };
-        }
-        p
-    }
-    // x^(8 len_b) by squaring: `square` runs through x^8, x^16, x^32, ... (x^0 is 1 << 31, x^8 is 1 << 23).
-    let (mut xn, mut square, mut n) = (1u32 << 31, 1u32 << 23, len_b);
-    while n > 0 {
-        if n & 1 != 0 {
-            xn = mul(xn, square);
-        }
-        square = mul(square, square);
-        n >>= 1;
-    }
-    mul(xn, crc_a) ^ crc_b
-}
-
-/// CRC-32 (IEEE, as zip uses), eight bytes at a time ("slicing-by-8"): tables of the CRC of each byte value
-/// followed by 0..7 zero bytes. (crc32fast, several times faster per core, is only an indirect dependency.)
-fn crc32(data: &[u8]) -> u32 {
-    const T: [[u32; 256]; 8] = {
-        let mut t = [[0u32; 256]; 8];
-        let mut i = 0;
-        while i < 256 {
-            let mut c = i as u32;
-            let mut k = 0;
-            while k < 8 {
-                c = if c & 1 != 0 { CRC_POLY ^ (c >> 1) } else { c >> 1 };
-                k += 1;
-            }
-            t[0][i] = c;
-            i += 1;
-        }
-        let mut i = 0;
-        while i < 256 {
-            let mut k = 1;
-            while k < 8 {
-                t[k][i] = (t[k - 1][i] >> 8) ^ t[0][(t[k - 1][i] & 0xff) as usize];
-                k += 1;
-            }
-            i += 1;
-        }
-        t
+    let hash = |c: &[u8]| {
+        let mut h = crc32fast::Hasher::new();
+        h.update(c);
+        h
     };
-    let mut crc = !0u32;
-    let mut chunks = data.chunks_exact(8);
-    for c in &mut chunks {
-        let lo = crc ^ u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-        let hi = u32::from_le_bytes([c[4], c[5], c[6], c[7]]);
-        let b = |x: u32, s: u32| ((x >> s) & 0xff) as usize;
-        crc =
-            T[7][b(lo, 0)] ^ T[6][b(lo, 8)] ^ T[5][b(lo, 16)] ^ T[4][b(lo, 24)] ^ T[3][b(hi, 0)] ^ T[2][b(hi, 8)] ^ T[1][b(hi, 16)] ^ T[0][b(hi, 24)];
-    }
-    for &x in chunks.remainder() {
-        crc = (crc >> 8) ^ T[0][((crc ^ x as u32) & 0xff) as usize];
-    }
-    !crc
+    data.par_chunks(CHUNK)
+        .map(hash)
+        .reduce(crc32fast::Hasher::new, |mut a, b| {
+            a.combine(&b);
+            a
+        })
+        .finalize()
 }
 
 /// Row-major strides for `shape`, ignoring dimensions of size 1 (their stride is arbitrary).
@@ -1376,7 +1344,7 @@ mod tests {
     fn crc32_known_answers() {
         assert_eq!(crc32(b""), 0);
         assert_eq!(crc32(b"123456789"), 0xcbf4_3926);
-        // Every length through the 8-byte loop and the tail, against the bytewise definition.
+        // Every short length against the bytewise definition.
         let data: Vec<u8> = (0..100u32).map(|i| (i * 7 + 3) as u8).collect();
         for n in 0..data.len() {
             let mut c = !0u32;
@@ -1388,13 +1356,11 @@ mod tests {
             }
             assert_eq!(crc32(&data[..n]), !c, "length {n}");
         }
-        // Joining the CRCs of two parts, at every split, and in parallel over a buffer of several chunks.
-        for split in 0..=data.len() {
-            let (a, b) = data.split_at(split);
-            assert_eq!(crc32_combine(crc32(a), crc32(b), b.len()), crc32(&data), "split {split}");
-        }
+        // Over several 16 MiB chunks joined in parallel, against one sequential hasher.
         let big: Vec<u8> = (0..(40u32 << 20) + 12345).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
-        assert_eq!(crc32_parallel(&big), crc32(&big));
+        let mut one = crc32fast::Hasher::new();
+        one.update(&big);
+        assert_eq!(crc32(&big), one.finalize());
     }
 
     /// A value nested a million deep, built past the VM's depth check: dropping and printing it must not
