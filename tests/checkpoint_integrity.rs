@@ -9,11 +9,10 @@
 
 mod common;
 
-use common::model_files::{copy_model, fixture_model as fixture};
+use common::model_files::{copy_model, fixture_model as fixture, loglikelihood_command, zip_bytes};
 use lmscore::checkpoint::{load_pickle_state_dict, Checkpoint};
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 /// The error of opening `dir` and reading every float tensor it holds (CRCs are checked on read).
@@ -42,15 +41,7 @@ fn score_bounded(model: &Path) -> (bool, String) {
     let stderr_path = dir.path().join("stderr");
     let started = Instant::now();
     // A file, not a pipe, for stderr: a message of gigabytes must not block the child.
-    let mut child = Command::new("sh")
-        .args(["-c", "ulimit -v 1048576 && exec \"$0\" \"$@\""])
-        .arg(env!("CARGO_BIN_EXE_lmscore"))
-        .args(["loglikelihood", "--model"])
-        .arg(model)
-        .arg("--input")
-        .arg(&input)
-        .arg("--output")
-        .arg(dir.path().join("out.jsonl"))
+    let mut child = loglikelihood_command("ulimit -v 1048576", model, &input, &dir.path().join("out.jsonl"))
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&stderr_path).unwrap())
         .spawn()
@@ -95,17 +86,6 @@ fn expect_cli_error(bin: &[u8], needles: &[&str]) {
 
 // ---------------------------------------------------------------------------------------------------
 // Building and patching zips and pickles
-
-/// A zip like torch.save writes (stored entries under `archive/`).
-fn zip_bytes(entries: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
-    for (name, data) in entries {
-        w.start_file(*name, opts).unwrap();
-        w.write_all(data).unwrap();
-    }
-    w.finish().unwrap().into_inner()
-}
 
 fn le16(b: &[u8], at: usize) -> usize {
     u16::from_le_bytes([b[at], b[at + 1]]) as usize

@@ -1,9 +1,11 @@
 //! The PyTorch `.bin` reader: files written by torch must read back bit for bit; hostile or broken files
 //! must be refused with an error that names the file, never executed and never a panic.
 
+mod common;
+
+use common::model_files::zip_bytes;
 use lmscore::checkpoint::{load_pickle_state_dict, Checkpoint, DType, HostTensor};
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 fn fixtures() -> PathBuf {
@@ -143,17 +145,6 @@ fn assert_tril(t: &HostTensor, n: usize) {
 
 // ---------------------------------------------------------------------------------------------------
 // Hand-made hostile and broken files
-
-/// A zip like torch.save writes (stored entries under `archive/`).
-fn zip_bytes(entries: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
-    for (name, data) in entries {
-        w.start_file(*name, opts).unwrap();
-        w.write_all(data).unwrap();
-    }
-    w.finish().unwrap().into_inner()
-}
 
 fn write_tmp(dir: &tempfile::TempDir, name: &str, bytes: &[u8]) -> PathBuf {
     let p = dir.path().join(name);

@@ -59,6 +59,34 @@ pub fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Map<String, se
     std::fs::write(&path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
 }
 
+/// A zip like torch.save writes (stored entries, names as given).
+pub fn zip_bytes(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    use std::io::Write;
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for (name, data) in entries {
+        w.start_file(*name, opts).unwrap();
+        w.write_all(data).unwrap();
+    }
+    w.finish().unwrap().into_inner()
+}
+
+/// `lmscore loglikelihood --model MODEL --input INPUT --output OUTPUT`, run through `sh` so that a
+/// `ulimit` can go first (`prefix`, e.g. "ulimit -v 1048576"; empty for none).
+pub fn loglikelihood_command(prefix: &str, model: &Path, input: &Path, output: &Path) -> Command {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!("{prefix}{}exec \"$0\" \"$@\"", if prefix.is_empty() { "" } else { " && " }))
+        .arg(env!("CARGO_BIN_EXE_lmscore"))
+        .args(["loglikelihood", "--model"])
+        .arg(model)
+        .arg("--input")
+        .arg(input)
+        .arg("--output")
+        .arg(output);
+    cmd
+}
+
 /// What a run of the release binary did.
 pub struct Run {
     pub ok: bool,
@@ -72,16 +100,7 @@ pub fn loglikelihood(model: &Path, input_rows: &str, extra: &[&str]) -> (Run, te
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.jsonl");
     std::fs::write(&input, input_rows).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_lmscore"))
-        .args(["loglikelihood", "--model"])
-        .arg(model)
-        .arg("--input")
-        .arg(&input)
-        .arg("--output")
-        .arg(dir.path().join("out.jsonl"))
-        .args(extra)
-        .output()
-        .unwrap();
+    let out = loglikelihood_command("", model, &input, &dir.path().join("out.jsonl")).args(extra).output().unwrap();
     let run = Run {
         ok: out.status.success(),
         stdout: String::from_utf8_lossy(&out.stdout).to_string(),
