@@ -119,6 +119,9 @@ impl Engine {
         mut on_progress: impl FnMut(usize, usize),
     ) -> Result<(Vec<RequestScore>, PlanStats)> {
         let max_len = opts.max_length.unwrap_or(self.config().max_positions);
+        if max_len == 0 {
+            return Err(Error::invalid("--max-length must be at least 1"));
+        }
         if max_len > self.config().max_positions {
             return Err(Error::invalid(format!(
                 "--max-length {max_len} exceeds the model's max_position_embeddings {}",

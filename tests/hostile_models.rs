@@ -239,3 +239,21 @@ fn score_names_the_task_document_and_choice_of_a_non_finite_request() {
     }
     assert!(!json.exists(), "a failed run wrote its results");
 }
+
+#[test]
+fn task_files_that_are_devices_and_zero_sized_flags_are_refused_up_front() {
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_lmscore")).args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!out.status.success() && out.status.code().is_some() && !stderr.contains("panicked"), "{args:?}: {stderr}");
+        stderr
+    };
+    let m = fixture_model("pythia-tiny");
+    let m = m.to_str().unwrap();
+    assert!(run(&["score", "--model", m, "--tasks", "custom:/dev/zero"]).contains("/dev/zero: is not a regular file"));
+    assert!(run(&["report", "--tsv", "/dev/zero", "--out", "/nonexistent/x"]).contains("not a regular file"));
+    for flag in ["--max-length", "--max-batch-tokens"] {
+        let err = run(&["score", "--model", m, "--tasks", "memo_trap", flag, "0"]);
+        assert!(err.contains(&format!("{flag} must be at least 1")), "{err}");
+    }
+}

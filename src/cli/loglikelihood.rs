@@ -58,6 +58,13 @@ impl EngineArgs {
             Some("f32") | Some("fp32") | Some("float32") => Some(DType::F32),
             Some(other) => return Err(Error::invalid(format!("--dtype {other}: expected f16, bf16 or f32"))),
         };
+        // Checked here, before any file is read, so the error is about the flag rather than the first request.
+        if self.max_length == Some(0) {
+            return Err(Error::invalid("--max-length must be at least 1"));
+        }
+        if self.max_batch_tokens == Some(0) {
+            return Err(Error::invalid("--max-batch-tokens must be at least 1"));
+        }
         Ok(EngineOptions {
             device: self.device,
             dtype,

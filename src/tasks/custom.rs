@@ -63,7 +63,7 @@ fn parse_row(line: &str) -> std::result::Result<(String, Vec<String>, usize, Str
 }
 
 pub fn load(name: &str, path: &Path, protocol: Protocol, tokenizer: &Tokenizer, skip_bad_rows: bool) -> Result<LoadedTask> {
-    if !path.is_file() {
+    if !path.exists() {
         return Err(Error::file(
             path,
             format!("custom task file not found (task `{name}`; expected JSONL rows {{\"context\", \"choices\", \"gold\"}})"),
