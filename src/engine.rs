@@ -162,6 +162,23 @@ impl Engine {
     }
 }
 
+/// Run the CPU work on `n` threads (the process-wide rayon pool the CPU backend and its GEMMs use). Once per
+/// process, before anything is scored.
+pub fn use_threads(n: usize) -> Result<()> {
+    if n == 0 {
+        return Err(Error::invalid("--threads must be at least 1"));
+    }
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global()
+        .map_err(|e| Error::invalid(format!("--threads {n}: {e}")))
+}
+
+/// Threads the CPU work runs on (what `--threads` set, else every core).
+pub fn threads() -> usize {
+    rayon::current_num_threads()
+}
+
 /// A progress bar over `total` computed tokens on stderr; hidden when stderr is not a terminal.
 pub fn token_progress(total: u64, what: &str) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::with_draw_target(Some(total), indicatif::ProgressDrawTarget::stderr());

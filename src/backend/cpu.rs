@@ -101,7 +101,7 @@ impl Backend for Cpu {
     type Layout = BatchLayout;
 
     fn describe(&self) -> String {
-        format!("cpu f32 ({} threads)", rayon::current_num_threads())
+        format!("cpu f32 ({} thread{})", rayon::current_num_threads(), if rayon::current_num_threads() == 1 { "" } else { "s" })
     }
 
     fn upload(&self, t: &HostTensor) -> Result<CpuTensor> {

@@ -43,6 +43,10 @@ pub struct EngineArgs {
     /// Context window; longer sequences are truncated from the left as lm-eval does (default: the model's).
     #[arg(long)]
     pub max_length: Option<usize>,
+    /// CPU threads for the CPU backend's matrix products and row loops, and the CUDA backend's host work
+    /// (default: every core).
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// Compute every request on its own instead of sharing common prefixes (for comparisons).
     #[arg(long)]
     pub no_sharing: bool,
@@ -64,6 +68,9 @@ impl EngineArgs {
         }
         if self.max_batch_tokens == Some(0) {
             return Err(Error::invalid("--max-batch-tokens must be at least 1"));
+        }
+        if let Some(n) = self.threads {
+            lmscore::engine::use_threads(n)?;
         }
         Ok(EngineOptions {
             device: self.device,

@@ -200,6 +200,7 @@ pub fn run(args: Args) -> Result<()> {
             "max_length": opts.max_length.unwrap_or(engine.config().max_positions),
             "max_batch_tokens": opts.max_batch_tokens.unwrap_or_else(|| engine.default_batch_tokens()),
             "sharing": opts.sharing,
+            "threads": lmscore::engine::threads(),
         });
         let v = results_json(&outcomes, config);
         let mut text = serde_json::to_string_pretty(&v).map_err(|e| Error::invalid(format!("cannot serialise results: {e}")))?;
