@@ -6,11 +6,13 @@
 //! -> metrics -> results store and reports.
 
 pub mod backend;
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod engine;
 pub mod error;
 pub mod hub;
+pub mod lm_eval;
 pub mod model;
 pub mod output;
 pub mod plan;

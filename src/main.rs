@@ -28,6 +28,8 @@ enum Command {
     Sweep(cli::sweep::Args),
     /// Merge results stores (e.g. a sweep's shards) into one: idempotent, conflicts reported.
     Merge(cli::merge::Args),
+    /// CPU scoring throughput against this machine's GEMM rate (random weights, TruthfulQA-like requests).
+    Bench(cli::bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +40,7 @@ fn main() -> ExitCode {
         Command::Report(args) => cli::report::run(args),
         Command::Sweep(args) => cli::sweep::run(args),
         Command::Merge(args) => cli::merge::run(args),
+        Command::Bench(args) => cli::bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,5 +1,6 @@
 //! Subcommand implementations: argument structs and the glue from arguments to library calls.
 
+pub mod bench;
 pub mod loglikelihood;
 pub mod merge;
 pub mod report;

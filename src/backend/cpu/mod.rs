@@ -1,0 +1,424 @@
+//! The CPU backend: the oracle every CUDA kernel is checked against, and a usable engine for small models.
+//!
+//! f32 throughout, plain loops a reader can hold against HF `modeling_gpt_neox.py`, parallel across rows
+//! with rayon. Matrix products use the `gemm` crate (blocked, SIMD, multi-threaded).
+
+pub mod math;
+pub mod profile;
+
+use super::{AttnShape, Backend, BatchLayout, Tensor2, TokenScore};
+use math::multiversion;
+use profile::{scope, Op};
+use crate::checkpoint::HostTensor;
+use crate::error::{Error, Result};
+use rayon::prelude::*;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct CpuTensor {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Vec<f32>,
+}
+
+impl CpuTensor {
+    pub fn new(rows: usize, cols: usize, data: Vec<f32>) -> Self {
+        assert_eq!(rows * cols, data.len(), "CpuTensor [{rows}, {cols}] needs {} values", rows * cols);
+        CpuTensor { rows, cols, data }
+    }
+    pub fn row(&self, r: usize) -> &[f32] {
+        &self.data[r * self.cols..(r + 1) * self.cols]
+    }
+}
+
+impl Tensor2 for CpuTensor {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+    fn cols(&self) -> usize {
+        self.cols
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Cpu;
+
+fn check_same_shape(what: &str, a: &CpuTensor, b: &CpuTensor) -> Result<()> {
+    if (a.rows, a.cols) != (b.rows, b.cols) {
+        return Err(Error::invalid(format!(
+            "{what}: shapes [{}, {}] and [{}, {}] differ",
+            a.rows, a.cols, b.rows, b.cols
+        )));
+    }
+    Ok(())
+}
+
+/// 1 / base^(2j / R) for j in 0..R/2, computed in f32 exactly as HF does (never the stored fp16 inv_freq).
+pub fn rotary_inv_freq(rotary_ndims: usize, base: f32) -> Vec<f32> {
+    (0..rotary_ndims / 2)
+        .map(|j| 1.0f32 / base.powf((2 * j) as f32 / rotary_ndims as f32))
+        .collect()
+}
+
+
+/// x [m, k], w [n, k] (PyTorch Linear layout), b [1, n] -> x w^T + b: [m, n], through the `gemm` crate.
+pub fn x_wt_plus_b(x: &CpuTensor, w: &CpuTensor, b: Option<&CpuTensor>) -> Result<CpuTensor> {
+    let (m, k, n) = (x.rows, x.cols, w.rows);
+    if w.cols != k {
+        return Err(Error::invalid(format!(
+            "linear: input has {k} features, weight [{}, {}] expects {}",
+            w.rows, w.cols, w.cols
+        )));
+    }
+    // Start from the broadcast bias so the GEMM accumulates onto it (dst = 1*dst + x w^T).
+    let mut out = match b {
+        Some(b) => b.data.iter().copied().cycle().take(m * n).collect(),
+        None => vec![0f32; m * n],
+    };
+    if m > 0 {
+        // SAFETY: pointers and strides describe the three row-major buffers above, which outlive the call.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                out.as_mut_ptr(),
+                1,
+                n as isize,
+                b.is_some(),
+                x.data.as_ptr(),
+                1,
+                k as isize,
+                w.data.as_ptr(),
+                k as isize,
+                1, // rhs = w^T: element (kk, j) = w[j, kk]
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(0),
+            );
+        }
+    }
+    Ok(CpuTensor::new(m, n, out))
+}
+
+/// Rows `first..first + count` of a row-major [_, 3h] qkv matrix (the cache or the batch): keys and values.
+struct KeyBlock<'a> {
+    rows: &'a [f32],
+    first: usize,
+    count: usize,
+}
+
+/// softmax(Q K^T / sqrt(hd)) V for one head of one segment: Q its `q_len` rows of `qkv` from `q_first`, the
+/// keys and values those of `blocks` (the segment's own rows last, causally masked). Returns [q_len, hd].
+fn attend_segment_head(qkv: &CpuTensor, q_first: usize, q_len: usize, blocks: &[KeyBlock], head: usize, hd: usize) -> Vec<f32> {
+    let cols = qkv.cols;
+    let (q_at, k_at, v_at) = (head * 3 * hd, head * 3 * hd + hd, head * 3 * hd + 2 * hd);
+    let nk: usize = blocks.iter().map(|b| b.count).sum();
+    let ancestors = nk - q_len; // keys every query sees; then its own segment up to itself
+    let scale = 1.0 / (hd as f32).sqrt();
+    let mut p = vec![0f32; q_len * nk]; // [q_len, nk] scores, then probabilities
+    let mut col = 0;
+    for b in blocks {
+        // S[:, col..col + count] = scale * Q_h K_h^T. Every pointer and stride stays inside the row-major
+        // matrices: rows first..first + count exist (checked by `attention`), columns q/k/v_at + hd <= cols.
+        unsafe {
+            gemm::gemm(
+                q_len, b.count, hd,
+                p.as_mut_ptr().add(col), 1, nk as isize, false,
+                qkv.data.as_ptr().add(q_first * cols + q_at), 1, cols as isize,
+                b.rows.as_ptr().add(b.first * cols + k_at), cols as isize, 1,
+                0.0, scale, false, false, false, gemm::Parallelism::None,
+            );
+        }
+        col += b.count;
+    }
+    for (i, row) in p.chunks_exact_mut(nk).enumerate() {
+        let (seen, masked) = row.split_at_mut(ancestors + i + 1);
+        softmax_in_place(seen);
+        masked.fill(0.0);
+    }
+    let mut o = vec![0f32; q_len * hd];
+    let mut col = 0;
+    for (n, b) in blocks.iter().enumerate() {
+        // O += P[:, col..col + count] V_h
+        unsafe {
+            gemm::gemm(
+                q_len, hd, b.count,
+                o.as_mut_ptr(), 1, hd as isize, n > 0,
+                p.as_ptr().add(col), 1, nk as isize,
+                b.rows.as_ptr().add(b.first * cols + v_at), 1, cols as isize,
+                1.0, 1.0, false, false, false, gemm::Parallelism::None,
+            );
+        }
+        col += b.count;
+    }
+    o
+}
+
+multiversion! {
+    /// x = softmax(x) (a NaN anywhere makes the whole row NaN).
+    fn softmax_in_place(x: &mut [f32]) {
+        let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+        for v in x.iter_mut() {
+            *v = math::exp_nonpositive(*v - max);
+        }
+        let inv = 1.0 / math::sum(x);
+        for v in x.iter_mut() {
+            *v *= inv;
+        }
+    }
+}
+
+multiversion! {
+    /// y = (x - mean) / sqrt(var + eps) * w + b over one row, statistics in f32 as torch computes them.
+    fn layernorm_row(y: &mut [f32], x: &[f32], w: &[f32], b: &[f32], eps: f32) {
+        let c = x.len() as f32;
+        let mean = math::sum(x) / c;
+        let mut sq = [0f32; 8];
+        for chunk in x.chunks(8) {
+            for (acc, v) in sq.iter_mut().zip(chunk) {
+                *acc += (v - mean) * (v - mean);
+            }
+        }
+        let inv = 1.0 / (math::sum(&sq) / c + eps).sqrt();
+        for (((y, x), w), b) in y.iter_mut().zip(x).zip(w).zip(b) {
+            *y = (x - mean) * inv * w + b;
+        }
+    }
+}
+
+impl Backend for Cpu {
+    type Tensor = CpuTensor;
+    type Layout = BatchLayout;
+
+    fn describe(&self) -> String {
+        format!("cpu f32 ({} thread{})", rayon::current_num_threads(), if rayon::current_num_threads() == 1 { "" } else { "s" })
+    }
+
+    fn upload(&self, t: &HostTensor) -> Result<CpuTensor> {
+        let values = t.to_f32()?;
+        let (rows, cols) = match t.shape.as_slice() {
+            [n] => (1, *n),
+            [r, c] => (*r, *c),
+            other => return Err(Error::tensor(&t.name, format!("has shape {other:?}, expected 1-D or 2-D"))),
+        };
+        Ok(CpuTensor::new(rows, cols, values))
+    }
+
+    fn from_host(&self, rows: usize, cols: usize, values: &[f32]) -> Result<CpuTensor> {
+        if rows * cols != values.len() {
+            return Err(Error::invalid(format!("from_host: {} values for [{rows}, {cols}]", values.len())));
+        }
+        Ok(CpuTensor::new(rows, cols, values.to_vec()))
+    }
+
+    fn to_host(&self, t: &CpuTensor) -> Result<Vec<f32>> {
+        Ok(t.data.clone())
+    }
+
+    fn prepare(&self, layout: &BatchLayout) -> Result<BatchLayout> {
+        Ok(layout.clone())
+    }
+
+    fn embedding(&self, table: &CpuTensor, ids: &[u32]) -> Result<CpuTensor> {
+        let _timed = scope(Op::Embedding);
+        let h = table.cols;
+        let mut out = vec![0f32; ids.len() * h];
+        for (dst, &id) in out.chunks_mut(h).zip(ids) {
+            if id as usize >= table.rows {
+                return Err(Error::invalid(format!(
+                    "token id {id} is outside the embedding table of {} rows",
+                    table.rows
+                )));
+            }
+            dst.copy_from_slice(table.row(id as usize));
+        }
+        Ok(CpuTensor::new(ids.len(), h, out))
+    }
+
+    fn layernorm(&self, x: &CpuTensor, w: &CpuTensor, b: &CpuTensor, eps: f32) -> Result<CpuTensor> {
+        let _timed = scope(Op::LayerNorm);
+        let c = x.cols;
+        let mut out = vec![0f32; x.data.len()];
+        out.par_chunks_mut(c)
+            .zip(x.data.par_chunks(c))
+            .for_each(|(y, x)| layernorm_row(y, x, &w.data, &b.data, eps));
+        Ok(CpuTensor::new(x.rows, c, out))
+    }
+
+    fn linear(&self, x: &CpuTensor, w: &CpuTensor, b: Option<&CpuTensor>) -> Result<CpuTensor> {
+        let _timed = scope(Op::Linear);
+        x_wt_plus_b(x, w, b)
+    }
+
+    fn bias_gelu(&self, x: &mut CpuTensor, b: &CpuTensor) -> Result<()> {
+        let _timed = scope(Op::BiasGelu);
+        let c = x.cols;
+        x.data.par_chunks_mut(c).for_each(|row| math::bias_gelu_row(row, &b.data));
+        Ok(())
+    }
+
+    fn rotary(&self, qkv: &mut CpuTensor, layout: &BatchLayout, s: AttnShape) -> Result<()> {
+        let _timed = scope(Op::Rotary);
+        let (hd, r) = (s.head_dim, s.rotary_ndims);
+        let half = r / 2;
+        let inv_freq = rotary_inv_freq(r, s.rotary_base);
+        let cols = qkv.cols;
+        qkv.data.par_chunks_mut(cols).zip(&layout.positions).for_each(|(row, &pos)| {
+            let (cos, sin): (Vec<f32>, Vec<f32>) = inv_freq.iter().map(|f| (pos as f32 * f).sin_cos()).map(|(s, c)| (c, s)).unzip();
+            for head in 0..s.heads {
+                for part in 0..2 {
+                    // q at offset 0, k at offset hd inside the head's [q | k | v] block
+                    let x = &mut row[head * 3 * hd + part * hd..][..r];
+                    for i in 0..half {
+                        let (x1, x2) = (x[i], x[i + half]);
+                        x[i] = x1 * cos[i] - x2 * sin[i];
+                        x[i + half] = x2 * cos[i] + x1 * sin[i];
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
+    fn attention(&self, qkv: &CpuTensor, past: Option<&CpuTensor>, layout: &BatchLayout, s: AttnShape) -> Result<CpuTensor> {
+        let _timed = scope(Op::Attention);
+        let (heads, hd) = (s.heads, s.head_dim);
+        let h = heads * hd;
+        let p = layout.past_len;
+        if past.map_or(0, |t| t.rows) != p {
+            return Err(Error::invalid(format!(
+                "attention: layout expects {p} cached rows, cache holds {}",
+                past.map_or(0, |t| t.rows)
+            )));
+        }
+        let mut covered = vec![false; qkv.rows];
+        for seg in &layout.segments {
+            for i in seg.q_start as usize..(seg.q_start + seg.q_len) as usize {
+                match covered.get_mut(i) {
+                    Some(slot @ false) => *slot = true,
+                    _ => return Err(Error::invalid(format!("attention: row {i} is outside the batch or in two segments"))),
+                }
+            }
+            let keys = p + qkv.rows;
+            if let Some(&(start, len)) = seg.ancestors.iter().find(|&&(start, len)| start as usize + len as usize > keys) {
+                return Err(Error::invalid(format!("attention: ancestor keys {start}..{} past the {keys} keys there are", start + len)));
+            }
+        }
+        if covered.contains(&false) {
+            return Err(Error::invalid("attention: segments do not cover every row of the batch"));
+        }
+        // Keys in key index space are rows of the cache ([0, P)) or of this batch ([P, P + T)); a range is split
+        // at P so that each block is contiguous rows of one matrix. A segment's own rows come last.
+        let blocks_of = |seg: &crate::backend::AttnSegment| -> Vec<KeyBlock> {
+            let own = (p + seg.q_start as usize, seg.q_len as usize);
+            let ranges = seg.ancestors.iter().map(|&(start, len)| (start as usize, len as usize)).chain([own]);
+            let mut blocks = vec![];
+            for (start, len) in ranges {
+                let cached = len.min(p.saturating_sub(start));
+                if cached > 0 {
+                    blocks.push(KeyBlock { rows: &past.unwrap().data, first: start, count: cached });
+                }
+                if len > cached {
+                    blocks.push(KeyBlock { rows: &qkv.data, first: start + cached - p, count: len - cached });
+                }
+            }
+            blocks
+        };
+        // One task per (segment, head): two small matrix products and a masked softmax between them.
+        let tasks: Vec<(usize, usize)> = (0..layout.segments.len()).flat_map(|i| (0..heads).map(move |hh| (i, hh))).collect();
+        let results: Vec<Vec<f32>> = tasks
+            .par_iter()
+            .map(|&(i, head)| {
+                let seg = &layout.segments[i];
+                attend_segment_head(qkv, seg.q_start as usize, seg.q_len as usize, &blocks_of(seg), head, hd)
+            })
+            .collect();
+        let mut out = vec![0f32; qkv.rows * h];
+        for (&(i, head), o) in tasks.iter().zip(&results) {
+            let seg = &layout.segments[i];
+            for (r, o_row) in o.chunks_exact(hd).enumerate() {
+                let row = seg.q_start as usize + r;
+                out[row * h + head * hd..][..hd].copy_from_slice(o_row);
+            }
+        }
+        Ok(CpuTensor::new(qkv.rows, h, out))
+    }
+
+    fn residual_add(&self, x: &mut CpuTensor, a: &CpuTensor, b: Option<&CpuTensor>) -> Result<()> {
+        let _timed = scope(Op::ResidualAdd);
+        check_same_shape("residual_add", x, a)?;
+        match b {
+            Some(b) => {
+                check_same_shape("residual_add", x, b)?;
+                x.data.par_iter_mut().zip(&a.data).zip(&b.data).for_each(|((x, a), b)| *x += a + b);
+            }
+            None => x.data.par_iter_mut().zip(&a.data).for_each(|(x, a)| *x += a),
+        }
+        Ok(())
+    }
+
+    fn gather_rows(&self, x: &CpuTensor, rows: &[u32]) -> Result<CpuTensor> {
+        let _timed = scope(Op::Rows);
+        let mut out = Vec::with_capacity(rows.len() * x.cols);
+        for &r in rows {
+            if r as usize >= x.rows {
+                return Err(Error::invalid(format!("gather_rows: row {r} of a {}-row tensor", x.rows)));
+            }
+            out.extend_from_slice(x.row(r as usize));
+        }
+        Ok(CpuTensor::new(rows.len(), x.cols, out))
+    }
+
+    fn concat_rows(&self, a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
+        let _timed = scope(Op::Rows);
+        if a.cols != b.cols {
+            return Err(Error::invalid(format!("concat_rows: {} and {} columns", a.cols, b.cols)));
+        }
+        let mut data = a.data.clone();
+        data.extend_from_slice(&b.data);
+        Ok(CpuTensor::new(a.rows + b.rows, a.cols, data))
+    }
+
+    fn lm_head(&self, x: &CpuTensor, w: &CpuTensor) -> Result<CpuTensor> {
+        let _timed = scope(Op::LmHead);
+        x_wt_plus_b(x, w, None)
+    }
+
+    fn logsoftmax_gather(&self, logits: &CpuTensor, targets: &[(u32, u32)]) -> Result<Vec<TokenScore>> {
+        let _timed = scope(Op::LogSoftmax);
+        // Per row: logsumexp (f64 accumulation) and the first maximum.
+        let stats: Vec<(f64, usize)> = logits
+            .data
+            .par_chunks(logits.cols)
+            .map(|row| {
+                let (mut arg, mut max) = (0usize, f32::NEG_INFINITY);
+                for (i, &v) in row.iter().enumerate() {
+                    if v > max {
+                        (arg, max) = (i, v);
+                    }
+                }
+                (max as f64 + math::sum_exp_shifted(row, max).ln(), arg)
+            })
+            .collect();
+        targets
+            .iter()
+            .map(|&(row, tok)| {
+                let (row, tok) = (row as usize, tok as usize);
+                if row >= logits.rows || tok >= logits.cols {
+                    return Err(Error::invalid(format!(
+                        "logsoftmax_gather: target ({row}, {tok}) outside logits [{}, {}]",
+                        logits.rows, logits.cols
+                    )));
+                }
+                let (lse, arg) = stats[row];
+                Ok(TokenScore {
+                    logprob: (logits.data[row * logits.cols + tok] as f64 - lse) as f32,
+                    is_greedy: arg == tok,
+                })
+            })
+            .collect()
+    }
+}

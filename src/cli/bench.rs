@@ -1,0 +1,77 @@
+//! `lmscore bench`: CPU scoring throughput against the GEMM rate of the same machine, in one run.
+
+use clap::Args as ClapArgs;
+use lmscore::backend::cpu::Cpu;
+use lmscore::backend::Backend;
+use lmscore::bench::{gemm_reference, measure, shape, truthfulqa_like};
+use lmscore::Result;
+
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    /// Model geometry: 14m, 31m, 70m, 160m, 410m, or HIDDEN:LAYERS:HEADS[:VOCAB] (random weights).
+    #[arg(long, default_value = "160m")]
+    pub shape: String,
+    /// TruthfulQA-like questions (each with a context and MC1 + MC2 answer sets after a shared primer).
+    #[arg(long, default_value_t = 40)]
+    pub questions: usize,
+    /// Tokens of the primer every question shares (TruthfulQA's 6-shot prompt is about 300).
+    #[arg(long, default_value_t = 300)]
+    pub primer: usize,
+    /// Token budget of a packed batch (the CPU default).
+    #[arg(long, default_value_t = 2048)]
+    pub max_batch_tokens: usize,
+    /// Scoring runs; the fastest is reported.
+    #[arg(long, default_value_t = 2)]
+    pub reps: usize,
+    /// CPU threads (default: every core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    if let Some(n) = args.threads {
+        lmscore::engine::use_threads(n)?;
+    }
+    let c = shape(&args.shape)?;
+    let requests = truthfulqa_like(args.questions, args.primer, c.vocab_size, 3);
+    eprintln!("scoring {} requests on a random {} model ({})...", requests.len(), args.shape, Cpu.describe());
+    let m = measure(&c, &requests, args.max_batch_tokens, args.reps)?;
+    eprintln!("measuring the GEMM at the model's shapes...");
+    let gemm = gemm_reference(&c, &m.flops, args.max_batch_tokens)?;
+    let achieved = m.flops.total() / m.seconds;
+    println!("shape {}: hidden {}, {} layers, {} heads, vocab {}; {}", args.shape, c.hidden_size, c.num_layers, c.num_heads, c.vocab_size, Cpu.describe());
+    println!(
+        "plan: {} requests, {} tokens requested, {} computed, {} scored rows, {} batches",
+        requests.len(),
+        m.plan.naive_tokens,
+        m.plan.computed_tokens,
+        m.plan.scored_rows,
+        m.plan.batches.len()
+    );
+    println!(
+        "FLOPs: {:.3} T (body {:.3}, attention {:.3}, LM head {:.3})",
+        m.flops.total() * 1e-12,
+        m.flops.body * 1e-12,
+        m.flops.attention * 1e-12,
+        m.flops.lm_head * 1e-12
+    );
+    for (what, rate) in &gemm.shapes {
+        println!("  GEMM {what}: {:.1} GFLOP/s", rate * 1e-9);
+    }
+    println!("GEMM rate for this FLOP mix: {:.1} GFLOP/s", gemm.rate * 1e-9);
+    println!(
+        "scoring: {:.3} s, {:.1} GFLOP/s = {:.1}% of the GEMM rate ({:.0} computed tokens/s, {:.0} requested tokens/s)",
+        m.seconds,
+        achieved * 1e-9,
+        100.0 * achieved / gemm.rate,
+        m.plan.computed_tokens as f64 / m.seconds,
+        m.plan.naive_tokens as f64 / m.seconds
+    );
+    println!("time per op:");
+    let profiled: f64 = m.ops.iter().map(|o| o.1).sum();
+    for (op, s) in m.ops.iter().filter(|o| o.1 > 0.0) {
+        println!("  {:<32} {:>8.3} s  {:>5.1}%", op.name(), s, 100.0 * s / m.seconds);
+    }
+    println!("  {:<32} {:>8.3} s  {:>5.1}%", "outside the ops (planning glue)", m.seconds - profiled, 100.0 * (m.seconds - profiled) / m.seconds);
+    Ok(())
+}
