@@ -66,7 +66,7 @@ fn truthfulqa_unsorted_mc2_rows_both_formulas() {
         let lls: Vec<f64> = (1..=9).chain(1..=7).map(|w| (w as f64).ln() - 1000.0).collect();
         let per_doc = tasks::doc_metrics(&t, &lls).unwrap();
         assert_eq!(per_doc.len(), 1);
-        assert_eq!(per_doc[0].0, "mc2");
+        assert_eq!(per_doc[0].0, "acc", "lm-eval's name for MC2");
         let v = &per_doc[0].1;
         if split {
             assert!(close(v[0], 6.0 / 45.0), "{v:?}");

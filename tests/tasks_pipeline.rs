@@ -177,12 +177,16 @@ fn compare_metrics(o: &TaskOutcome, protocol: Protocol, rep: &Report) {
     let g = &goldens()[protocol.name()][o.task.as_str()];
     assert_eq!(o.n_docs as u64, g["n"].as_u64().unwrap(), "{}: n", o.task);
     for m in &o.metrics {
-        let gv = g["metrics"][m.name.as_str()]
-            .as_f64()
-            .unwrap_or_else(|| panic!("golden {} has no {}", o.task, m.name));
-        let gs = g["metrics"][format!("{}_stderr", m.name)].as_f64().unwrap();
-        let flips = rep.differing_docs.iter().filter(|(x, _)| *x == m.name).count() as f64;
-        let tol = if m.name == "mc2" { MC2_TOL } else { flips / o.n_docs as f64 + 1e-12 };
+        // The goldens name TruthfulQA's metrics mc1 / mc2; lmscore uses lm-eval's name, acc of each task.
+        let name = match (o.task.as_str(), m.name.as_str()) {
+            ("truthfulqa_mc1", "acc") => "mc1",
+            ("truthfulqa_mc2", "acc") => "mc2",
+            (_, n) => n,
+        };
+        let gv = g["metrics"][name].as_f64().unwrap_or_else(|| panic!("golden {} has no {name}", o.task));
+        let gs = g["metrics"][format!("{name}_stderr")].as_f64().unwrap();
+        let flips = rep.differing_docs.iter().filter(|(x, _)| *x == name).count() as f64;
+        let tol = if name == "mc2" { MC2_TOL } else { flips / o.n_docs as f64 + 1e-12 };
         assert!(
             (m.value - gv).abs() <= tol,
             "{} ({protocol}) {}: {} vs golden {gv}",
@@ -190,7 +194,7 @@ fn compare_metrics(o: &TaskOutcome, protocol: Protocol, rep: &Report) {
             m.name,
             m.value
         );
-        let stol = if m.name == "mc2" || flips > 0.0 { 1e-4 } else { 1e-12 };
+        let stol = if name == "mc2" || flips > 0.0 { 1e-4 } else { 1e-12 };
         assert!(
             (m.stderr - gs).abs() <= stol,
             "{} ({protocol}) {}_stderr: {} vs golden {gs}",
@@ -324,11 +328,12 @@ fn cli_score_on_bundled_sample() {
     );
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let r = &v["results"];
-    for k in ["acc", "acc_stderr", "acc_norm", "acc_norm_stderr"] {
+    // lm-eval 0.4's layout (tests/lm_eval_results.rs checks it against lm-eval itself).
+    for k in ["acc,none", "acc_stderr,none", "acc_norm,none", "acc_norm_stderr,none"] {
         assert!(r["memo_trap"][k].is_f64(), "results.memo_trap.{k}");
     }
-    assert_eq!(r["memo_trap"]["n"], 20);
-    assert!(r["truthfulqa_mc1"]["mc1"].is_f64() && r["truthfulqa_mc2"]["mc2_stderr"].is_f64());
+    assert_eq!(r["memo_trap"]["sample_len"], 20);
+    assert!(r["truthfulqa_mc1"]["acc,none"].is_f64() && r["truthfulqa_mc2"]["acc_stderr,none"].is_f64());
     assert_eq!(v["config"]["protocol"], "paper-2023");
     assert_eq!(v["config"]["device"], "cpu");
     assert_eq!(v["config"]["dtype"], "f32");

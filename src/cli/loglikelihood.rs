@@ -1,4 +1,18 @@
 //! `lmscore loglikelihood`: the standalone scoring binary. JSONL in, JSONL out, rows in input order.
+//!
+//! Row kinds (one plan for all rows of a file, so prefixes are shared across every row):
+//! - `{"id", "context", "continuation"}`: log p(continuation | context), tokenised as lm-eval 0.4's HF
+//!   backend does (`_encode_pair`: the context's trailing whitespace moves to the continuation, continuation ids
+//!   = `enc(context + continuation)[len(enc(context)):]`; an empty context is `<|endoftext|>`), truncated from
+//!   the left to the window.
+//! - `{"id", "context_ids", "continuation_ids"}`: the same on token ids.
+//! - `{"id", "rolling"}` (text) or `{"id", "rolling_ids"}` (token ids, optional `"prefix_id"`, default 0 =
+//!   `<|endoftext|>`): the log-likelihood of the whole text, as lm-eval's `loglikelihood_rolling` computes it
+//!   (`lm_eval.utils.get_rolling_token_windows` with `context_len=1` and `make_disjoint_window`): windows of
+//!   `max_length` predicted tokens, the first after the prefix token, each later one conditioned on the
+//!   `max_length + 1 - n` tokens before its `n` predicted ones; the sum over windows.
+//!
+//! Output: `{"id", "logprob", "is_greedy", "n_tokens"}`; rolling rows also `"windows"`.
 
 use lmscore::checkpoint::Checkpoint;
 use lmscore::engine::{token_progress, Device, Engine, EngineOptions};
@@ -7,24 +21,30 @@ use lmscore::output::{self, OutputTarget};
 use lmscore::plan::Request;
 use lmscore::tokenizer::{PairEncoding, Tokenizer};
 use serde_json::{json, Value};
-use std::io::{BufRead, Read};
+use std::io::{BufRead, IsTerminal, Read};
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Hugging Face model directory (config.json, weights, tokenizer.json for text input).
+    /// Hugging Face model directory (config.json, weights, tokenizer.json for text input), or a Hub model id
+    /// with an optional revision, EleutherAI/pythia-160m@step2000 (the standard HF cache; downloaded unless
+    /// --offline).
     #[arg(long)]
-    pub model: PathBuf,
-    /// JSONL: {"id", "context", "continuation"} or {"id", "context_ids", "continuation_ids"} per line, or `-`
-    /// for stdin. "id" (a string or an integer) is optional but must then be on every row or on none: rows
-    /// without ids are numbered 0, 1, 2... in input order (blank lines skipped); duplicate ids are an error.
-    /// Lines may be at most 256 MiB, the file at most 512 MiB.
+    pub model: String,
+    /// JSONL, one request per line (see the kinds above), or `-` for stdin. "id" (a string or an integer) is
+    /// optional but must then be on every row or on none: rows without ids are numbered 0, 1, 2... in input
+    /// order (blank lines skipped); duplicate ids are an error. Lines may be at most 256 MiB, the file at most
+    /// 512 MiB.
     #[arg(long)]
     pub input: PathBuf,
-    /// JSONL written in input order: {"id", "logprob", "is_greedy", "n_tokens"}. `-` is stdout. A file is
-    /// replaced atomically once scoring is done (a symlink is followed); a device or FIFO is written in place.
+    /// JSONL written in input order: {"id", "logprob", "is_greedy", "n_tokens"} (rolling rows also "windows").
+    /// `-` is stdout. A file is replaced atomically once scoring is done (a symlink is followed); a device or
+    /// FIFO is written in place.
     #[arg(long)]
     pub output: PathBuf,
+    /// Never download: a Hub model must be complete in the Hugging Face cache.
+    #[arg(long)]
+    pub offline: bool,
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -82,57 +102,140 @@ impl EngineArgs {
     }
 }
 
+/// lm-eval's rolling windows of `tokens` (`get_rolling_token_windows(tokens, prefix, max_len, context_len=1)`
+/// then `make_disjoint_window`), as (context, continuation) requests. No tokens: no windows.
+pub fn rolling_windows(tokens: &[u32], prefix: u32, max_len: usize) -> Vec<Request> {
+    let mut out = vec![];
+    if tokens.is_empty() {
+        return out;
+    }
+    // The first window predicts up to max_len tokens after the prefix token alone.
+    let first = max_len.min(tokens.len());
+    out.push(Request { context: vec![prefix], continuation: tokens[..first].to_vec() });
+    let mut predicted = first;
+    while predicted < tokens.len() {
+        // Each later one predicts up to max_len more, seeing max_len + 1 tokens in all.
+        let n = (tokens.len() - predicted).min(max_len);
+        let end = predicted + n;
+        let window = &tokens[end - max_len - 1..end - 1];
+        out.push(Request { context: window[..window.len() - (n - 1)].to_vec(), continuation: tokens[end - n..end].to_vec() });
+        predicted += n;
+    }
+    out
+}
+
+/// Plain progress lines on stderr when it is not a terminal (a pipe: lmscore-lm-eval relays them; a log
+/// file), where the progress bar is hidden: one every 10 s and one at the end.
+struct PlainProgress {
+    on: bool,
+    start: std::time::Instant,
+    last: std::time::Instant,
+    done: u64,
+}
+
+impl PlainProgress {
+    fn new() -> Self {
+        let now = std::time::Instant::now();
+        PlainProgress { on: !std::io::stderr().is_terminal(), start: now, last: now, done: 0 }
+    }
+    fn add(&mut self, tokens: u64, total: u64) {
+        self.done += tokens;
+        if self.on && (self.last.elapsed().as_secs_f64() >= 10.0 || self.done == total) {
+            self.last = std::time::Instant::now();
+            let secs = self.start.elapsed().as_secs_f64().max(1e-9);
+            eprintln!(
+                "scoring: {}/{total} tokens ({:.0}%), {:.0} tokens/s, {secs:.0} s",
+                self.done,
+                100.0 * self.done as f64 / total.max(1) as f64,
+                self.done as f64 / secs
+            );
+        }
+    }
+}
+
 pub fn run(args: Args) -> Result<()> {
     let opts = args.engine.options()?;
     let output = OutputTarget::check(&args.output)?;
-    output::check_distinct(&[&output], &[&args.input, &args.model])?;
-    let ckpt = Checkpoint::open(&args.model)?;
+    let model_arg = PathBuf::from(&args.model);
+    output::check_distinct(&[&output], &[&args.input, &model_arg])?;
     let rows = read_rows(&args.input)?;
-    let needs_tokenizer = rows.iter().any(|r| matches!(r.input, RowInput::Text { .. }));
+    let (_, model_dir, _) = super::score::resolve_model(&args.model, args.offline)?;
+    let ckpt = Checkpoint::open(&model_dir)?;
+    let needs_tokenizer = rows.iter().any(|r| matches!(r.input, RowInput::Text { .. } | RowInput::RollingText(_)));
     let vocab = ckpt.config.vocab_size;
     let max_len = opts.max_length.unwrap_or(ckpt.config.max_positions);
-    // Only the last max_len + 1 tokens of a request are used: a huge text context is encoded from its tail.
+    // Only the last max_len + 1 tokens of a pair are used: a huge text context is encoded from its tail.
+    // (Rolling text is scored whole: `encode` never cuts.)
     let tokenizer = if needs_tokenizer {
         Some(Tokenizer::from_file(&ckpt.tokenizer_path())?.with_window(max_len.saturating_add(1)))
     } else {
         None
     };
+    // Requests of every row end to end; row i owns requests[spans[i]].
     let mut requests = Vec::with_capacity(rows.len());
+    let mut spans = Vec::with_capacity(rows.len());
     for r in &rows {
         let bad = |msg: String| Error::row(&args.input, r.line, msg);
-        let (context, continuation) = match &r.input {
-            RowInput::Text { context, continuation } => tokenizer
-                .as_ref()
-                .unwrap()
-                .encode_pair(context, continuation, PairEncoding::Joint)
-                .map_err(|e| bad(e.to_string()))?,
-            RowInput::Ids { context, continuation } => (context.clone(), continuation.clone()),
-        };
-        if let Some(id) = context.iter().chain(&continuation).find(|&&id| id as usize >= vocab) {
-            return Err(bad(format!("token id {id} is outside the model's vocabulary of {vocab}")));
+        let tok = || tokenizer.as_ref().expect("loaded for text rows");
+        let first = requests.len();
+        match &r.input {
+            RowInput::Text { context, continuation } => {
+                let (mut ctx, mut cont) = tok().encode_pair(context, continuation, PairEncoding::Joint).map_err(|e| bad(e.to_string()))?;
+                // lm-eval's empty context: `<|endoftext|>`, unless the continuation itself starts with it, which
+                // then serves as the context (`(cont[:1], cont[1:])`).
+                if context.is_empty() && cont.first() == Some(&0) && cont.len() > 1 {
+                    ctx = vec![0];
+                    cont.remove(0);
+                }
+                requests.push(Request { context: ctx, continuation: cont });
+            }
+            RowInput::Ids { context, continuation } => requests.push(Request { context: context.clone(), continuation: continuation.clone() }),
+            RowInput::RollingText(text) => {
+                let ids = tok().encode(text).map_err(|e| bad(e.to_string()))?;
+                requests.extend(rolling_windows(&ids, 0, max_len));
+            }
+            RowInput::RollingIds { ids, prefix } => requests.extend(rolling_windows(ids, *prefix, max_len)),
         }
-        let request = Request { context, continuation };
-        lmscore::plan::model_input(&request, max_len).map_err(|e| bad(e.to_string()))?;
-        requests.push(request);
+        for request in &requests[first..] {
+            if let Some(id) = request.context.iter().chain(&request.continuation).find(|&&id| id as usize >= vocab) {
+                return Err(bad(format!("token id {id} is outside the model's vocabulary of {vocab}")));
+            }
+            lmscore::plan::model_input(request, max_len).map_err(|e| bad(e.to_string()))?;
+        }
+        spans.push(first..requests.len());
     }
+    let owner: Vec<usize> = spans.iter().enumerate().flat_map(|(i, s)| std::iter::repeat_n(i, s.len())).collect();
     let engine = Engine::load(&ckpt, &opts)?;
     let bar = token_progress(0, "scoring");
+    let mut plain = PlainProgress::new();
     let (scores, stats) = engine
         .score(&requests, &opts, |tokens, total| {
             bar.set_length(total as u64);
             bar.inc(tokens as u64);
+            plain.add(tokens as u64, total as u64);
         })
-        .map_err(|e| e.naming_request(|i| format!("{}:{}: request id {}", args.input.display(), rows[i].line, rows[i].id)))?;
+        .map_err(|e| e.naming_request(|i| format!("{}:{}: request id {}", args.input.display(), rows[owner[i]].line, rows[owner[i]].id)))?;
     bar.finish_and_clear();
     let mut out = String::new();
-    for (r, s) in rows.iter().zip(&scores) {
-        let v = json!({"id": r.id, "logprob": s.logprob, "is_greedy": s.is_greedy, "n_tokens": s.n_tokens});
+    for (r, span) in rows.iter().zip(&spans) {
+        let s = &scores[span.clone()];
+        // Summed over windows in order, in f64, as lm-eval sums them.
+        let logprob: f64 = s.iter().map(|x| x.logprob).sum();
+        let is_greedy = s.iter().all(|x| x.is_greedy);
+        let n_tokens: usize = s.iter().map(|x| x.n_tokens).sum();
+        let v = match r.input {
+            RowInput::RollingText(_) | RowInput::RollingIds { .. } => {
+                json!({"id": r.id, "logprob": logprob, "is_greedy": is_greedy, "n_tokens": n_tokens, "windows": span.len()})
+            }
+            _ => json!({"id": r.id, "logprob": logprob, "is_greedy": is_greedy, "n_tokens": n_tokens}),
+        };
         out.push_str(&v.to_string());
         out.push('\n');
     }
     output.write_bytes(out.as_bytes())?;
     eprintln!(
-        "scored {} requests on {}: {} tokens requested, {} computed (sharing x{:.2}), {:.0} tokens/s",
+        "scored {} rows ({} requests) on {}: {} tokens requested, {} computed (sharing x{:.2}), {:.0} tokens/s",
+        rows.len(),
         requests.len(),
         engine.describe(),
         stats.naive_tokens,
@@ -152,6 +255,8 @@ struct Row {
 enum RowInput {
     Text { context: String, continuation: String },
     Ids { context: Vec<u32>, continuation: Vec<u32> },
+    RollingText(String),
+    RollingIds { ids: Vec<u32>, prefix: u32 },
 }
 
 /// The longest JSONL line read: no real request comes near it, and without a bound a file with no
@@ -227,18 +332,33 @@ fn read_rows(path: &Path) -> Result<Vec<Row>> {
                     .ok_or_else(|| bad(format!("`{k}` must be an array of non-negative token ids")))
             })
         };
-        let input = match (text("context"), text("continuation"), ids("context_ids"), ids("continuation_ids")) {
-            (Some(c), Some(k), None, None) => RowInput::Text {
+        let rolling = (text("rolling"), ids("rolling_ids"));
+        let pair = (text("context"), text("continuation"), ids("context_ids"), ids("continuation_ids"));
+        let input = match (rolling, pair) {
+            ((Some(t), None), (None, None, None, None)) => RowInput::RollingText(t?),
+            ((None, Some(t)), (None, None, None, None)) => {
+                let prefix = match obj.get("prefix_id") {
+                    None => 0,
+                    Some(p) => p
+                        .as_u64()
+                        .filter(|&n| n <= u32::MAX as u64)
+                        .ok_or_else(|| bad("`prefix_id` must be a non-negative token id".into()))? as u32,
+                };
+                RowInput::RollingIds { ids: t?, prefix }
+            }
+            ((None, None), (Some(c), Some(k), None, None)) => RowInput::Text {
                 context: c?,
                 continuation: k?,
             },
-            (None, None, Some(c), Some(k)) => RowInput::Ids {
+            ((None, None), (None, None, Some(c), Some(k))) => RowInput::Ids {
                 context: c?,
                 continuation: k?,
             },
             _ => {
                 return Err(bad(
-                    "expected either \"context\" and \"continuation\" (strings) or \"context_ids\" and \"continuation_ids\" (token id arrays)".into(),
+                    "expected either \"context\" and \"continuation\" (strings), \"context_ids\" and \"continuation_ids\" (token id arrays), \
+                     \"rolling\" (a string) or \"rolling_ids\" (a token id array)"
+                        .into(),
                 ))
             }
         };

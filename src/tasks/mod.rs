@@ -69,9 +69,9 @@ pub const CUSTOM_PREFIX: &str = "custom:";
 pub enum Scoring {
     /// `acc` and `acc_norm` (prize tasks and custom tasks).
     Choice,
-    /// TruthfulQA MC1: `mc1` (the true answer is choice 0).
+    /// TruthfulQA MC1: `acc` of `truthfulqa_mc1` (the true answer is choice 0).
     Mc1,
-    /// TruthfulQA MC2: `mc2`, with the v0.3 split-at-first-false formula (`split = true`) or the fixed one.
+    /// TruthfulQA MC2: `acc` of `truthfulqa_mc2`, with the v0.3 split-at-first-false formula (`split = true`) or the fixed one.
     Mc2 { split: bool },
 }
 
@@ -121,7 +121,7 @@ impl LoadedTask {
 /// One aggregated metric.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Metric {
-    /// "acc", "acc_norm", "mc1" or "mc2".
+    /// "acc" or "acc_norm", lm-eval 0.4's names (TruthfulQA MC1 and MC2 are `acc` of their task).
     pub name: String,
     pub value: f64,
     pub stderr: f64,
@@ -169,11 +169,19 @@ pub fn known_tasks(protocol: Protocol) -> Vec<&'static str> {
 }
 
 /// `"all"` (the 12 study tasks) or a comma-separated list of task names and `custom:PATH` entries. Names
-/// are checked, duplicates dropped, order kept.
+/// are checked, lm-eval's names (`inverse_scaling_memo_trap`) mapped to lmscore's, duplicates dropped,
+/// order kept.
 pub fn expand_task_list(spec: &str, protocol: Protocol) -> Result<Vec<String>> {
+    Ok(expand_task_list_named(spec, protocol)?.into_iter().map(|(t, _)| t).collect())
+}
+
+/// [`expand_task_list`], with each task's name as the list gave it (lmscore's or lm-eval's): `(task, given)`.
+/// A task given twice under two names keeps the first.
+pub fn expand_task_list_named(spec: &str, protocol: Protocol) -> Result<Vec<(String, String)>> {
     let known = known_tasks(protocol);
-    let mut out: Vec<String> = vec![];
-    for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+    let mut out: Vec<(String, String)> = vec![];
+    for given in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let item = crate::lm_eval::canonical_task(given).unwrap_or(given);
         let names: Vec<String> = if item == "all" {
             STUDY_TASKS.iter().map(|s| s.to_string()).collect()
         } else if let Some(path) = item.strip_prefix(CUSTOM_PREFIX) {
@@ -190,13 +198,16 @@ pub fn expand_task_list(spec: &str, protocol: Protocol) -> Result<Vec<String>> {
                 ""
             };
             return Err(Error::invalid(format!(
-                "unknown task `{item}`{hint}; known tasks for protocol {protocol}: {}, \"all\" (= the 12 study tasks) or custom:PATH",
-                known.join(", ")
+                "unknown task `{given}`{hint}; known tasks for protocol {protocol}: {}, \"all\" (= the 12 study tasks), custom:PATH, \
+                 or lm-eval's names of the prize tasks ({})",
+                known.join(", "),
+                crate::lm_eval::TASK_ALIASES.iter().map(|(a, _)| *a).collect::<Vec<_>>().join(", ")
             )));
         };
         for n in names {
-            if !out.contains(&n) {
-                out.push(n);
+            if !out.iter().any(|(t, _)| *t == n) {
+                let name = if item == "all" { n.clone() } else { given.to_string() };
+                out.push((n, name));
             }
         }
     }
@@ -214,6 +225,7 @@ pub fn load_task(name: &str, protocol: Protocol, tokenizer: &Tokenizer, opts: &L
     if let Some(path) = name.strip_prefix(CUSTOM_PREFIX) {
         return custom::load(name, std::path::Path::new(path), protocol, tokenizer, opts.skip_bad_rows);
     }
+    let name = crate::lm_eval::canonical_task(name).unwrap_or(name);
     match name {
         "truthfulqa_mc1" => truthfulqa::load(name, false, protocol, tokenizer, opts),
         "truthfulqa_mc2" => truthfulqa::load(name, true, protocol, tokenizer, opts),
@@ -378,8 +390,9 @@ pub fn doc_metrics(t: &LoadedTask, lls: &[f64]) -> Result<Vec<(&'static str, Vec
     let mut k = 0;
     let mut out: Vec<(&'static str, Vec<f64>)> = match t.scoring {
         Scoring::Choice => vec![("acc", vec![]), ("acc_norm", vec![])],
-        Scoring::Mc1 => vec![("mc1", vec![])],
-        Scoring::Mc2 { .. } => vec![("mc2", vec![])],
+        // lm-eval 0.4's name for both (its truthfulqa_mc1 / truthfulqa_mc2 tasks report `acc`); the task says
+        // which of the two it is. One name in `score`, `report`, the store and lm-eval's own files.
+        Scoring::Mc1 | Scoring::Mc2 { .. } => vec![("acc", vec![])],
     };
     for d in &t.docs {
         let ll = &lls[k..k + d.requests.len()];
