@@ -17,6 +17,7 @@ use crate::plan::{self, Plan, Request};
 use crate::testing::{pythia_like, random_model, Rng};
 use std::time::Instant;
 
+
 /// A named Pythia geometry (`70m`, `160m`, ...) or `HIDDEN:LAYERS:HEADS[:VOCAB]`.
 pub fn shape(spec: &str) -> Result<ModelConfig> {
     let known = |h, l, n| pythia_like(h, l, n, 50304, 2048);
@@ -94,83 +95,143 @@ pub fn plan_flops(plan: &Plan, c: &ModelConfig) -> Flops {
     }
 }
 
-/// The GEMM's rate on one [m, k] x [n, k]^T shape: best of `reps` after a warm-up, in FLOP/s.
-fn gemm_rate(m: usize, k: usize, n: usize, bias: bool, rng: &mut Rng) -> Result<f64> {
+/// Wall and CPU seconds (all threads of the process) since `start`, read together.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    wall: Instant,
+    cpu: f64,
+}
+
+/// CPU seconds this process has used, all threads (user + system).
+fn process_cpu_seconds() -> f64 {
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage fills the struct it is given.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 * 1e-6;
+    t(u.ru_utime) + t(u.ru_stime)
+}
+
+impl Clock {
+    pub fn start() -> Self {
+        Clock {
+            wall: Instant::now(),
+            cpu: process_cpu_seconds(),
+        }
+    }
+    /// (wall, CPU) seconds since start.
+    pub fn elapsed(&self) -> (f64, f64) {
+        (self.wall.elapsed().as_secs_f64(), process_cpu_seconds() - self.cpu)
+    }
+}
+
+/// A FLOP rate measured both ways: per second of wall time (the figure that counts) and per CPU-second of
+/// the process, all threads (less sensitive to other load on a shared machine, but blind to idle threads).
+#[derive(Clone, Copy, Debug)]
+pub struct Rate {
+    pub wall: f64,
+    pub cpu: f64,
+}
+
+/// The GEMM's rate on one [m, k] x [n, k]^T shape: the fastest of several runs after a warm-up.
+fn gemm_rate(m: usize, k: usize, n: usize, bias: bool, rng: &mut Rng) -> Result<Rate> {
     let x = CpuTensor::new(m, k, rng.values(m * k, 1.0));
     let w = CpuTensor::new(n, k, rng.values(n * k, 0.05));
     let b = bias.then(|| CpuTensor::new(1, n, rng.values(n, 0.1)));
     let flops = 2.0 * (m * k * n) as f64;
     let reps = ((2e10 / flops) as usize).clamp(2, 20); // ~0.2-2 s per shape on one core
     x_wt_plus_b(&x, &w, b.as_ref())?;
-    let mut best = f64::INFINITY;
+    let mut best = (f64::INFINITY, f64::INFINITY);
     for _ in 0..reps {
-        let t = Instant::now();
+        let clock = Clock::start();
         std::hint::black_box(x_wt_plus_b(&x, &w, b.as_ref())?);
-        best = best.min(t.elapsed().as_secs_f64());
+        let (wall, cpu) = clock.elapsed();
+        best = (best.0.min(wall), best.1.min(cpu));
     }
-    Ok(flops / best)
+    Ok(Rate {
+        wall: flops / best.0,
+        cpu: flops / best.1.max(1e-9),
+    })
 }
 
 pub struct GemmReference {
-    /// (what, FLOP/s) per shape.
-    pub shapes: Vec<(String, f64)>,
+    /// (what, rate) per shape.
+    pub shapes: Vec<(String, Rate)>,
     /// The rate the workload's FLOP mix would run at if every FLOP ran at its GEMM's rate.
-    pub rate: f64,
+    pub rate: Rate,
 }
 
 /// The achievable rate for `flops`: body matrices at `batch_rows` rows, the LM head at a full logits chunk.
+/// Attention is counted at the body's rate: its products are matrix products too.
 pub fn gemm_reference(c: &ModelConfig, flops: &Flops, batch_rows: usize) -> Result<GemmReference> {
     let (h, f, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
     let mut rng = Rng(7);
-    let body = [("qkv", h, 3 * h), ("dense", h, h), ("fc1", h, f), ("fc2", f, h)];
     let mut shapes = vec![];
-    let mut body_seconds_per_token = 0.0; // at each shape's rate, for one token through one layer
-    for (what, k, n) in body {
+    let mut body = (0.0, 0.0); // seconds for one token through one layer, (wall, cpu)
+    for (what, k, n) in [("qkv", h, 3 * h), ("dense", h, h), ("fc1", h, f), ("fc2", f, h)] {
         let rate = gemm_rate(batch_rows, k, n, true, &mut rng)?;
-        body_seconds_per_token += 2.0 * (k * n) as f64 / rate;
+        let flops = 2.0 * (k * n) as f64;
+        body = (body.0 + flops / rate.wall, body.1 + flops / rate.cpu);
         shapes.push((format!("{what} [{batch_rows} x {k}] x [{k} x {n}]"), rate));
     }
-    let body_rate = 2.0 * (4 * h * h + 2 * h * f) as f64 / body_seconds_per_token;
     let head_rows = LOGIT_CHUNK_ROWS;
-    let head_rate = gemm_rate(head_rows, h, v, false, &mut rng)?;
-    shapes.push((format!("LM head [{head_rows} x {h}] x [{h} x {v}]"), head_rate));
-    // Attention is counted at the body's rate: its products are matrix products too.
-    let seconds = (flops.body + flops.attention) / body_rate + flops.lm_head / head_rate;
+    let head = gemm_rate(head_rows, h, v, false, &mut rng)?;
+    shapes.push((format!("LM head [{head_rows} x {h}] x [{h} x {v}]"), head));
+    let per_layer_token = 2.0 * (4 * h * h + 2 * h * f) as f64;
+    let mix = |body_seconds: f64, head_rate: f64| {
+        let seconds = (flops.body + flops.attention) * body_seconds / per_layer_token + flops.lm_head / head_rate;
+        flops.total() / seconds
+    };
     Ok(GemmReference {
         shapes,
-        rate: flops.total() / seconds,
+        rate: Rate {
+            wall: mix(body.0, head.wall),
+            cpu: mix(body.1, head.cpu),
+        },
     })
 }
 
 pub struct Measured {
     pub plan: Plan,
     pub flops: Flops,
-    pub seconds: f64,
-    /// (op, seconds) over the scoring run.
+    /// Of the fastest run (by wall time).
+    pub wall_seconds: f64,
+    pub cpu_seconds: f64,
+    /// (op, wall seconds) in that run.
     pub ops: Vec<(profile::Op, f64)>,
 }
 
-/// Score `requests` on a random model of shape `c` (best of `reps` runs), recording time per op.
+impl Measured {
+    pub fn rate(&self) -> Rate {
+        Rate {
+            wall: self.flops.total() / self.wall_seconds,
+            cpu: self.flops.total() / self.cpu_seconds.max(1e-9),
+        }
+    }
+}
+
+/// Score `requests` on a random model of shape `c` (the fastest of `reps` runs), recording time per op.
 pub fn measure(c: &ModelConfig, requests: &[Request], batch_tokens: usize, reps: usize) -> Result<Measured> {
     let model = random_model(&Cpu, c, 1)?;
     let plan = plan::build(requests, c.max_positions, batch_tokens, true)?;
     let flops = plan_flops(&plan, c);
     crate::score::run_plan(&Cpu, &model, &plan, |_| {})?; // warm-up: page in weights, size allocations
-    let mut best = (f64::INFINITY, vec![]);
+    let mut best: Option<(f64, f64, Vec<(profile::Op, f64)>)> = None;
     for _ in 0..reps.max(1) {
         profile::enable(true);
-        let t = Instant::now();
+        let clock = Clock::start();
         std::hint::black_box(crate::score::run_plan(&Cpu, &model, &plan, |_| {})?);
-        let seconds = t.elapsed().as_secs_f64();
+        let (wall, cpu) = clock.elapsed();
         profile::enable(false);
-        if seconds < best.0 {
-            best = (seconds, profile::seconds());
+        if best.as_ref().is_none_or(|b| wall < b.0) {
+            best = Some((wall, cpu, profile::seconds()));
         }
     }
+    let (wall_seconds, cpu_seconds, ops) = best.expect("at least one run");
     Ok(Measured {
         plan,
         flops,
-        seconds: best.0,
-        ops: best.1,
+        wall_seconds,
+        cpu_seconds,
+        ops,
     })
 }

@@ -38,7 +38,7 @@ pub fn run(args: Args) -> Result<()> {
     let m = measure(&c, &requests, args.max_batch_tokens, args.reps)?;
     eprintln!("measuring the GEMM at the model's shapes...");
     let gemm = gemm_reference(&c, &m.flops, args.max_batch_tokens)?;
-    let achieved = m.flops.total() / m.seconds;
+    let achieved = m.rate();
     println!("shape {}: hidden {}, {} layers, {} heads, vocab {}; {}", args.shape, c.hidden_size, c.num_layers, c.num_heads, c.vocab_size, Cpu.describe());
     println!(
         "plan: {} requests, {} tokens requested, {} computed, {} scored rows, {} batches",
@@ -55,23 +55,31 @@ pub fn run(args: Args) -> Result<()> {
         m.flops.attention * 1e-12,
         m.flops.lm_head * 1e-12
     );
+    println!("GEMM rates (wall clock; per CPU-second in brackets):");
     for (what, rate) in &gemm.shapes {
-        println!("  GEMM {what}: {:.1} GFLOP/s", rate * 1e-9);
+        println!("  {what}: {:.1} GFLOP/s [{:.1}]", rate.wall * 1e-9, rate.cpu * 1e-9);
     }
-    println!("GEMM rate for this FLOP mix: {:.1} GFLOP/s", gemm.rate * 1e-9);
+    println!("  this workload's FLOP mix at those rates: {:.1} GFLOP/s [{:.1}]", gemm.rate.wall * 1e-9, gemm.rate.cpu * 1e-9);
     println!(
-        "scoring: {:.3} s, {:.1} GFLOP/s = {:.1}% of the GEMM rate ({:.0} computed tokens/s, {:.0} requested tokens/s)",
-        m.seconds,
-        achieved * 1e-9,
-        100.0 * achieved / gemm.rate,
-        m.plan.computed_tokens as f64 / m.seconds,
-        m.plan.naive_tokens as f64 / m.seconds
+        "scoring: {:.3} s wall, {:.3} s CPU: {:.1} GFLOP/s = {:.1}% of the GEMM rate [{:.1} per CPU-second = {:.1}%]",
+        m.wall_seconds,
+        m.cpu_seconds,
+        achieved.wall * 1e-9,
+        100.0 * achieved.wall / gemm.rate.wall,
+        achieved.cpu * 1e-9,
+        100.0 * achieved.cpu / gemm.rate.cpu
     );
-    println!("time per op:");
+    println!(
+        "  {:.0} computed tokens/s, {:.0} requested tokens/s (wall)",
+        m.plan.computed_tokens as f64 / m.wall_seconds,
+        m.plan.naive_tokens as f64 / m.wall_seconds
+    );
+    println!("time per op (wall):");
     let profiled: f64 = m.ops.iter().map(|o| o.1).sum();
     for (op, s) in m.ops.iter().filter(|o| o.1 > 0.0) {
-        println!("  {:<32} {:>8.3} s  {:>5.1}%", op.name(), s, 100.0 * s / m.seconds);
+        println!("  {:<32} {:>8.3} s  {:>5.1}%", op.name(), s, 100.0 * s / m.wall_seconds);
     }
-    println!("  {:<32} {:>8.3} s  {:>5.1}%", "outside the ops (planning glue)", m.seconds - profiled, 100.0 * (m.seconds - profiled) / m.seconds);
+    let glue = m.wall_seconds - profiled;
+    println!("  {:<32} {:>8.3} s  {:>5.1}%", "outside the ops (plan glue)", glue, 100.0 * glue / m.wall_seconds);
     Ok(())
 }

@@ -389,20 +389,8 @@ impl Backend for Cpu {
 
     fn logsoftmax_gather(&self, logits: &CpuTensor, targets: &[(u32, u32)]) -> Result<Vec<TokenScore>> {
         let _timed = scope(Op::LogSoftmax);
-        // Per row: logsumexp (f64 accumulation) and the first maximum.
-        let stats: Vec<(f64, usize)> = logits
-            .data
-            .par_chunks(logits.cols)
-            .map(|row| {
-                let (mut arg, mut max) = (0usize, f32::NEG_INFINITY);
-                for (i, &v) in row.iter().enumerate() {
-                    if v > max {
-                        (arg, max) = (i, v);
-                    }
-                }
-                (max as f64 + math::sum_exp_shifted(row, max).ln(), arg)
-            })
-            .collect();
+        // Per row: logsumexp (f64 accumulation) and the maximum, in one pass.
+        let stats: Vec<(f64, f32)> = logits.data.par_chunks(logits.cols).map(math::logsumexp_and_max).collect();
         targets
             .iter()
             .map(|&(row, tok)| {
@@ -413,10 +401,12 @@ impl Backend for Cpu {
                         logits.rows, logits.cols
                     )));
                 }
-                let (lse, arg) = stats[row];
+                let (lse, max) = stats[row];
+                let values = &logits.data[row * logits.cols..(row + 1) * logits.cols];
                 Ok(TokenScore {
-                    logprob: (logits.data[row * logits.cols + tok] as f64 - lse) as f32,
-                    is_greedy: arg == tok,
+                    logprob: (values[tok] as f64 - lse) as f32,
+                    // torch.argmax: the target is greedy if it is the *first* maximum (checked only when it is one).
+                    is_greedy: values[tok] == max && !values[..tok].contains(&max),
                 })
             })
             .collect()
