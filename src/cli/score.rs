@@ -153,14 +153,11 @@ pub fn resolve_model(model: &str, offline: bool) -> Result<(CheckpointSpec, Path
         };
         return Ok((spec, dir, format!("pretrained={model}")));
     }
-    let spec = CheckpointSpec::parse(model).map_err(|e| {
-        Error::invalid(format!(
-            "--model {model}: not a model directory, and not a Hub model id ({e}); pass a directory holding config.json, or ORG/NAME[@REVISION]"
-        ))
-    })?;
-    if !matches!(spec.source, Source::Hub) || !spec.model.contains('/') {
-        return Err(Error::file(&dir, "--model: model directory not found (a Hub model id is ORG/NAME[@REVISION])"));
-    }
+    // Not a directory: a Hub id if it reads as one (ORG/NAME[@REV]), else a directory that is not there.
+    let spec = match CheckpointSpec::parse(model) {
+        Ok(spec) if matches!(spec.source, Source::Hub) && spec.model.contains('/') => spec,
+        _ => return Err(Error::file(&dir, "model directory not found (nor is it a Hub model id, ORG/NAME[@REVISION])")),
+    };
     let local = lmscore::hub::resolve(&spec, &HubOptions { offline, cache_dir: None, progress: true })?;
     let args = format!("pretrained={},revision={}", spec.model, spec.revision);
     Ok((spec, local, args))
