@@ -1,6 +1,7 @@
 //! The statistics of the paper's analysis, written out so they can be checked by hand:
 //! ordinary least squares with t tests on the coefficients, the Benjamini-Hochberg adjustment,
-//! and the two small tests used by the trend flags of the report.
+//! and the tests behind the trend flags of the report: McNemar's exact test and a paired t test on
+//! per-item data, and an unpaired two-sample approximation for when only aggregates are known.
 //!
 //! The paper fits, per task, R's `lm(scale(Accuracy) ~ scale(log10(Params)) * scale(log10(Tokens)))`
 //! over its 64 runs and adjusts the 3 x 12 p-values with `p.adjust(method = "BH")`.
@@ -8,6 +9,7 @@
 
 use crate::error::{Error, Result};
 use statrs::distribution::{ContinuousCDF, Normal, StudentsT};
+use statrs::function::beta::beta_reg;
 
 /// R's `scale()`: subtract the mean, divide by the sample standard deviation (n - 1 denominator).
 /// `None` when there are fewer than two values or they are all equal (R would give NaN).
@@ -280,6 +282,122 @@ pub fn z_test_greater(a: f64, se_a: f64, b: f64, se_b: f64) -> (f64, f64) {
     (z, normal_sf(z))
 }
 
+/// A one-sided test that a quantity fell from an earlier checkpoint to a later one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DropTest {
+    /// The effect: earlier minus later (mean over items); positive is a decline.
+    pub effect: f64,
+    /// Its standard error (NaN where the test has none, as McNemar's exact test).
+    pub se: f64,
+    /// The test statistic: t, z, or for McNemar the count of items right before and wrong after.
+    pub stat: f64,
+    /// One-sided p of a decline.
+    pub p: f64,
+}
+
+/// McNemar's exact test, one-sided, on paired 0/1 outcomes: `b` items right at the earlier checkpoint and
+/// wrong at the later, `c` the other way round. Under "no change" each of the b + c discordant items is
+/// equally likely to go either way, so b ~ Binomial(b + c, 1/2) and p = P(X >= b) = I_{1/2}(b, b + c - b + 1)
+/// (the regularized incomplete beta function; exact, no normal approximation, no standard error to be 0).
+/// No discordant item: p = 1.
+pub fn mcnemar_exact_greater(b: u64, c: u64) -> f64 {
+    let m = b + c;
+    if b == 0 {
+        return 1.0;
+    }
+    beta_reg(b as f64, (m - b + 1) as f64, 0.5).clamp(0.0, 1.0)
+}
+
+/// McNemar on two paired 0/1 vectors (earlier, later), item for item. `None` if they differ in length,
+/// are empty, or hold a value that is not 0 or 1.
+pub fn mcnemar_drop(earlier: &[f64], later: &[f64]) -> Option<DropTest> {
+    if earlier.len() != later.len() || earlier.is_empty() {
+        return None;
+    }
+    let (mut b, mut c) = (0u64, 0u64);
+    for (&x, &y) in earlier.iter().zip(later) {
+        if !(x == 0.0 || x == 1.0) || !(y == 0.0 || y == 1.0) {
+            return None;
+        }
+        b += (x > y) as u64;
+        c += (x < y) as u64;
+    }
+    Some(DropTest {
+        effect: (b as f64 - c as f64) / earlier.len() as f64,
+        se: f64::NAN,
+        stat: b as f64,
+        p: mcnemar_exact_greater(b, c),
+    })
+}
+
+/// Paired t test, one-sided, that the mean of `earlier - later` is positive (df = n - 1).
+/// When every difference is the same the standard error is 0 and t is undefined; then the exact sign
+/// test stands in: all n differences positive has p = 2^-n under "no change", and a zero or negative
+/// common difference has p = 1. `None` if the lengths differ or there are fewer than 2 items.
+pub fn paired_t_drop(earlier: &[f64], later: &[f64]) -> Option<DropTest> {
+    let n = earlier.len();
+    if later.len() != n || n < 2 || earlier.iter().chain(later).any(|v| !v.is_finite()) {
+        return None;
+    }
+    let d: Vec<f64> = earlier.iter().zip(later).map(|(x, y)| x - y).collect();
+    let mean = d.iter().sum::<f64>() / n as f64;
+    let var = d.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / (n - 1) as f64;
+    let se = (var / n as f64).sqrt();
+    // Equal differences up to rounding: no spread to divide by.
+    if !(se > 1e-12 * mean.abs().max(1e-300)) || se == 0.0 {
+        let p = if mean > 0.0 { 0.5f64.powi(n.min(2000) as i32) } else { 1.0 };
+        return Some(DropTest { effect: mean, se: 0.0, stat: f64::NAN, p });
+    }
+    let t = mean / se;
+    let dist = StudentsT::new(0.0, 1.0, (n - 1) as f64).expect("df >= 1 is valid");
+    Some(DropTest { effect: mean, se, stat: t, p: dist.sf(t) })
+}
+
+/// Unpaired approximation for two proportions measured on the same `n` items, when only the two
+/// proportions are known (no per-item data): the pooled two-proportion z test, z = (p1 - p2) /
+/// sqrt(pbar (1 - pbar) 2 / n), pbar = (p1 + p2) / 2. The pooled standard error is the one under "no
+/// change"; it is 0 only when both proportions are 0 or both are 1, where there is no difference and
+/// p = 1. Treating the two as independent samples ignores that they are the same items (usually
+/// positively correlated, which makes this conservative, but it is not a paired test).
+pub fn two_proportion_drop(p1: f64, p2: f64, n: f64) -> DropTest {
+    let pbar = (p1 + p2) / 2.0;
+    let se = (pbar * (1.0 - pbar) * 2.0 / n).sqrt();
+    let effect = p1 - p2;
+    if !(se > 0.0) || !se.is_finite() {
+        return DropTest { effect, se: 0.0, stat: f64::NAN, p: if effect > 0.0 { f64::NAN } else { 1.0 } };
+    }
+    let z = effect / se;
+    DropTest { effect, se, stat: z, p: normal_sf(z) }
+}
+
+/// Unpaired approximation for two means with known standard errors: z = (a - b) / sqrt(se_a^2 + se_b^2).
+/// Both standard errors 0: no test (p NaN), never a division by zero.
+pub fn two_mean_drop(a: f64, se_a: f64, b: f64, se_b: f64) -> DropTest {
+    let se = (se_a * se_a + se_b * se_b).sqrt();
+    let effect = a - b;
+    if !(se > 0.0) || !se.is_finite() {
+        return DropTest { effect, se: 0.0, stat: f64::NAN, p: f64::NAN };
+    }
+    let z = effect / se;
+    DropTest { effect, se, stat: z, p: normal_sf(z) }
+}
+
+/// Holm's step-down adjustment (R's `p.adjust(p, "holm")`): sorted increasingly, q_(i) = max over j <= i of
+/// min(1, (m - j + 1) p_(j)). NaN entries stay NaN and do not count towards m. Its smallest value is
+/// min(1, m * min p), the Bonferroni-corrected minimum.
+pub fn p_adjust_holm(p: &[f64]) -> Vec<f64> {
+    let mut idx: Vec<usize> = (0..p.len()).filter(|&i| !p[i].is_nan()).collect();
+    let m = idx.len();
+    idx.sort_by(|&a, &b| p[a].total_cmp(&p[b]));
+    let mut out = vec![f64::NAN; p.len()];
+    let mut running_max = 0.0f64;
+    for (j, &i) in idx.iter().enumerate() {
+        running_max = running_max.max(((m - j) as f64 * p[i]).min(1.0));
+        out[i] = running_max;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -379,6 +497,66 @@ mod tests {
         assert!(close(q.vertex, 2.0, 0.01));
         assert!(q.curvature.p < 0.001);
         assert_eq!(q.df, 2);
+    }
+
+    #[test]
+    fn mcnemar_by_hand() {
+        // b = 3, c = 0: P(X >= 3 | Bin(3, 1/2)) = 1/8.
+        // (statrs' incomplete beta is good to about 1e-15 here.)
+        assert!(close(mcnemar_exact_greater(3, 0), 0.125, 1e-13));
+        // b = 2, c = 1: P(X >= 2 | Bin(3, 1/2)) = (3 + 1) / 8 = 0.5.
+        assert!(close(mcnemar_exact_greater(2, 1), 0.5, 1e-13), "{}", mcnemar_exact_greater(2, 1));
+        // b = 8, c = 2: (C(10,8) + C(10,9) + C(10,10)) / 1024 = 56 / 1024 (R: binom.test(8, 10, alt = "greater")).
+        assert!(close(mcnemar_exact_greater(8, 2), 56.0 / 1024.0, 1e-13));
+        // Far in the tail, relative precision holds: P(X >= 200 | Bin(200, 1/2)) = 2^-200.
+        let p = mcnemar_exact_greater(200, 0);
+        assert!((p / 0.5f64.powi(200) - 1.0).abs() < 1e-10, "{p}");
+        assert_eq!(mcnemar_exact_greater(0, 0), 1.0);
+        assert_eq!(mcnemar_exact_greater(0, 5), 1.0);
+        let t = mcnemar_drop(&[1.0, 1.0, 1.0, 0.0], &[0.0, 0.0, 1.0, 0.0]).unwrap();
+        assert_eq!((t.stat, t.effect), (2.0, 0.5));
+        assert!(close(t.p, 0.25, 1e-13));
+        assert!(mcnemar_drop(&[0.5], &[1.0]).is_none());
+        assert!(mcnemar_drop(&[1.0], &[1.0, 0.0]).is_none());
+    }
+
+    #[test]
+    fn paired_t_by_hand_and_zero_spread() {
+        // d = 0.1, 0.2, 0.3: mean 0.2, sd 0.1, se 0.1 / sqrt(3), t = 2 sqrt(3) = 3.4641 on 2 df;
+        // P(T >= t) = (1 - t / sqrt(t^2 + 2)) / 2 (closed form for 2 df).
+        let t = paired_t_drop(&[0.5, 0.6, 0.7], &[0.4, 0.4, 0.4]).unwrap();
+        let want_t = 2.0 * 3f64.sqrt();
+        assert!(close(t.stat, want_t, 1e-12) && close(t.effect, 0.2, 1e-12));
+        assert!(close(t.p, (1.0 - want_t / (want_t * want_t + 2.0).sqrt()) / 2.0, 1e-12), "{t:?}");
+        // Every difference 0.1: no standard error, the sign test's 2^-4, and no NaN anywhere but t.
+        let t = paired_t_drop(&[0.6; 4], &[0.5; 4]).unwrap();
+        assert_eq!((t.se, t.p), (0.0, 0.0625));
+        assert_eq!(paired_t_drop(&[0.5; 4], &[0.5; 4]).unwrap().p, 1.0);
+        assert!(paired_t_drop(&[0.5], &[0.5]).is_none());
+    }
+
+    #[test]
+    fn unpaired_approximations_never_divide_by_zero() {
+        // 0.9992 of 1236 items against 0 (the row that used to read z = 1235): pooled se = sqrt(0.4996 * 0.5004 * 2 / 1236).
+        let t = two_proportion_drop(0.9992, 0.0, 1236.0);
+        let se = (0.4996f64 * 0.5004 * 2.0 / 1236.0).sqrt();
+        assert!(close(t.stat, 0.9992 / se, 1e-9) && t.stat < 60.0, "{t:?}");
+        assert_eq!(two_proportion_drop(1.0, 1.0, 100.0).p, 1.0);
+        assert_eq!(two_proportion_drop(0.0, 0.0, 100.0).p, 1.0);
+        assert!(two_mean_drop(0.5, 0.0, 0.4, 0.0).p.is_nan());
+        let t = two_mean_drop(0.6, 0.03, 0.5, 0.04);
+        assert!(close(t.stat, 2.0, 1e-12) && close(t.p, 0.022750131948179, 1e-9));
+    }
+
+    #[test]
+    fn holm_matches_r() {
+        // p.adjust(c(0.01, 0.04, 0.03, 0.5), "holm") = 0.04 0.09 0.09 0.5
+        let q = p_adjust_holm(&[0.01, 0.04, 0.03, 0.5]);
+        for (a, b) in q.iter().zip([0.04, 0.09, 0.09, 0.5]) {
+            assert!(close(*a, b, 1e-15), "{q:?}");
+        }
+        let q = p_adjust_holm(&[0.9, f64::NAN, 0.8]);
+        assert!(close(q[0], 1.0, 1e-15) && q[1].is_nan() && close(q[2], 1.0, 1e-15), "{q:?}");
     }
 
     #[test]

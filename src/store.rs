@@ -1,7 +1,7 @@
 //! The results store: one SQLite file holding every run, every request's log-likelihood and every task
 //! metric.
 //!
-//! Schema (version 2; `PRAGMA application_id` = [`APPLICATION_ID`], `user_version` = the schema version):
+//! Schema (version 3; `PRAGMA application_id` = [`APPLICATION_ID`], `user_version` = the schema version):
 //!
 //! ```sql
 //! runs          (id, model, revision, dtype, protocol, device, lmscore_version, started_at, finished_at)
@@ -12,8 +12,18 @@
 //! requests      (run_id, task, doc, choice, logprob, is_greedy, n_tokens)
 //!                PRIMARY KEY (run_id, task, doc, choice)
 //! task_results  (run_id, task, metric, value, stderr, n)   PRIMARY KEY (run_id, task, metric)
+//! doc_results   (run_id, task, metric, doc, value, chance)   PRIMARY KEY (run_id, task, metric, doc)
+//!                -- per-document metric values: what paired tests across checkpoints need (version 3)
+//! timings       (run_id, finished_at, download_seconds, load_seconds, scoring_seconds, tasks, weights_bytes,
+//!                params, computed_tokens)
+//!                PRIMARY KEY (run_id, finished_at)                        -- one row per checkpoint attempt (version 3)
 //! meta          (key, value)                                 -- schema_version
 //! ```
+//!
+//! `doc_results.chance` is what the metric's expected value would be for that document under a uniformly
+//! random answer (1/choices for acc, acc_norm and MC1; for MC2 the share of the choices that count as true,
+//! which is what MC2 gives a model that puts equal probability on every choice): its mean over documents is
+//! the chance line of the report's figure.
 //!
 //! What a task's numbers were computed from is part of its identity: a `task_runs` row records the
 //! digests of the checkpoint and of the task data ([`Inputs`]). A task is complete for a sweep only when
@@ -42,7 +52,7 @@ use crate::error::{Error, Result};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 use std::path::{Path, PathBuf};
 
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// `PRAGMA application_id` of an lmscore store: "lmsc".
 pub const APPLICATION_ID: i64 = 0x6c6d_7363;
@@ -97,6 +107,27 @@ CREATE TABLE IF NOT EXISTS task_results (
     n      INTEGER NOT NULL,
     PRIMARY KEY (run_id, task, metric)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS doc_results (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    task   TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    doc    INTEGER NOT NULL,
+    value  REAL,                 -- NULL: NaN
+    chance REAL,
+    PRIMARY KEY (run_id, task, metric, doc)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS timings (
+    run_id           INTEGER NOT NULL REFERENCES runs(id),
+    finished_at      TEXT NOT NULL,
+    download_seconds REAL NOT NULL,
+    load_seconds     REAL NOT NULL,
+    scoring_seconds  REAL NOT NULL,
+    tasks            INTEGER NOT NULL,
+    weights_bytes    INTEGER NOT NULL,
+    params           INTEGER NOT NULL,
+    computed_tokens  INTEGER NOT NULL,
+    PRIMARY KEY (run_id, finished_at)
+);
 ";
 
 /// Version 1 -> 2: the inputs of each task. Rows of version 1 get empty digests, which match no input: a
@@ -106,6 +137,10 @@ ALTER TABLE task_runs ADD COLUMN weights_digest TEXT NOT NULL DEFAULT '';
 ALTER TABLE task_runs ADD COLUMN data_digest TEXT NOT NULL DEFAULT '';
 UPDATE meta SET value = '2' WHERE key = 'schema_version';
 ";
+
+/// Version 2 -> 3: per-document values and per-checkpoint timings (the new tables of [`SCHEMA`]). Tasks stored
+/// by version 2 keep no per-document values: reports test them with the unpaired approximation.
+const MIGRATE_2_TO_3: &str = "UPDATE meta SET value = '3' WHERE key = 'schema_version';";
 
 const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 
@@ -204,6 +239,43 @@ pub struct MetricRow {
     pub stderr: Option<f64>,
 }
 
+/// One document's value of one metric, and its chance level (see the module docs).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DocRow {
+    pub metric: String,
+    pub doc: u64,
+    pub value: f64,
+    pub chance: f64,
+}
+
+/// One attempt at one checkpoint: how long its download, load and scoring took.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Timing {
+    /// Resolving the checkpoint: the Hub download (0 for a cached or local checkpoint, bar the lookup).
+    pub download_seconds: f64,
+    /// Putting the weights on the device.
+    pub load_seconds: f64,
+    /// Scoring its tasks (planning, forward passes and metrics).
+    pub scoring_seconds: f64,
+    /// Tasks scored in this attempt.
+    pub tasks: u64,
+    /// Bytes of its weight files.
+    pub weights_bytes: u64,
+    /// The model's parameters, and the tokens its plans computed in this attempt (a plan shared by tasks
+    /// counted once): 2 x params x tokens is the work the scoring seconds did.
+    pub params: u64,
+    pub computed_tokens: u64,
+}
+
+/// The timings of one checkpoint (all its attempts summed), for reports.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CheckpointTiming {
+    pub run: RunKey,
+    pub attempts: u64,
+    /// Seconds, tasks and tokens summed over attempts; bytes and params as recorded.
+    pub total: Timing,
+}
+
 /// Everything one (checkpoint, task) produced: written in one transaction.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct TaskRecord {
@@ -215,6 +287,8 @@ pub struct TaskRecord {
     pub seconds: f64,
     pub metrics: Vec<MetricRow>,
     pub requests: Vec<RequestRow>,
+    /// Per-document metric values (metric, then doc order); empty in a store older than version 3.
+    pub docs: Vec<DocRow>,
     /// What the numbers were computed from.
     pub inputs: Inputs,
 }
@@ -248,6 +322,7 @@ impl From<&crate::tasks::TaskOutcome> for TaskRecord {
                     n_tokens: r.n_tokens as u64,
                 })
                 .collect(),
+            docs: Vec::new(),
             inputs: Inputs::default(),
         }
     }
@@ -281,6 +356,21 @@ pub fn paper_metric(task: &str) -> (&'static str, String) {
     }
 }
 
+/// [`paper_metric`], with `acc` replaced by `choice_metric` (`acc` or `acc_norm`).
+fn report_metric(task: &str, choice_metric: &str) -> (&'static str, String) {
+    match paper_metric(task) {
+        ("acc", name) if choice_metric == "acc_norm" => ("acc_norm", name),
+        other => other,
+    }
+}
+
+/// Is a stored metric the one reported for the task? TruthfulQA's are stored as `mc1` / `mc2`, or as `acc`
+/// under lm-eval 0.4's names (its tasks truthfulqa_mc1 and truthfulqa_mc2 each report `acc`).
+fn is_report_metric(task: &str, stored: &str, choice_metric: &str) -> bool {
+    let (want, _) = report_metric(task, choice_metric);
+    stored == want || (matches!(want, "mc1" | "mc2") && stored == "acc")
+}
+
 /// What a merge did.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct MergeReport {
@@ -297,8 +387,8 @@ pub struct Store {
     conn: Connection,
     /// Opened by [`Store::open`] (else read-only).
     writable: bool,
-    /// `task_runs` has the digest columns (schema version 2; a version-1 store opened read-only has not).
-    has_inputs: bool,
+    /// Schema version of the file (older ones are read as they are; writers migrate them).
+    version: i64,
 }
 
 fn db_err(path: &Path, what: &str, e: rusqlite::Error) -> Error {
@@ -384,7 +474,7 @@ impl Store {
             path,
             conn,
             writable: true,
-            has_inputs: true,
+            version: SCHEMA_VERSION,
         };
         s.init()?;
         Ok(s)
@@ -430,7 +520,7 @@ impl Store {
             path,
             conn,
             writable: false,
-            has_inputs: version >= 2,
+            version,
         })
     }
 
@@ -479,7 +569,10 @@ impl Store {
                 "{SCHEMA} INSERT INTO meta (key, value) VALUES ('schema_version', '{SCHEMA_VERSION}');
                  PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION};"
             ),
-            Kind::Store(1) => format!("{MIGRATE_1_TO_2} PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION};"),
+            Kind::Store(1) => format!(
+                "{SCHEMA} {MIGRATE_1_TO_2} {MIGRATE_2_TO_3} PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION};"
+            ),
+            Kind::Store(2) => format!("{SCHEMA} {MIGRATE_2_TO_3} PRAGMA user_version = {SCHEMA_VERSION};"),
             _ => String::new(),
         };
         tx.execute_batch(&setup).map_err(|e| db_err(&path, "creating the schema", e))?;
@@ -523,7 +616,7 @@ impl Store {
     /// Where this task of this run stands for `inputs`: missing, complete, or stored from other inputs.
     pub fn task_state(&self, key: &RunKey, task: &str, inputs: &Inputs) -> Result<TaskState> {
         let Some(id) = self.run_id(key)? else { return Ok(TaskState::Missing) };
-        let stored = stored_inputs(&self.conn, id, task, self.has_inputs).map_err(self.err("checking a task"))?;
+        let stored = stored_inputs(&self.conn, id, task, self.version).map_err(self.err("checking a task"))?;
         Ok(match stored {
             None => TaskState::Missing,
             Some(s) if s == *inputs => TaskState::Done,
@@ -556,7 +649,7 @@ impl Store {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(e("begin"))?;
         let id = ensure_run(&tx, key, None).map_err(e("recording the run"))?;
-        match stored_inputs(&tx, id, &rec.task, true).map_err(e("checking"))? {
+        match stored_inputs(&tx, id, &rec.task, SCHEMA_VERSION).map_err(e("checking"))? {
             Some(s) if s == rec.inputs && !force => return Ok(false),
             Some(_) => delete_task(&tx, id, &rec.task).map_err(e("replacing the stored task"))?,
             None => {}
@@ -601,11 +694,16 @@ impl Store {
     /// the same checkpoint and task (another device or dtype) are an error naming them: pick one with `protocol`
     /// or keep such runs in separate stores.
     pub fn report_rows(&self, protocol: Option<&str>) -> Result<Vec<crate::report::ResultRow>> {
+        self.report_rows_with(protocol, "acc")
+    }
+
+    /// [`Store::report_rows`] with `choice_metric` (`acc` or `acc_norm`) for the tasks the paper reports `acc` for.
+    pub fn report_rows_with(&self, protocol: Option<&str>, choice_metric: &str) -> Result<Vec<crate::report::ResultRow>> {
         let mut out: Vec<crate::report::ResultRow> = Vec::new();
         let mut seen: std::collections::HashMap<(String, String, String), String> = std::collections::HashMap::new();
         for r in self.all_task_results()? {
-            let (metric, task) = paper_metric(&r.task);
-            if r.metric != metric || protocol.is_some_and(|p| p != r.protocol) {
+            let (_, task) = report_metric(&r.task, choice_metric);
+            if !is_report_metric(&r.task, &r.metric, choice_metric) || protocol.is_some_and(|p| p != r.protocol) {
                 continue;
             }
             let run = format!("{}/{}/{}", r.protocol, r.device, r.dtype);
@@ -629,10 +727,106 @@ impl Store {
         Ok(out)
     }
 
+    /// Per-document values of the metric [`Store::report_rows_with`] reports, for the same runs, keyed like its
+    /// rows (the paper's task names), and each task's chance level (the mean of its documents' chance values).
+    /// Empty for a store older than version 3.
+    pub fn report_items(&self, protocol: Option<&str>, choice_metric: &str) -> Result<crate::report::ItemData> {
+        let mut items = crate::report::ItemData::default();
+        if self.version < 3 {
+            return Ok(items);
+        }
+        let read = || -> rusqlite::Result<Vec<(String, String, String, String, String, Vec<(f64, f64)>)>> {
+            let mut st = self.conn.prepare(
+                "SELECT r.model, r.revision, r.protocol, d.task, d.metric, d.value, d.chance FROM doc_results d JOIN runs r ON r.id = d.run_id
+                 ORDER BY r.id, d.task, d.metric, d.doc",
+            )?;
+            let mut rows = st.query([])?;
+            let mut out: Vec<(String, String, String, String, String, Vec<(f64, f64)>)> = Vec::new();
+            while let Some(r) = rows.next()? {
+                let key: (String, String, String, String, String) = (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
+                let v = (r.get::<_, Option<f64>>(5)?.unwrap_or(f64::NAN), r.get::<_, Option<f64>>(6)?.unwrap_or(f64::NAN));
+                match out.last_mut() {
+                    Some(last) if (&last.0, &last.1, &last.2, &last.3, &last.4) == (&key.0, &key.1, &key.2, &key.3, &key.4) => last.5.push(v),
+                    _ => out.push((key.0, key.1, key.2, key.3, key.4, vec![v])),
+                }
+            }
+            Ok(out)
+        };
+        for (model, revision, proto, task, metric, values) in read().map_err(self.err("reading per-document results"))? {
+            let (_, name) = report_metric(&task, choice_metric);
+            if !is_report_metric(&task, &metric, choice_metric) || protocol.is_some_and(|p| p != proto) {
+                continue;
+            }
+            let chance: Vec<f64> = values.iter().map(|v| v.1).filter(|c| c.is_finite()).collect();
+            if chance.len() == values.len() && !chance.is_empty() {
+                items.chance.entry(name.clone()).or_insert(chance.iter().sum::<f64>() / chance.len() as f64);
+            }
+            items.insert(&model, &revision, &name, values.into_iter().map(|v| v.0).collect());
+        }
+        Ok(items)
+    }
+
+    /// Record one attempt at a checkpoint (its download, load and scoring seconds).
+    pub fn record_timing(&mut self, key: &RunKey, t: &Timing) -> Result<()> {
+        let tx = self.conn.transaction().map_err(|e| db_err(&self.path, "begin", e))?;
+        let id = ensure_run(&tx, key, None).map_err(|e| db_err(&self.path, "recording a run", e))?;
+        tx.execute(
+            &format!(
+                "INSERT OR REPLACE INTO timings (run_id, finished_at, download_seconds, load_seconds, scoring_seconds, tasks, weights_bytes,
+                                                 params, computed_tokens)
+                 VALUES (?1, {NOW}, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+            ),
+            params![
+                id,
+                t.download_seconds,
+                t.load_seconds,
+                t.scoring_seconds,
+                t.tasks as i64,
+                t.weights_bytes as i64,
+                t.params as i64,
+                t.computed_tokens as i64
+            ],
+        )
+        .map_err(|e| db_err(&self.path, &format!("recording the timings of {key}"), e))?;
+        tx.commit().map_err(|e| db_err(&self.path, "commit", e))
+    }
+
+    /// Per checkpoint (run) with recorded timings: its attempts summed, and the tokens computed for its tasks.
+    /// Runs ordered by model, revision. Empty for a store older than version 3.
+    pub fn timings(&self) -> Result<Vec<CheckpointTiming>> {
+        if self.version < 3 {
+            return Ok(Vec::new());
+        }
+        let read = || -> rusqlite::Result<Vec<CheckpointTiming>> {
+            let mut st = self.conn.prepare(
+                "SELECT r.model, r.revision, r.dtype, r.protocol, r.device, count(*), sum(t.download_seconds), sum(t.load_seconds),
+                        sum(t.scoring_seconds), sum(t.tasks), max(t.weights_bytes), max(t.params), sum(t.computed_tokens)
+                 FROM timings t JOIN runs r ON r.id = t.run_id GROUP BY r.id ORDER BY r.model, r.revision, r.id",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok(CheckpointTiming {
+                    run: RunKey::from_columns(r, 0)?,
+                    attempts: r.get::<_, i64>(5)? as u64,
+                    total: Timing {
+                        download_seconds: r.get(6)?,
+                        load_seconds: r.get(7)?,
+                        scoring_seconds: r.get(8)?,
+                        tasks: r.get::<_, i64>(9)? as u64,
+                        weights_bytes: r.get::<_, i64>(10)? as u64,
+                        params: r.get::<_, i64>(11)? as u64,
+                        computed_tokens: r.get::<_, i64>(12)? as u64,
+                    },
+                })
+            })?;
+            rows.collect()
+        };
+        read().map_err(self.err("reading timings"))
+    }
+
     /// The stored record of one task (requests ordered by doc, choice; metrics by name); None if not complete.
     pub fn task_record(&self, key: &RunKey, task: &str) -> Result<Option<TaskRecord>> {
         let Some(id) = self.run_id(key)? else { return Ok(None) };
-        read_task(&self.conn, id, task, self.has_inputs).map_err(self.err("reading a task"))
+        read_task(&self.conn, id, task, self.version).map_err(self.err("reading a task"))
     }
 
     /// Every complete (run, task) in the store.
@@ -696,10 +890,10 @@ impl Store {
                 rows.collect::<std::result::Result<_, _>>().map_err(oerr("reading tasks"))?
             };
             for (task, task_version, task_finished) in tasks {
-                let Some(theirs) = read_task(&src.conn, src_id, &task, src.has_inputs).map_err(oerr("reading a task"))? else {
+                let Some(theirs) = read_task(&src.conn, src_id, &task, src.version).map_err(oerr("reading a task"))? else {
                     continue; // listed above, gone now: nothing to merge
                 };
-                match read_task(&tx, id, &task, true).map_err(e("reading a task"))? {
+                match read_task(&tx, id, &task, SCHEMA_VERSION).map_err(e("reading a task"))? {
                     None => {
                         insert_task(&tx, id, &theirs, &task_version, Some(&task_finished)).map_err(e("writing a task"))?;
                         report.added += 1;
@@ -708,6 +902,32 @@ impl Store {
                     Some(ours) => report
                         .conflicts
                         .push(format!("{key} task {task}: {}", describe_difference(&ours, &theirs))),
+                }
+            }
+            if src.version >= 3 {
+                // Timings are a log of attempts: copy those not here yet (same run and time), never replace.
+                type Row = (String, f64, f64, f64, i64, i64, i64, i64);
+                let rows: Vec<Row> = {
+                    let mut st = src
+                        .conn
+                        .prepare(
+                            "SELECT finished_at, download_seconds, load_seconds, scoring_seconds, tasks, weights_bytes, params, computed_tokens
+                             FROM timings WHERE run_id=?1",
+                        )
+                        .map_err(oerr("reading timings"))?;
+                    let rows = st
+                        .query_map([src_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?)))
+                        .map_err(oerr("reading timings"))?;
+                    rows.collect::<std::result::Result<_, _>>().map_err(oerr("reading timings"))?
+                };
+                for (at, d, l, sc, n, b, p, ct) in rows {
+                    tx.execute(
+                        "INSERT OR IGNORE INTO timings (run_id, finished_at, download_seconds, load_seconds, scoring_seconds, tasks, weights_bytes,
+                                                        params, computed_tokens)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                        params![id, at, d, l, sc, n, b, p, ct],
+                    )
+                    .map_err(e("merging timings"))?;
                 }
             }
             if let Some(f) = finished_at {
@@ -780,8 +1000,8 @@ fn ensure_run(tx: &Connection, key: &RunKey, from: Option<(&str, &str)>) -> rusq
 }
 
 /// The digest columns, or empty strings in a version-1 store.
-fn inputs_columns(has_inputs: bool) -> &'static str {
-    if has_inputs {
+fn inputs_columns(version: i64) -> &'static str {
+    if version >= 2 {
         "weights_digest, data_digest"
     } else {
         "'', ''"
@@ -789,9 +1009,9 @@ fn inputs_columns(has_inputs: bool) -> &'static str {
 }
 
 /// The inputs a complete task was stored from; None if the task is not complete.
-fn stored_inputs(c: &Connection, run: i64, task: &str, has_inputs: bool) -> rusqlite::Result<Option<Inputs>> {
+fn stored_inputs(c: &Connection, run: i64, task: &str, version: i64) -> rusqlite::Result<Option<Inputs>> {
     c.query_row(
-        &format!("SELECT {} FROM task_runs WHERE run_id=?1 AND task=?2", inputs_columns(has_inputs)),
+        &format!("SELECT {} FROM task_runs WHERE run_id=?1 AND task=?2", inputs_columns(version)),
         params![run, task],
         |r| Ok(Inputs { weights: r.get(0)?, data: r.get(1)? }),
     )
@@ -799,7 +1019,7 @@ fn stored_inputs(c: &Connection, run: i64, task: &str, has_inputs: bool) -> rusq
 }
 
 fn delete_task(tx: &Transaction, run: i64, task: &str) -> rusqlite::Result<()> {
-    for table in ["requests", "task_results", "task_runs"] {
+    for table in ["requests", "task_results", "doc_results", "task_runs"] {
         tx.execute(&format!("DELETE FROM {table} WHERE run_id=?1 AND task=?2"), params![run, task])?;
     }
     Ok(())
@@ -823,6 +1043,12 @@ fn insert_task(tx: &Transaction, run: i64, rec: &TaskRecord, version: &str, fini
         let mut st = tx.prepare_cached("INSERT INTO task_results (run_id, task, metric, value, stderr, n) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?;
         for m in &rec.metrics {
             st.execute(params![run, rec.task, m.name, m.value, m.stderr, rec.n_docs as i64])?;
+        }
+        let mut st = tx.prepare_cached("INSERT INTO doc_results (run_id, task, metric, doc, value, chance) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?;
+        for d in &rec.docs {
+            // NaN is stored as NULL (SQLite has no NaN) and read back as NaN.
+            let nan_null = |v: f64| (!v.is_nan()).then_some(v);
+            st.execute(params![run, rec.task, d.metric, d.doc as i64, nan_null(d.value), nan_null(d.chance)])?;
         }
     }
     tx.execute(
@@ -848,12 +1074,12 @@ fn insert_task(tx: &Transaction, run: i64, rec: &TaskRecord, version: &str, fini
     Ok(())
 }
 
-fn read_task(c: &Connection, run: i64, task: &str, has_inputs: bool) -> rusqlite::Result<Option<TaskRecord>> {
+fn read_task(c: &Connection, run: i64, task: &str, version: i64) -> rusqlite::Result<Option<TaskRecord>> {
     let head = c
         .query_row(
             &format!(
                 "SELECT n_docs, skipped_rows, naive_tokens, computed_tokens, seconds, {} FROM task_runs WHERE run_id=?1 AND task=?2",
-                inputs_columns(has_inputs)
+                inputs_columns(version)
             ),
             params![run, task],
             |r| {
@@ -891,6 +1117,20 @@ fn read_task(c: &Connection, run: i64, task: &str, has_inputs: bool) -> rusqlite
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
+    let docs = if version >= 3 {
+        let mut st = c.prepare_cached("SELECT metric, doc, value, chance FROM doc_results WHERE run_id=?1 AND task=?2 ORDER BY metric, doc")?;
+        let rows = st.query_map(params![run, task], |r| {
+            Ok(DocRow {
+                metric: r.get(0)?,
+                doc: r.get::<_, i64>(1)? as u64,
+                value: r.get::<_, Option<f64>>(2)?.unwrap_or(f64::NAN),
+                chance: r.get::<_, Option<f64>>(3)?.unwrap_or(f64::NAN),
+            })
+        })?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()?
+    } else {
+        Vec::new()
+    };
     Ok(Some(TaskRecord {
         task: task.to_string(),
         n_docs: n_docs as u64,
@@ -900,6 +1140,7 @@ fn read_task(c: &Connection, run: i64, task: &str, has_inputs: bool) -> rusqlite
         seconds,
         metrics,
         requests,
+        docs,
         inputs,
     }))
 }

@@ -30,7 +30,7 @@ use crate::checkpoint::Checkpoint;
 use crate::engine::{Device, Engine, EngineOptions};
 use crate::error::{Error, Result};
 use crate::hub::{self, CheckpointSpec, HubOptions, Source};
-use crate::store::{Inputs, RunKey, Store, TaskState};
+use crate::store::{DocRow, Inputs, RunKey, Store, TaskRecord, TaskState, Timing};
 use crate::tasks::{self, LoadOptions, LoadedTask, Protocol};
 use crate::tokenizer::Tokenizer;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -266,6 +266,10 @@ struct Fetched {
     dir: PathBuf,
     digest: String,
     files: Vec<(PathBuf, Stamp)>,
+    /// Seconds spent resolving (downloading) it.
+    download_seconds: f64,
+    /// Bytes of its weight files.
+    weights_bytes: u64,
 }
 
 impl Fetched {
@@ -288,12 +292,22 @@ impl Fetched {
 /// Resolve (and download) a checkpoint, read its weights once so that loading finds them in the page cache,
 /// and compute its digest. No file is memory-mapped here: a file truncated meanwhile is an error, not SIGBUS.
 fn fetch(spec: &CheckpointSpec, hub_opts: &HubOptions, tokenizer: Option<&Path>) -> Result<Fetched> {
+    let t0 = Instant::now();
     let dir = hub::resolve(spec, hub_opts)?;
+    let download_seconds = t0.elapsed().as_secs_f64();
     let paths = checkpoint_files(&dir)?;
     let files: Vec<(PathBuf, Stamp)> = paths.iter().map(|p| (p.clone(), stamp(p))).collect();
-    warm_page_cache(&weight_files(&paths));
+    let weights = weight_files(&paths);
+    let weights_bytes = weights.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
+    warm_page_cache(&weights);
     let digest = digest_of(spec, &dir, &paths, tokenizer)?;
-    let fetched = Fetched { dir, digest, files };
+    let fetched = Fetched {
+        dir,
+        digest,
+        files,
+        download_seconds,
+        weights_bytes,
+    };
     fetched.check_unchanged("while it was being prefetched")?;
     Ok(fetched)
 }
@@ -368,6 +382,234 @@ fn load_tasks((bytes, tokenizer): (Vec<u8>, Tokenizer), opts: &SweepOptions) -> 
         tasks,
         digests,
     })
+}
+
+/// A tokenizer to load the task data with before any checkpoint is fetched: `--tokenizer`, else that of a
+/// checkpoint already on disk, else `DATA_DIR/tokenizer/tokenizer.json` (shared/data ships Pythia's, which every
+/// Pythia checkpoint uses; a checkpoint with another tokenizer has its tasks tokenized again once fetched).
+fn early_tokenizer(opts: &SweepOptions, first_dir: Option<&Path>) -> Option<PathBuf> {
+    opts.tokenizer
+        .clone()
+        .or_else(|| first_dir.map(|d| d.join("tokenizer.json")))
+        .or_else(|| Some(opts.data_dir.join("tokenizer").join("tokenizer.json")).filter(|p| p.is_file()))
+}
+
+/// Per-document values of each metric of a task (from its stored log-likelihoods) and their chance levels:
+/// 1/choices for acc, acc_norm and MC1 (a uniformly random pick), and for MC2 the value MC2 gives equal
+/// probabilities on every choice (the share of the choices it counts as true), computed by the task's own
+/// MC2 formula so the v0.3 split and the fixed version each get theirs.
+pub fn doc_rows(task: &LoadedTask, outcome: &tasks::TaskOutcome) -> Result<Vec<DocRow>> {
+    let lls: Vec<f64> = outcome.requests.iter().map(|r| r.logprob).collect();
+    let values = tasks::doc_metrics(task, &lls)?;
+    let uniform = tasks::doc_metrics(task, &vec![0.0; lls.len()])?;
+    let mut out = Vec::new();
+    for ((metric, v), (_, u)) in values.iter().zip(&uniform) {
+        for (d, doc) in task.docs.iter().enumerate() {
+            let chance = if matches!(task.scoring, tasks::Scoring::Mc2 { .. }) { u[d] } else { 1.0 / doc.requests.len().max(1) as f64 };
+            out.push(DocRow {
+                metric: metric.to_string(),
+                doc: d as u64,
+                value: v[d],
+                chance,
+            });
+        }
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Dry run: what a sweep would do, and what it would cost
+
+/// (hidden size, layers) of the Pythia sizes, for estimates about checkpoints not on disk yet.
+const PYTHIA_SHAPES: [(&str, usize, usize); 8] = [
+    ("70m", 512, 6),
+    ("160m", 768, 12),
+    ("410m", 1024, 24),
+    ("1b", 2048, 16),
+    ("1.4b", 2048, 24),
+    ("2.8b", 2560, 32),
+    ("6.9b", 4096, 32),
+    ("12b", 5120, 36),
+];
+
+/// Parameters and download bytes of a Pythia checkpoint known by name only: the GPT-NeoX parameter count of
+/// its shape (vocabulary 50,304, 4x MLP), stored as fp16 like Pythia's `stepN` revisions, plus the legacy
+/// `attention.bias` causal mask (2048 x 2048 bytes) those files keep per layer. None for other names.
+fn pythia_estimate(model: &str) -> Option<(u64, u64)> {
+    let name = model.rsplit('/').next()?.to_ascii_lowercase();
+    let size = name.strip_prefix("pythia-")?.split('-').next()?;
+    let &(_, h, l) = PYTHIA_SHAPES.iter().find(|s| s.0 == size)?;
+    let (h, l, v) = (h as u64, l as u64, 50_304u64);
+    let params = l * (12 * h * h + 13 * h) + 2 * v * h + 2 * h;
+    Some((params, 2 * params + l * 2048 * 2048))
+}
+
+/// What `sweep --dry-run` found.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DryRun {
+    /// Units in this shard, and those already complete in the store from the same inputs.
+    pub units: usize,
+    pub already_done: usize,
+    /// Checkpoints with units left, and of those, the ones that must be downloaded.
+    pub checkpoints: usize,
+    pub to_download: usize,
+    /// Tokens the plans compute for the units left (prefix sharing on), and what scoring each request alone
+    /// would take.
+    pub computed_tokens: u64,
+    pub naive_tokens: u64,
+    /// Bytes to download (estimated from the model names: not asked of the Hub) and bytes already on disk.
+    pub download_bytes: u64,
+    pub local_bytes: u64,
+    /// Forward-pass work, 2 x parameters x computed tokens, summed over checkpoints.
+    pub flops: f64,
+    /// FLOP/s the estimate assumes, and where that number comes from.
+    pub flops_per_second: f64,
+    pub rate_source: String,
+    /// The tokenizer the task data was loaded with.
+    pub tokenizer: PathBuf,
+    /// Per task: (name, documents, requests).
+    pub tasks: Vec<(String, usize, usize)>,
+}
+
+impl DryRun {
+    /// Seconds of scoring the estimate comes to.
+    pub fn seconds(&self) -> f64 {
+        self.flops / self.flops_per_second
+    }
+}
+
+/// A rough FLOP rate when the store has no timings to measure one from: a few CPU cores running f32 GEMMs, or
+/// one recent GPU at half precision with modest utilisation. Stated as assumed in the dry run's output.
+fn assumed_rate(device: Device) -> f64 {
+    match device {
+        Device::Cpu => 5e10,
+        Device::Cuda => 5e13,
+    }
+}
+
+/// Parameters of a checkpoint: from its config.json when on disk, else from its name.
+fn checkpoint_params(spec: &CheckpointSpec, dir: Option<&Path>) -> Option<u64> {
+    dir.and_then(|d| crate::config::ModelConfig::from_file(&d.join("config.json")).ok())
+        .map(|c| c.num_params() as u64)
+        .or_else(|| pythia_estimate(&spec.model).map(|e| e.0))
+        .or_else(|| crate::report::parse_params(&spec.model).map(|p| p as u64))
+}
+
+/// Plan the sweep without fetching or scoring anything: load (and so check) the task data, count the units
+/// left, the tokens their plans compute, the bytes to download and the time it should take. The store is
+/// only read (a missing store has nothing done).
+pub fn dry_run(opts: &SweepOptions) -> Result<DryRun> {
+    if opts.checkpoints.is_empty() || opts.tasks.is_empty() {
+        return Err(Error::invalid("a sweep needs at least one checkpoint and one task"));
+    }
+    let units = shard_units(opts.checkpoints.len(), opts.tasks.len(), opts.shard);
+    let in_shard: BTreeSet<usize> = units.iter().map(|u| u.0).collect();
+    let dirs: Vec<Option<PathBuf>> = (0..opts.checkpoints.len())
+        .map(|c| if in_shard.contains(&c) { available_dir(&opts.checkpoints[c], &opts.hub) } else { None })
+        .collect();
+    let first_dir = dirs.iter().flatten().next().cloned();
+    let tok = early_tokenizer(opts, first_dir.as_deref()).ok_or_else(|| {
+        Error::invalid(format!(
+            "--dry-run needs a tokenizer to plan with: give --tokenizer FILE, a checkpoint already on disk, or a --data-dir with \
+             tokenizer/tokenizer.json (none at {})",
+            opts.data_dir.join("tokenizer").join("tokenizer.json").display()
+        ))
+    })?;
+    let ts = load_tasks(read_tokenizer(&tok)?, opts)?;
+    let store = if opts.db.exists() { Some(Store::open_read_only(&opts.db)?) } else { None };
+
+    let mut out = DryRun {
+        units: units.len(),
+        tokenizer: tok,
+        tasks: ts.tasks.iter().map(|t| (t.name.clone(), t.docs.len(), t.n_requests())).collect(),
+        ..Default::default()
+    };
+    // Pending tasks per checkpoint (complete only if the store holds them from the same inputs).
+    let mut pending: Vec<(usize, Vec<usize>)> = Vec::new();
+    for &(c, t) in &units {
+        let key = run_key(&opts.checkpoints[c], opts.protocol, &opts.engine);
+        let digest = dirs[c].as_ref().and_then(|d| checkpoint_digest(&opts.checkpoints[c], d, opts.tokenizer.as_deref()).ok());
+        let done = match (&store, digest) {
+            (Some(s), Some(w)) if !opts.force => s.is_done(&key, &opts.tasks[t], &Inputs { weights: w, data: ts.digests[t].clone() })?,
+            _ => false,
+        };
+        if done {
+            out.already_done += 1;
+            continue;
+        }
+        match pending.last_mut() {
+            Some((pc, v)) if *pc == c => v.push(t),
+            _ => pending.push((c, vec![t])),
+        }
+    }
+    // Plans per set of pending tasks (the same for every checkpoint with the same tokenizer and window).
+    let mut plans: std::collections::HashMap<(Vec<usize>, usize), (u64, u64)> = std::collections::HashMap::new();
+    for (c, todo) in &pending {
+        let spec = &opts.checkpoints[*c];
+        let dir = dirs[*c].as_deref();
+        let max_len = opts.engine.max_length.unwrap_or_else(|| {
+            dir.and_then(|d| crate::config::ModelConfig::from_file(&d.join("config.json")).ok())
+                .map_or(2048, |cfg| cfg.max_positions)
+        });
+        let (mut computed, mut naive) = (0u64, 0u64);
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        for &t in todo {
+            match groups.iter_mut().find(|g| ts.tasks[g[0]].plan_group == ts.tasks[t].plan_group) {
+                Some(g) => g.push(t),
+                None => groups.push(vec![t]),
+            }
+        }
+        for g in groups {
+            let key = (g.clone(), max_len);
+            if !plans.contains_key(&key) {
+                let reqs: Vec<_> = g.iter().flat_map(|&t| ts.tasks[t].requests().cloned()).collect();
+                let tokens = if reqs.is_empty() {
+                    (0, 0)
+                } else {
+                    let p = crate::plan::build(&reqs, max_len, usize::MAX, opts.engine.sharing)?;
+                    (p.computed_tokens as u64, p.naive_tokens as u64)
+                };
+                plans.insert(key.clone(), tokens);
+            }
+            let (c_t, n_t) = plans[&key];
+            computed += c_t;
+            naive += n_t;
+        }
+        out.checkpoints += 1;
+        out.computed_tokens += computed;
+        out.naive_tokens += naive;
+        let params = checkpoint_params(spec, dir).unwrap_or(0) as f64;
+        out.flops += 2.0 * params * computed as f64;
+        match dir {
+            Some(d) => {
+                let files = checkpoint_files(d)?;
+                out.local_bytes += weight_files(&files).iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum::<u64>();
+            }
+            None => {
+                out.to_download += 1;
+                out.download_bytes += pythia_estimate(&spec.model).map_or((params * 2.0) as u64, |e| e.1);
+            }
+        }
+    }
+    // The rate: measured from this store's earlier checkpoints on the same device, else assumed.
+    let device = run_key(&opts.checkpoints[0], opts.protocol, &opts.engine).device;
+    let measured = store.as_ref().map(|s| s.timings()).transpose()?.unwrap_or_default();
+    let (mut work, mut secs) = (0.0, 0.0);
+    for t in measured.iter().filter(|t| t.run.device == device && t.total.scoring_seconds > 0.0 && t.total.params > 0) {
+        work += 2.0 * t.total.params as f64 * t.total.computed_tokens as f64;
+        secs += t.total.scoring_seconds;
+    }
+    if work > 0.0 && secs > 0.0 {
+        let n = measured.iter().filter(|t| t.run.device == device && t.total.scoring_seconds > 0.0 && t.total.params > 0).count();
+        out.flops_per_second = work / secs;
+        out.rate_source = format!("measured on {n} earlier checkpoint(s) in {}", opts.db.display());
+    } else {
+        out.flops_per_second = assumed_rate(opts.engine.device);
+        out.rate_source = format!(
+            "assumed for {device} (no timings in the store to measure from: sweep one checkpoint first for a measured rate)"
+        );
+    }
+    Ok(out)
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -540,8 +782,10 @@ pub fn run(opts: &SweepOptions) -> Result<SweepSummary> {
             }
         }
     }
+    // The task data is checked here, before any checkpoint is fetched: a sweep with missing data stops before
+    // downloading gigabytes. Tokenized with the first tokenizer at hand (see `early_tokenizer`).
     let mut task_set: Option<TaskSet> = None;
-    if let Some(tok) = opts.tokenizer.clone().or(first_dir.map(|d| d.join("tokenizer.json"))) {
+    if let Some(tok) = early_tokenizer(opts, first_dir.as_deref()) {
         if let Ok(t) = read_tokenizer(&tok) {
             task_set = Some(load_tasks(t, opts)?);
         }
@@ -732,7 +976,38 @@ fn score_checkpoint(
     // The checkpoint's files are memory-mapped only while the weights are copied onto the device.
     let engine = Engine::load(&Checkpoint::open(&f.dir).map_err(failed)?, &opts.engine).map_err(failed)?;
     f.check_unchanged("while it was being loaded").map_err(failed)?;
-    progress.log(&format!("{name}: loaded in {:.1} s", t0.elapsed().as_secs_f64()));
+    let mut timing = Timing {
+        download_seconds: f.download_seconds,
+        load_seconds: t0.elapsed().as_secs_f64(),
+        weights_bytes: f.weights_bytes,
+        params: engine.config().num_params() as u64,
+        ..Default::default()
+    };
+    progress.log(&format!("{name}: loaded in {:.1} s", timing.load_seconds));
+    let r = score_loaded(&engine, f, name, key, todo, ts, opts, store, progress, counts, &mut timing);
+    // The attempt's timings, whatever became of it (a failed scoring still spent them).
+    if timing.tasks > 0 || r.is_err() {
+        store.record_timing(key, &timing).map_err(ScoreError::Store)?;
+    }
+    r
+}
+
+/// Score the tasks `todo` on a loaded checkpoint; `timing` collects the scoring seconds and tasks stored.
+#[allow(clippy::too_many_arguments)]
+fn score_loaded(
+    engine: &Engine,
+    f: &Fetched,
+    name: &str,
+    key: &RunKey,
+    todo: &[usize],
+    ts: &TaskSet,
+    opts: &SweepOptions,
+    store: &mut Store,
+    progress: &mut Progress,
+    counts: &mut Counts,
+    timing: &mut Timing,
+) -> std::result::Result<(), ScoreError> {
+    let failed = ScoreError::Checkpoint;
     store.start_run(key).map_err(ScoreError::Store)?;
     // Plan groups (TruthfulQA MC1 + MC2 share one plan), in order of first appearance.
     let mut groups: Vec<Vec<usize>> = Vec::new();
@@ -768,10 +1043,12 @@ fn score_checkpoint(
         let what = format!("{name} {}", names.join("+"));
         bar.set_message(what.clone());
         let started = Instant::now();
-        let outcomes = tasks::evaluate(&engine, &group, &opts.engine, |done, _| {
+        let outcomes = tasks::evaluate(engine, &group, &opts.engine, |done, _| {
             bar.set_position(base + done as u64);
             progress.tick(&what, g.len(), (done as u64, total), started);
         });
+        timing.scoring_seconds += started.elapsed().as_secs_f64();
+        timing.computed_tokens += total;
         let outcomes = match outcomes {
             Ok(o) => o,
             Err(e) => {
@@ -781,11 +1058,14 @@ fn score_checkpoint(
         };
         for o in &outcomes {
             let t = g.iter().copied().find(|&t| ts.tasks[t].name == o.task).unwrap_or(g[0]);
-            let inputs = Inputs {
+            let mut rec = TaskRecord::from(o);
+            rec.inputs = Inputs {
                 weights: f.digest.clone(),
                 data: ts.digests[t].clone(),
             };
-            let stored = store.record_task(key, &inputs, o, opts.force).map_err(ScoreError::Store)?;
+            rec.docs = doc_rows(&ts.tasks[t], o).map_err(failed)?;
+            let stored = store.record(key, &rec, opts.force).map_err(ScoreError::Store)?;
+            timing.tasks += 1;
             let metrics: Vec<String> = o.metrics.iter().map(|m| format!("{}={:.4}", m.name, m.value)).collect();
             let note = if stored {
                 counts.stored += 1;

@@ -168,6 +168,69 @@ fn figure_is_plausible() {
     for size in ["70M", "160M", "410M", "1B", "1.4B", "2.8B", "6.9B", "12B"] {
         assert!(svg.contains(size), "legend lacks {size}");
     }
+    // Camera-ready: MC2 is named as what it is, a chance line is drawn, the SVG prints at 6.5 inches with a
+    // named standard font, the PNG says its DPI, and the PDF is there.
+    for needle in ["MC2 score", "MC1 accuracy", "chance", "width=\"6.5000in\"", "font-family=\"DejaVu Sans, Helvetica"] {
+        assert!(svg.contains(needle), "SVG lacks `{needle}`");
+    }
+    // Tick labels (7.5 pt) and panel titles (9 pt) at 300 dpi: font-size is pixels per em.
+    let size_of = |text: &str| -> f64 {
+        let at = svg
+            .find(&format!(">{text}<"))
+            .or_else(|| svg.find(&format!(">\n{text}\n<")))
+            .unwrap_or_else(|| panic!("no `{text}`"));
+        let tag = &svg[svg[..at].rfind("<text").unwrap()..at];
+        tag.split("font-size=\"").nth(1).unwrap().split('"').next().unwrap().parse().unwrap()
+    };
+    let points = |px: f64| px * 72.0 / 300.0;
+    assert!(points(size_of("300B")) >= 7.0, "tick labels {} pt", points(size_of("300B")));
+    assert!(points(size_of("Memo Trap")) >= 9.0, "titles {} pt", points(size_of("Memo Trap")));
+    let png_bytes = std::fs::read(dir.path().join(report::FIGURE_PNG)).unwrap();
+    let phys = png_bytes.windows(4).position(|w| w == b"pHYs").expect("PNG has a pHYs chunk");
+    let ppm = u32::from_be_bytes(png_bytes[phys + 4..phys + 8].try_into().unwrap());
+    assert_eq!((ppm, png_bytes[phys + 12]), (11811, 1), "300 dpi in pixels per metre");
+    let pdf = std::fs::read(dir.path().join(report::FIGURE_PDF)).unwrap();
+    let pdf_text = String::from_utf8_lossy(&pdf);
+    assert!(pdf.starts_with(b"%PDF-1.4") && pdf_text.ends_with("%%EOF\n"));
+    assert!(pdf_text.contains("/BaseFont /Helvetica") && pdf_text.contains("(TruthfulQA-MC2) Tj"));
+    assert!(pdf_text.contains("/MediaBox [0 0 468.00 522.00]"), "6.5 x 7.25 inches");
+}
+
+#[test]
+fn figure_options_subset_metric_and_formats() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = lmscore(&[
+        "report",
+        "--tsv",
+        reference_tsv().to_str().unwrap(),
+        "--out",
+        dir.path().to_str().unwrap(),
+        "--tasks",
+        "memo_trap,truthfulqa_mc2",
+        "--figure-format",
+        "svg",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(dir.path().join(report::FIGURE_SVG).exists());
+    assert!(!dir.path().join(report::FIGURE_PNG).exists() && !dir.path().join(report::FIGURE_PDF).exists());
+    let svg = read(dir.path().join(report::FIGURE_SVG));
+    let has = |t: &str| svg.contains(&format!(">{t}<")) || svg.contains(&format!(">\n{t}\n<"));
+    assert!(has("Memo Trap") && has("TruthfulQA-MC2") && !has("NeQA"));
+    // Two panels side by side: 2 x 6.5 / 3 inches wide.
+    assert!(svg.starts_with("<svg width=\"4.3333in\""), "{}", &svg[..80]);
+    let stats = read(dir.path().join(report::STATS_TSV));
+    assert_eq!(stats.lines().count(), 3, "{stats}");
+    // A TSV holds acc only; unknown formats and tasks are named.
+    for (flag, value, needle) in [
+        ("--metric", "acc_norm", "holds one metric"),
+        ("--figure-format", "gif", "expected png, svg or pdf"),
+        ("--tasks", "memo_trap,nope", "no results for task `nope`"),
+    ] {
+        let out = lmscore(&["report", "--tsv", reference_tsv().to_str().unwrap(), "--out", dir.path().to_str().unwrap(), flag, value]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{flag} {value}: {err}");
+    }
 }
 
 #[test]
@@ -186,9 +249,34 @@ fn trend_flags_are_written_with_their_definitions() {
         assert_eq!(f[col("checkpoints")], "8");
     }
     let md = read(dir.path().join(report::TRENDS_MD));
-    for needle in ["one-sided", "p < 0.05", "best earlier checkpoint", "quadratic", "strictly inside"] {
+    for needle in [
+        "one-sided",
+        "Bonferroni",
+        "Benjamini-Hochberg",
+        "q < 0.05",
+        "McNemar",
+        "Unpaired approximation",
+        "no paired test is possible",
+        "quadratic",
+        "strictly inside",
+    ] {
         assert!(md.contains(needle), "trends.md lacks `{needle}`");
     }
+    // From a TSV every test is the unpaired approximation, and no statistic is absurd: the row that read
+    // z = 1235 (accuracy 0.9992 -> 0, a zero standard error) is now a pooled z near 50.
+    for l in &lines[1..] {
+        let f: Vec<&str> = l.split('\t').collect();
+        assert!(["unpaired-z-proportions", "unpaired-z-means"].contains(&f[col("drop_test")]), "{l}");
+        let z: f64 = f[col("drop_stat")].parse().unwrap_or(0.0);
+        assert!(z.abs() < 100.0, "{l}");
+        for c in ["drop_p", "drop_q"] {
+            let p: f64 = f[col(c)].parse().unwrap();
+            assert!((0.0..=1.0).contains(&p), "{c} in {l}");
+        }
+    }
+    let tollens = lines.iter().find(|l| l.starts_with("isp_modus_tollens\tEleutherAI/pythia-1.4b\t")).unwrap();
+    let z: f64 = tollens.split('\t').nth(col("drop_stat")).unwrap().parse().unwrap();
+    assert!((40.0..60.0).contains(&z), "{tollens}");
     // A case that is visible in the paper's figure: TruthfulQA-MC2 accuracy of the 12B model falls
     // steadily from its early checkpoints to the last.
     let row = lines

@@ -1,7 +1,7 @@
 //! The SQLite results store: one transaction per (checkpoint, task), no duplicates, idempotent merges
 //! that report conflicts instead of overwriting.
 
-use lmscore::store::{Inputs, MetricRow, RequestRow, RunKey, Store, TaskRecord, TaskState};
+use lmscore::store::{DocRow, Inputs, MetricRow, RequestRow, RunKey, Store, TaskRecord, TaskState, Timing};
 
 fn key(model: &str, rev: &str) -> RunKey {
     RunKey {
@@ -45,6 +45,14 @@ fn record(task: &str, seed: f64, n_docs: u64) -> TaskRecord {
             },
         ],
         requests,
+        docs: (0..n_docs)
+            .map(|d| DocRow {
+                metric: "acc".into(),
+                doc: d,
+                value: (d % 2) as f64,
+                chance: 0.5,
+            })
+            .collect(),
         inputs: Inputs::default(),
     }
 }
@@ -357,9 +365,9 @@ fn version_1_stores_are_read_as_they_are_and_migrated_by_writers() {
     drop(s);
     let c = rusqlite::Connection::open(&path).unwrap();
     let q = |sql: &str| -> i64 { c.query_row(sql, [], |r| r.get(0)).unwrap() };
-    assert_eq!(q("SELECT CAST(value AS INTEGER) FROM meta WHERE key='schema_version'"), 2);
+    assert_eq!(q("SELECT CAST(value AS INTEGER) FROM meta WHERE key='schema_version'"), 3);
     assert_eq!(q("PRAGMA application_id"), lmscore::store::APPLICATION_ID);
-    assert_eq!(q("PRAGMA user_version"), 2);
+    assert_eq!(q("PRAGMA user_version"), 3);
     assert_eq!(q("SELECT count(*) FROM requests"), 6);
 }
 
@@ -383,4 +391,53 @@ fn writers_refuse_other_databases_and_leave_them_alone() {
         let siblings: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert!(siblings.iter().all(|f| !f.to_string_lossy().contains("-wal")), "{siblings:?}");
     }
+}
+
+#[test]
+fn per_document_values_and_timings_are_stored_reported_and_merged() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.db"), dir.path().join("b.db"));
+    let mut s = Store::open(&a).unwrap();
+    let k1 = key("EleutherAI/pythia-70m", "step2000");
+    let k2 = key("EleutherAI/pythia-70m", "step4000");
+    s.record(&k1, &record("memo_trap", 3.0, 4), false).unwrap();
+    s.record(&k2, &record("memo_trap", 4.0, 4), false).unwrap();
+    // Read back with the task, in doc order.
+    assert_eq!(s.task_record(&k1, "memo_trap").unwrap().unwrap().docs, record("memo_trap", 3.0, 4).docs);
+    let items = s.report_items(None, "acc").unwrap();
+    assert_eq!(items.chance.get("isp_memo_trap"), Some(&0.5));
+    assert!(!items.is_empty());
+    // acc_norm has no per-document rows in this record: no items for it.
+    assert!(s.report_items(None, "acc_norm").unwrap().is_empty());
+    let t = Timing {
+        download_seconds: 1.5,
+        load_seconds: 0.25,
+        scoring_seconds: 2.0,
+        tasks: 1,
+        weights_bytes: 1000,
+        params: 70_000_000,
+        computed_tokens: 500,
+    };
+    s.record_timing(&k1, &t).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    s.record_timing(&k1, &t).unwrap();
+    let timings = s.timings().unwrap();
+    assert_eq!(timings.len(), 1);
+    assert_eq!(timings[0].run, k1);
+    assert_eq!(timings[0].attempts, 2);
+    assert_eq!((timings[0].total.download_seconds, timings[0].total.scoring_seconds, timings[0].total.computed_tokens), (3.0, 4.0, 1000));
+    let printed = lmscore::report::format_timings(&timings);
+    assert!(printed.lines().nth(1).unwrap().contains("\t3.00\t0.50\t4.00\t1000\t250"), "{printed}");
+    drop(s);
+    // A merge carries documents and timings, and a second merge adds nothing.
+    let mut m = Store::open(&b).unwrap();
+    m.merge_from(&a).unwrap();
+    m.merge_from(&a).unwrap();
+    assert_eq!(m.timings().unwrap(), timings);
+    assert_eq!(m.task_record(&k2, "memo_trap").unwrap().unwrap().docs.len(), 4);
+    drop(m);
+    assert_eq!(count(&b, "doc_results"), 8);
+    // Reports read them read-only.
+    let r = Store::open_read_only(&b).unwrap();
+    assert_eq!(r.timings().unwrap().len(), 1);
 }

@@ -54,6 +54,10 @@ pub struct Args {
     /// results are replaced).
     #[arg(long)]
     pub force: bool,
+    /// Fetch and score nothing: check the task data, then print the units left, the tokens their plans compute,
+    /// the bytes to download and an estimate of the scoring time on the chosen device.
+    #[arg(long)]
+    pub dry_run: bool,
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -91,6 +95,10 @@ pub fn run(args: Args) -> Result<()> {
         progress_interval,
         force: args.force,
     };
+    if args.dry_run {
+        print!("{}", format_dry_run(&sweep::dry_run(&opts)?, &opts));
+        return Ok(());
+    }
     let summary = sweep::run(&opts)?;
     match summary.failures.len() {
         0 => Ok(()),
@@ -100,4 +108,64 @@ pub fn run(args: Args) -> Result<()> {
             if n == 1 { "its" } else { "their" }
         ))),
     }
+}
+
+/// `1.5 GB`, `340 MB`.
+fn bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 => format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64),
+        n if n >= 1 << 20 => format!("{:.0} MiB", n as f64 / (1u64 << 20) as f64),
+        n => format!("{:.0} KiB", n as f64 / 1024.0),
+    }
+}
+
+/// `3 h 20 min`, `12 min`, `45 s`.
+fn duration(secs: f64) -> String {
+    match secs {
+        s if !s.is_finite() => "unknown".into(),
+        s if s >= 3600.0 => format!("{} h {:02} min", (s / 3600.0) as u64, ((s % 3600.0) / 60.0) as u64),
+        s if s >= 60.0 => format!("{:.0} min", s / 60.0),
+        s => format!("{s:.0} s"),
+    }
+}
+
+fn format_dry_run(d: &sweep::DryRun, opts: &SweepOptions) -> String {
+    let mut s = String::new();
+    let shard = opts.shard.map(|s| format!(" (shard {s})")).unwrap_or_default();
+    s += &format!("dry run{shard}: nothing fetched or scored\n");
+    s += &format!("task data: checked ({} tasks, tokenized with {})\n", d.tasks.len(), d.tokenizer.display());
+    for (name, docs, reqs) in &d.tasks {
+        s += &format!("  {name}: {docs} documents, {reqs} requests\n");
+    }
+    s += &format!(
+        "units: {} in this sweep, {} already complete in {}, {} to score over {} checkpoints\n",
+        d.units,
+        d.already_done,
+        opts.db.display(),
+        d.units - d.already_done,
+        d.checkpoints
+    );
+    let ratio = if d.computed_tokens > 0 { d.naive_tokens as f64 / d.computed_tokens as f64 } else { f64::NAN };
+    s += &format!(
+        "tokens to compute: {} (the plans' count with prefix sharing; {} if each request were scored alone, x{ratio:.1})\n",
+        d.computed_tokens, d.naive_tokens
+    );
+    s += &format!(
+        "download: {} checkpoints, about {} (estimated from the model names: fp16 weights and Pythia's causal-mask buffers; the Hub is not asked); {} already on disk\n",
+        d.to_download,
+        bytes(d.download_bytes),
+        bytes(d.local_bytes)
+    );
+    s += &format!(
+        "estimated scoring time on {}: {} ({:.3e} FLOP = 2 x parameters x tokens, at {:.2e} FLOP/s {}); downloads and loading come on top\n",
+        match opts.engine.device {
+            lmscore::engine::Device::Cpu => "cpu",
+            lmscore::engine::Device::Cuda => "cuda",
+        },
+        duration(d.seconds()),
+        d.flops,
+        d.flops_per_second,
+        d.rate_source
+    );
+    s
 }

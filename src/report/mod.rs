@@ -10,13 +10,14 @@
 //! (1024 sequences of 2048 tokens per step).
 
 mod figure;
+mod pdf;
 mod table;
 mod text;
 mod trends;
 
-pub use figure::{write_figure, FIGURE_SIZE};
-pub use table::{format_tests_table, statistical_tests, task_display_name, TaskTests};
-pub use trends::{format_trends_markdown, format_trends_tsv, trend_flags, Shape, TrendRow, ALPHA};
+pub use figure::{chance_level, render_figure, FigureFormat, FigureOptions, FIGURE_SIZE};
+pub use table::{format_tests_table, format_timings, statistical_tests, task_display_name, TaskTests};
+pub use trends::{format_trends_markdown, format_trends_tsv, trend_flags, trend_flags_with, ItemData, Shape, TestKind, TrendRow, ALPHA};
 
 use crate::error::{Error, Result};
 use serde_json::{json, Map, Value};
@@ -324,11 +325,25 @@ pub const TRENDS_TSV: &str = "trends.tsv";
 pub const TRENDS_MD: &str = "trends.md";
 pub const FIGURE_SVG: &str = "figure1.svg";
 pub const FIGURE_PNG: &str = "figure1.png";
+pub const FIGURE_PDF: &str = "figure1.pdf";
+
+/// What a report is made from besides its rows.
+#[derive(Debug, Clone, Default)]
+pub struct ReportOptions {
+    /// Per-item values and chance levels (from a results store): paired trend tests and exact chance lines.
+    pub items: Option<ItemData>,
+    pub figure: FigureOptions,
+}
 
 /// Write every report for `rows` into `out_dir` (created if missing):
 /// `all_results.tsv`, `per_run_json/*.json`, `statistical_tests.tsv`, `trends.tsv`, `trends.md`,
 /// `figure1.svg` and `figure1.png`.
 pub fn write_all(rows: &[ResultRow], out_dir: &Path) -> Result<ReportSummary> {
+    write_report(rows, &ReportOptions::default(), out_dir)
+}
+
+/// [`write_all`] with per-item data and figure options.
+pub fn write_report(rows: &[ResultRow], opts: &ReportOptions, out_dir: &Path) -> Result<ReportSummary> {
     if rows.is_empty() {
         return Err(Error::invalid("no results to report: the input has no rows"));
     }
@@ -388,13 +403,17 @@ pub fn write_all(rows: &[ResultRow], out_dir: &Path) -> Result<ReportSummary> {
     }
     write(STATS_TSV, format_tests_table(&tests).as_bytes(), &mut files)?;
 
-    let trends = trend_flags(rows);
+    let trends = trend_flags_with(rows, opts.items.as_ref());
+    if let Some(w) = trends::unpaired_warning(&trends, opts.items.as_ref()) {
+        warnings.push(w);
+    }
     write(TRENDS_TSV, format_trends_tsv(&trends).as_bytes(), &mut files)?;
     write(TRENDS_MD, format_trends_markdown(&trends).as_bytes(), &mut files)?;
 
-    let (svg, png) = write_figure(rows)?;
-    write(FIGURE_SVG, svg.as_bytes(), &mut files)?;
-    write(FIGURE_PNG, &png, &mut files)?;
+    let chance = opts.items.as_ref().map(|i| &i.chance);
+    for (format, bytes) in render_figure(rows, &opts.figure, chance)? {
+        write(format.file_name(), &bytes, &mut files)?;
+    }
 
     let mut tasks: Vec<String> = rows.iter().map(|r| r.task.clone()).collect();
     tasks.sort();
