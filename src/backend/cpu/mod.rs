@@ -110,49 +110,65 @@ struct KeyBlock<'a> {
     count: usize,
 }
 
-/// softmax(Q K^T / sqrt(hd)) V for one head of one segment: Q its `q_len` rows of `qkv` from `q_first`, the
-/// keys and values those of `blocks` (the segment's own rows last, causally masked). Returns [q_len, hd].
-fn attend_segment_head(qkv: &CpuTensor, q_first: usize, q_len: usize, blocks: &[KeyBlock], head: usize, hd: usize) -> Vec<f32> {
+/// C[m, n] (row stride `c_rs`) = alpha C + beta A B for row-major A (row stride `a_rs`) and B given by its row
+/// and column strides, single-threaded (attention runs one task per group and head in parallel).
+///
+/// SAFETY: the caller guarantees every element the shapes and strides address lies inside live buffers.
+#[allow(clippy::too_many_arguments)]
+unsafe fn small_gemm(m: usize, n: usize, k: usize, c: *mut f32, c_rs: usize, accumulate: bool, a: *const f32, a_rs: usize, b: *const f32, b_rs: usize, b_cs: usize, beta: f32) {
+    gemm::gemm(
+        m, n, k, c, 1, c_rs as isize, accumulate, a, 1, a_rs as isize, b, b_cs as isize, b_rs as isize,
+        if accumulate { 1.0 } else { 0.0 }, beta, false, false, false, gemm::Parallelism::None,
+    );
+}
+
+/// softmax(Q K^T / sqrt(hd)) V for one head of sibling segments: each sees the shared ancestor keys
+/// `ancestors` and then its own rows causally. Returns [rows, hd] for the siblings' rows in order.
+fn attend_siblings(qkv: &CpuTensor, siblings: &[&crate::backend::AttnSegment], ancestors: &[KeyBlock], head: usize, hd: usize) -> Vec<f32> {
     let cols = qkv.cols;
     let (q_at, k_at, v_at) = (head * 3 * hd, head * 3 * hd + hd, head * 3 * hd + 2 * hd);
-    let nk: usize = blocks.iter().map(|b| b.count).sum();
-    let ancestors = nk - q_len; // keys every query sees; then its own segment up to itself
+    let n_anc: usize = ancestors.iter().map(|b| b.count).sum();
+    let n_q: usize = siblings.iter().map(|s| s.q_len as usize).sum();
+    let stride = n_anc + siblings.iter().map(|s| s.q_len as usize).max().unwrap_or(0); // a score row
     let scale = 1.0 / (hd as f32).sqrt();
-    let mut p = vec![0f32; q_len * nk]; // [q_len, nk] scores, then probabilities
-    let mut col = 0;
-    for b in blocks {
-        // S[:, col..col + count] = scale * Q_h K_h^T. Every pointer and stride stays inside the row-major
-        // matrices: rows first..first + count exist (checked by `attention`), columns q/k/v_at + hd <= cols.
-        unsafe {
-            gemm::gemm(
-                q_len, b.count, hd,
-                p.as_mut_ptr().add(col), 1, nk as isize, false,
-                qkv.data.as_ptr().add(q_first * cols + q_at), 1, cols as isize,
-                b.rows.as_ptr().add(b.first * cols + k_at), cols as isize, 1,
-                0.0, scale, false, false, false, gemm::Parallelism::None,
-            );
+    // The siblings' query rows side by side: [n_q, hd].
+    let mut q = Vec::with_capacity(n_q * hd);
+    for seg in siblings {
+        for r in seg.q_start as usize..(seg.q_start + seg.q_len) as usize {
+            q.extend_from_slice(&qkv.data[r * cols + q_at..][..hd]);
         }
+    }
+    // Scores [n_q, stride]: the ancestor columns for every row at once, then each sibling's own block. Every
+    // pointer below addresses rows that exist (`attention` checked the ranges) and columns q/k/v_at + hd <= cols.
+    let mut p = vec![0f32; n_q * stride];
+    let mut col = 0;
+    for b in ancestors {
+        unsafe { small_gemm(n_q, b.count, hd, p.as_mut_ptr().add(col), stride, false, q.as_ptr(), hd, b.rows.as_ptr().add(b.first * cols + k_at), 1, cols, scale) };
         col += b.count;
     }
-    for (i, row) in p.chunks_exact_mut(nk).enumerate() {
-        let (seen, masked) = row.split_at_mut(ancestors + i + 1);
-        softmax_in_place(seen);
-        masked.fill(0.0);
-    }
-    let mut o = vec![0f32; q_len * hd];
-    let mut col = 0;
-    for (n, b) in blocks.iter().enumerate() {
-        // O += P[:, col..col + count] V_h
-        unsafe {
-            gemm::gemm(
-                q_len, hd, b.count,
-                o.as_mut_ptr(), 1, hd as isize, n > 0,
-                p.as_ptr().add(col), 1, nk as isize,
-                b.rows.as_ptr().add(b.first * cols + v_at), 1, cols as isize,
-                1.0, 1.0, false, false, false, gemm::Parallelism::None,
-            );
+    let mut r0 = 0;
+    for seg in siblings {
+        let (first, len) = (seg.q_start as usize, seg.q_len as usize);
+        unsafe { small_gemm(len, len, hd, p.as_mut_ptr().add(r0 * stride + n_anc), stride, false, q.as_ptr().add(r0 * hd), hd, qkv.data.as_ptr().add(first * cols + k_at), 1, cols, scale) };
+        for i in 0..len {
+            let (seen, masked) = p[(r0 + i) * stride..(r0 + i + 1) * stride].split_at_mut(n_anc + i + 1);
+            softmax_in_place(seen);
+            masked.fill(0.0);
         }
+        r0 += len;
+    }
+    // O = P[:, ancestors] V_ancestors + (per sibling) P[own rows, own columns] V_own.
+    let mut o = vec![0f32; n_q * hd];
+    let mut col = 0;
+    for (n, b) in ancestors.iter().enumerate() {
+        unsafe { small_gemm(n_q, hd, b.count, o.as_mut_ptr(), hd, n > 0, p.as_ptr().add(col), stride, b.rows.as_ptr().add(b.first * cols + v_at), cols, 1, 1.0) };
         col += b.count;
+    }
+    let mut r0 = 0;
+    for seg in siblings {
+        let (first, len) = (seg.q_start as usize, seg.q_len as usize);
+        unsafe { small_gemm(len, hd, len, o.as_mut_ptr().add(r0 * hd), hd, n_anc > 0, p.as_ptr().add(r0 * stride + n_anc), stride, qkv.data.as_ptr().add(first * cols + v_at), cols, 1, 1.0) };
+        r0 += len;
     }
     o
 }
@@ -311,12 +327,11 @@ impl Backend for Cpu {
             return Err(Error::invalid("attention: segments do not cover every row of the batch"));
         }
         // Keys in key index space are rows of the cache ([0, P)) or of this batch ([P, P + T)); a range is split
-        // at P so that each block is contiguous rows of one matrix. A segment's own rows come last.
-        let blocks_of = |seg: &crate::backend::AttnSegment| -> Vec<KeyBlock> {
-            let own = (p + seg.q_start as usize, seg.q_len as usize);
-            let ranges = seg.ancestors.iter().map(|&(start, len)| (start as usize, len as usize)).chain([own]);
+        // at P so that each block is contiguous rows of one matrix.
+        let blocks_of = |ranges: &[(u32, u32)]| -> Vec<KeyBlock> {
             let mut blocks = vec![];
-            for (start, len) in ranges {
+            for &(start, len) in ranges {
+                let (start, len) = (start as usize, len as usize);
                 let cached = len.min(p.saturating_sub(start));
                 if cached > 0 {
                     blocks.push(KeyBlock { rows: &past.unwrap().data, first: start, count: cached });
@@ -327,20 +342,26 @@ impl Backend for Cpu {
             }
             blocks
         };
-        // One task per (segment, head): two small matrix products and a masked softmax between them.
-        let tasks: Vec<(usize, usize)> = (0..layout.segments.len()).flat_map(|i| (0..heads).map(move |hh| (i, hh))).collect();
+        // Siblings (segments with the same ancestors: the answers of one question) attend to those ancestors in
+        // one matrix product for all their rows; each then adds its own rows, causally.
+        let mut groups: Vec<(&[(u32, u32)], Vec<&crate::backend::AttnSegment>)> = vec![];
+        let mut group_of: std::collections::HashMap<&[(u32, u32)], usize> = Default::default();
+        for seg in &layout.segments {
+            let g = *group_of.entry(&seg.ancestors).or_insert_with(|| {
+                groups.push((&seg.ancestors, vec![]));
+                groups.len() - 1
+            });
+            groups[g].1.push(seg);
+        }
+        let tasks: Vec<(usize, usize)> = (0..groups.len()).flat_map(|g| (0..heads).map(move |hh| (g, hh))).collect();
         let results: Vec<Vec<f32>> = tasks
             .par_iter()
-            .map(|&(i, head)| {
-                let seg = &layout.segments[i];
-                attend_segment_head(qkv, seg.q_start as usize, seg.q_len as usize, &blocks_of(seg), head, hd)
-            })
+            .map(|&(g, head)| attend_siblings(qkv, &groups[g].1, &blocks_of(groups[g].0), head, hd))
             .collect();
         let mut out = vec![0f32; qkv.rows * h];
-        for (&(i, head), o) in tasks.iter().zip(&results) {
-            let seg = &layout.segments[i];
-            for (r, o_row) in o.chunks_exact(hd).enumerate() {
-                let row = seg.q_start as usize + r;
+        for (&(g, head), o) in tasks.iter().zip(&results) {
+            let rows = groups[g].1.iter().flat_map(|seg| seg.q_start as usize..(seg.q_start + seg.q_len) as usize);
+            for (row, o_row) in rows.zip(o.chunks_exact(hd)) {
                 out[row * h + head * hd..][..hd].copy_from_slice(o_row);
             }
         }
