@@ -20,7 +20,7 @@ struct Cli {
 enum Command {
     /// Score (context, continuation) pairs from a JSONL file: one output row per input row.
     Loglikelihood(cli::loglikelihood::Args),
-    /// Evaluate a checkpoint on the study's tasks (or your own multiple-choice JSONL): acc, acc_norm, mc1, mc2.
+    /// Evaluate a checkpoint on the study's tasks (or your own multiple-choice JSONL): acc, acc_norm (MC1/MC2 as acc).
     Score(cli::score::Args),
     /// Tables, per-run JSON, Figure 1, the paper's statistics and trend flags from a results table.
     Report(cli::report::Args),

@@ -366,7 +366,7 @@ fn score_outputs() {
     let out = score(&["--output-json", "-", "--log-requests", "log.jsonl"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is the JSON alone");
-    assert_eq!(v["results"][&task]["n"], 2, "{v}");
+    assert_eq!(v["results"][&task]["sample_len"], 2, "{v}");
     assert!(stderr(&out).contains("acc_norm"), "the table goes to stderr");
     assert_eq!(rows(&std::fs::read_to_string(d.join("log.jsonl")).unwrap()).len(), 4);
     assert_eq!(names(d), ["log.jsonl", "task.jsonl"]);
