@@ -69,11 +69,14 @@ pub fn x_wt_plus_b(x: &CpuTensor, w: &CpuTensor, b: Option<&CpuTensor>) -> Resul
             w.rows, w.cols, w.cols
         )));
     }
+    if let Some(b) = b.filter(|b| b.data.len() != n) {
+        return Err(Error::invalid(format!("linear: bias of {} values for {n} outputs", b.data.len())));
+    }
     // Start from the broadcast bias so the GEMM accumulates onto it (dst = 1*dst + x w^T).
-    let mut out = match b {
-        Some(b) => b.data.iter().copied().cycle().take(m * n).collect(),
-        None => vec![0f32; m * n],
-    };
+    let mut out = vec![0f32; m * n];
+    if let Some(b) = b {
+        out.par_chunks_mut(n).for_each(|row| row.copy_from_slice(&b.data));
+    }
     if m > 0 {
         // SAFETY: pointers and strides describe the three row-major buffers above, which outlive the call.
         unsafe {
