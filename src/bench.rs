@@ -235,3 +235,29 @@ pub fn measure(c: &ModelConfig, requests: &[Request], batch_tokens: usize, reps:
         ops,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flops_are_counted_from_the_plan() {
+        // One request of 3 context + 2 continuation tokens: 4 computed tokens in one segment (the last token is
+        // never input), query i sees i + 1 keys (1 + 2 + 3 + 4 = 10 pairs), and 2 scored rows.
+        let c = pythia_like(8, 2, 2, 11, 64);
+        let plan = plan::build(&[Request { context: vec![1, 2, 3], continuation: vec![4, 5] }], 64, 64, true).unwrap();
+        let f = plan_flops(&plan, &c);
+        let (h, ff, v, l) = (8.0, 32.0, 11.0, 2.0);
+        assert_eq!(f.body, 2.0 * (4.0 * h * h + 2.0 * h * ff) * l * 4.0);
+        assert_eq!(f.attention, 4.0 * h * 10.0 * l);
+        assert_eq!(f.lm_head, 2.0 * h * v * 2.0);
+    }
+
+    #[test]
+    fn shapes_by_name_and_by_numbers() {
+        assert_eq!(shape("160m").unwrap().hidden_size, 768);
+        let c = shape("96:3:4:1000").unwrap();
+        assert_eq!((c.hidden_size, c.num_layers, c.num_heads, c.vocab_size), (96, 3, 4, 1000));
+        assert!(shape("96:3:5").is_err() && shape("big").is_err() && shape("0:1:1").is_err());
+    }
+}

@@ -1,0 +1,20 @@
+//! `lmscore bench` runs end to end and reports the ratio it exists for (no timing is asserted: the figures
+//! are for BENCHMARKS.md, measured on an idle machine).
+
+use std::process::Command;
+
+#[test]
+fn bench_reports_the_fraction_of_the_gemm_rate() {
+    let out = Command::new(env!("CARGO_BIN_EXE_lmscore"))
+        .args(["bench", "--shape", "64:2:4:2000", "--questions", "3", "--primer", "20", "--reps", "1", "--threads", "1"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let line = stdout.lines().find(|l| l.starts_with("scoring:")).unwrap_or_else(|| panic!("no scoring line:\n{stdout}"));
+    let percent: f64 = line.split("= ").nth(1).and_then(|r| r.split('%').next()).and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("{line}"));
+    assert!(percent > 0.0 && percent.is_finite(), "{line}");
+    for needle in ["cpu f32 (1 thread)", "LM head [512 x 64] x [64 x 2000]", "attention", "log-softmax gather"] {
+        assert!(stdout.contains(needle), "missing {needle:?}:\n{stdout}");
+    }
+}
