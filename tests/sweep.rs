@@ -545,7 +545,82 @@ fn report_from_the_sweep_store() {
         let m = rec.metrics.iter().find(|m| m.name == "acc").unwrap();
         assert!((m.value - acc).abs() < 1e-12, "{r}");
     }
-    assert!(out.join("figure1.png").exists() && out.join("figure1.svg").exists());
+    assert!(out.join("figure1.png").exists() && out.join("figure1.svg").exists() && out.join("figure1.pdf").exists());
+
+    // The store holds every document's value, so the trend tests are paired (McNemar on the same items).
+    let trends = std::fs::read_to_string(out.join("trends.tsv")).unwrap();
+    for row in trends.lines().skip(1) {
+        assert!(row.contains("\tmcnemar-exact\t20\t"), "{row}");
+    }
+    assert_eq!(count(&db, "SELECT count(*) FROM doc_results"), 2 * 2 * 2 * 20, "2 checkpoints x 2 tasks x (acc, acc_norm) x 20 docs");
+    // Per checkpoint, the download, load and scoring seconds, printed by report after the statistics.
+    assert_eq!(count(&db, "SELECT count(*) FROM timings WHERE load_seconds > 0 AND scoring_seconds > 0"), 2);
+    run_ok(lmscore(&["report", "--db", &db_s, "--out", out.to_str().unwrap(), "--metric", "acc_norm"]));
+    let o = lmscore(&["report", "--db", &db_s, "--out", out.to_str().unwrap()]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("download_s\tload_s\tscoring_s") && stdout.contains("pythia-14m\tstep2000\tcpu\tf32\t1\t2\t"), "{stdout}");
+}
+
+/// `sweep --dry-run` checks the task data, fetches and scores nothing, and says what the sweep would cost.
+#[test]
+fn dry_run_plans_without_fetching() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("dry.db");
+    let db_s = db.display().to_string();
+    let cks = format!("{},EleutherAI/pythia-1b@step2000", checkpoints_arg());
+    let dry = || {
+        let o = lmscore(&sweep_args(&db_s, &cks, &["--dry-run"])).env("HF_HUB_CACHE", dir.path().join("cache")).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let stdout = dry();
+    assert!(!db.exists(), "a dry run writes no store");
+    for needle in [
+        "task data: checked (2 tasks",
+        "memo_trap: 20 documents, 40 requests",
+        "units: 6 in this sweep, 0 already complete",
+        "to score over 3 checkpoints",
+        "tokens to compute: ",
+        "download: 1 checkpoints, about 1.9 GiB",
+        "estimated scoring time on cpu",
+    ] {
+        assert!(stdout.contains(needle), "dry run lacks `{needle}`:\n{stdout}");
+    }
+    // After a real sweep of the local checkpoints, their units are complete and the rate is measured.
+    run_ok(lmscore(&sweep_args(&db_s, &checkpoints_arg(), &[])));
+    let stdout = dry();
+    assert!(stdout.contains("4 already complete") && stdout.contains("2 to score over 1 checkpoints"), "{stdout}");
+    assert!(stdout.contains("measured on 2 earlier checkpoint(s)"), "{stdout}");
+}
+
+/// Missing task data stops a sweep before any checkpoint is fetched (it used to download gigabytes first):
+/// the error is about the data, not the (unreachable) Hub.
+#[test]
+fn missing_task_data_stops_the_sweep_before_any_fetch() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("tokenizer")).unwrap();
+    std::fs::copy(models().join("pythia-tiny/tokenizer.json"), data.join("tokenizer/tokenizer.json")).unwrap();
+    let db = dir.path().join("m.db").display().to_string();
+    let o = lmscore(&[
+        "sweep",
+        "--checkpoints",
+        "EleutherAI/pythia-70m@step2000",
+        "--tasks",
+        "memo_trap",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--db",
+        &db,
+        "--offline",
+        "--quiet",
+    ])
+    .env("HF_HUB_CACHE", dir.path().join("cache"))
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(stderr.contains("memo-trap_classification.jsonl") && !stderr.contains("pythia-70m@step2000 is not complete"), "{stderr}");
 }
 
 // ---------------------------------------------------------------------------------------------------
