@@ -410,12 +410,14 @@ fn classify(c: &Connection) -> rusqlite::Result<Kind> {
     if app != 0 && app != APPLICATION_ID {
         return Ok(Kind::Foreign(format!("its application_id is {app:#x}, another application's")));
     }
-    let tables: Vec<String> = c
-        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")?
-        .query_map([], |r| r.get(0))?
+    // One statement, so one snapshot: another process creating the schema between two queries would make a
+    // half-seen store look foreign.
+    let objects: Vec<(String, String)> = c
+        .prepare("SELECT type, name FROM sqlite_master ORDER BY name")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
-    let objects: i64 = c.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
-    if objects == 0 {
+    let tables: Vec<String> = objects.iter().filter(|o| o.0 == "table").map(|o| o.1.clone()).collect();
+    if objects.is_empty() {
         return Ok(Kind::Empty);
     }
     let holds = if tables.is_empty() { "no tables".to_string() } else { format!("tables {}", tables.join(", ")) };
@@ -549,9 +551,21 @@ impl Store {
         check(c)?;
         // `journal_mode` answers with the mode in effect; anything but wal means the file is not writable
         // (or lives on a file system without shared memory).
-        let mode: String = c
-            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-            .map_err(|e| db_err(&path, "cannot switch to WAL mode (is the file writable?)", e))?;
+        // Switching the journal mode takes an exclusive lock and SQLite answers "locked" at once, without the
+        // busy handler, while another writer (a concurrent sweep creating the schema) holds the file: retry
+        // for as long as the busy timeout would have waited.
+        let started = std::time::Instant::now();
+        let mode: String = loop {
+            match c.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)) {
+                Err(rusqlite::Error::SqliteFailure(f, _))
+                    if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+                        && started.elapsed() < std::time::Duration::from_secs(60) =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                r => break r.map_err(|e| db_err(&path, "cannot switch to WAL mode (is the file writable?)", e))?,
+            }
+        };
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(Error::file(
                 &path,
@@ -735,24 +749,26 @@ impl Store {
         if self.version < 3 {
             return Ok(items);
         }
-        let read = || -> rusqlite::Result<Vec<(String, String, String, String, String, Vec<(f64, f64)>)>> {
+        // (model, revision, protocol, task, metric) -> (value, chance) per document, in document order.
+        type Key = (String, String, String, String, String);
+        let read = || -> rusqlite::Result<Vec<(Key, Vec<(f64, f64)>)>> {
             let mut st = self.conn.prepare(
                 "SELECT r.model, r.revision, r.protocol, d.task, d.metric, d.value, d.chance FROM doc_results d JOIN runs r ON r.id = d.run_id
                  ORDER BY r.id, d.task, d.metric, d.doc",
             )?;
             let mut rows = st.query([])?;
-            let mut out: Vec<(String, String, String, String, String, Vec<(f64, f64)>)> = Vec::new();
+            let mut out: Vec<(Key, Vec<(f64, f64)>)> = Vec::new();
             while let Some(r) = rows.next()? {
-                let key: (String, String, String, String, String) = (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
+                let key: Key = (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
                 let v = (r.get::<_, Option<f64>>(5)?.unwrap_or(f64::NAN), r.get::<_, Option<f64>>(6)?.unwrap_or(f64::NAN));
                 match out.last_mut() {
-                    Some(last) if (&last.0, &last.1, &last.2, &last.3, &last.4) == (&key.0, &key.1, &key.2, &key.3, &key.4) => last.5.push(v),
-                    _ => out.push((key.0, key.1, key.2, key.3, key.4, vec![v])),
+                    Some((k, values)) if *k == key => values.push(v),
+                    _ => out.push((key, vec![v])),
                 }
             }
             Ok(out)
         };
-        for (model, revision, proto, task, metric, values) in read().map_err(self.err("reading per-document results"))? {
+        for ((model, revision, proto, task, metric), values) in read().map_err(self.err("reading per-document results"))? {
             let (_, name) = report_metric(&task, choice_metric);
             if !is_report_metric(&task, &metric, choice_metric) || protocol.is_some_and(|p| p != proto) {
                 continue;

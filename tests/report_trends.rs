@@ -34,13 +34,7 @@ const MODELS: [&str; 8] = ["70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", 
 /// checkpoint draws from the same per-item distribution. `drop(task, model)` lowers the last checkpoint's
 /// per-item mean by that much (0: no trend). `mc2`: continuous per-item values (mean + noise, in [0, 1])
 /// instead of 0/1.
-fn simulate(
-    rng: &mut Rng,
-    tasks: usize,
-    items: usize,
-    mc2: bool,
-    drop: impl Fn(usize, usize) -> f64,
-) -> (Vec<ResultRow>, ItemData) {
+fn simulate(rng: &mut Rng, tasks: usize, items: usize, mc2: bool, drop: impl Fn(usize, usize) -> f64) -> (Vec<ResultRow>, ItemData) {
     let mut rows = Vec::new();
     let mut data = ItemData::default();
     for t in 0..tasks {
@@ -100,14 +94,7 @@ fn score(flags: &[TrendRow], planted: impl Fn(&TrendRow) -> bool, count_shapes: 
 }
 
 /// Mean false-discovery proportion over `reps` simulated reports, with its Monte Carlo standard error.
-fn fdr(
-    seed: u64,
-    reps: usize,
-    mc2: bool,
-    paired: bool,
-    drop: impl Fn(usize, usize) -> f64 + Copy,
-    count_shapes: bool,
-) -> (f64, f64, f64, TestKind) {
+fn fdr(seed: u64, reps: usize, mc2: bool, paired: bool, drop: impl Fn(usize, usize) -> f64 + Copy, count_shapes: bool) -> (f64, f64, f64, TestKind) {
     let mut rng = Rng(seed);
     let (mut props, mut true_found, mut planted_total) = (Vec::new(), 0usize, 0usize);
     let mut kind = TestKind::None;
@@ -127,7 +114,11 @@ fn fdr(
     }
     let mean = props.iter().sum::<f64>() / reps as f64;
     let se = (props.iter().map(|p| (p - mean).powi(2)).sum::<f64>() / (reps - 1) as f64 / reps as f64).sqrt();
-    let power = if planted_total == 0 { f64::NAN } else { true_found as f64 / planted_total as f64 };
+    let power = if planted_total == 0 {
+        f64::NAN
+    } else {
+        true_found as f64 / planted_total as f64
+    };
     (mean, se, power, kind)
 }
 
@@ -144,7 +135,10 @@ fn no_trend_keeps_the_false_discovery_rate_at_nominal() {
         ("unpaired, means (MC2)", true, false, 4),
     ] {
         let (rate, se, _, kind) = fdr(seed, REPS, mc2, paired, |_, _| 0.0, true);
-        eprintln!("no trend, {name} ({}): FDR {rate:.4} +- {se:.4} over {REPS} reports of 24 pairs", kind.as_str());
+        eprintln!(
+            "no trend, {name} ({}): FDR {rate:.4} +- {se:.4} over {REPS} reports of 24 pairs",
+            kind.as_str()
+        );
         assert_eq!(kind.paired(), paired, "{name}");
         assert!(rate <= ALPHA + 2.0 * se.max(0.005), "{name}: FDR {rate} (se {se}) above {ALPHA}");
     }
@@ -181,7 +175,12 @@ fn built_in_chance_levels_match_the_task_data() {
         skip_bad_rows: false,
         offline: true,
     };
-    for (task, id) in [("truthfulqa_mc1", "truthfulqa_mc1"), ("truthfulqa_mc2", "truthfulqa_mc2"), ("memo_trap", "isp_memo_trap"), ("neqa", "isp_neqa")] {
+    for (task, id) in [
+        ("truthfulqa_mc1", "truthfulqa_mc1"),
+        ("truthfulqa_mc2", "truthfulqa_mc2"),
+        ("memo_trap", "isp_memo_trap"),
+        ("neqa", "isp_neqa"),
+    ] {
         let t = lmscore::tasks::load_task(task, lmscore::tasks::Protocol::Paper2023, &tok, &opts).unwrap();
         let requests = t
             .docs

@@ -20,11 +20,9 @@ const HELVETICA_WIDTHS: [u16; 95] = [
     278, 278, 355, 556, 556, 889, 667, 191, 333, 333, 389, 584, 278, 333, 278, 278, // space .. /
     556, 556, 556, 556, 556, 556, 556, 556, 556, 556, // 0 .. 9
     278, 278, 584, 584, 584, 556, 1015, // : .. @
-    667, 667, 722, 722, 667, 611, 778, 722, 278, 500, 667, 556, 833, 722, 778, 667, 778, 722, 667, 611, 722, 667, 944, 667,
-    667, 611, // A .. Z
+    667, 667, 722, 722, 667, 611, 778, 722, 278, 500, 667, 556, 833, 722, 778, 667, 778, 722, 667, 611, 722, 667, 944, 667, 667, 611, // A .. Z
     278, 278, 278, 469, 556, 333, // [ .. `
-    556, 556, 500, 556, 556, 278, 556, 556, 222, 222, 500, 222, 833, 556, 556, 556, 556, 333, 500, 278, 556, 500, 722, 500,
-    500, 500, // a .. z
+    556, 556, 500, 556, 556, 278, 556, 556, 222, 222, 500, 222, 833, 556, 556, 556, 556, 333, 500, 278, 556, 500, 722, 500, 500, 500, // a .. z
     334, 260, 334, 584, // { .. ~
 ];
 
@@ -77,7 +75,13 @@ impl<'a> PdfBackend<'a> {
     fn begin(&mut self, color: BackendColor, fill: bool) {
         let (r, g, b) = color.rgb;
         let op = if fill { "rg" } else { "RG" };
-        let _ = write!(self.ops, "q {:.4} {:.4} {:.4} {op} ", r as f64 / 255.0, g as f64 / 255.0, b as f64 / 255.0);
+        let _ = write!(
+            self.ops,
+            "q {:.4} {:.4} {:.4} {op} ",
+            r as f64 / 255.0,
+            g as f64 / 255.0,
+            b as f64 / 255.0
+        );
         if color.alpha < 1.0 {
             let a = (color.alpha.clamp(0.0, 1.0) * 1000.0).round() as u16;
             self.alphas.insert(a);
@@ -102,7 +106,12 @@ impl<'a> PdfBackend<'a> {
             .iter()
             .map(|a| format!("/GS{a} << /CA {0:.3} /ca {0:.3} >> ", *a as f64 / 1000.0))
             .collect();
-        let escaped_title: String = self.title.chars().filter(|c| c.is_ascii_graphic() || *c == ' ').filter(|c| !"()\\".contains(*c)).collect();
+        let escaped_title: String = self
+            .title
+            .chars()
+            .filter(|c| c.is_ascii_graphic() || *c == ' ')
+            .filter(|c| !"()\\".contains(*c))
+            .collect();
         let objects = [
             "<< /Type /Catalog /Pages 2 0 R >>".to_string(),
             "<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_string(),
@@ -122,7 +131,7 @@ impl<'a> PdfBackend<'a> {
         let xref = out.len();
         let mut table = format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1);
         for o in offsets {
-            let _ = write!(table, "{o:010} 00000 n \n");
+            let _ = writeln!(table, "{o:010} 00000 n ");
         }
         let _ = write!(
             table,
@@ -197,9 +206,9 @@ impl DrawingBackend for PdfBackend<'_> {
         // Four cubic Beziers, control points at 0.5523 r (the usual circle approximation).
         let (cx, cy, r) = (center.0 as f64, center.1 as f64, radius as f64);
         let k = 0.552_284_75 * r;
-        let _ = write!(
+        let _ = writeln!(
             self.ops,
-            "{} w {} {cy} m {} {} {} {} {cx} {} c {} {} {} {} {} {cy} c {} {} {} {} {cx} {} c {} {} {} {} {} {cy} c {} Q\n",
+            "{} w {} {cy} m {} {} {} {} {cx} {} c {} {} {} {} {} {cy} c {} {} {} {} {cx} {} c {} {} {} {} {} {cy} c {} Q",
             style.stroke_width(),
             cx + r,
             cx + r,
@@ -284,10 +293,7 @@ impl DrawingBackend for PdfBackend<'_> {
         let _ = writeln!(
             self.ops,
             "BT /F1 {em:.3} Tf {} {} {} {} {ox:.2} {oy:.2} Tm ({bytes}) Tj ET Q",
-            u.0,
-            u.1,
-            -v.0,
-            -v.1
+            u.0, u.1, -v.0, -v.1
         );
         Ok(())
     }
@@ -315,7 +321,10 @@ mod tests {
     fn file_structure_is_valid() {
         let mut pdf = Vec::new();
         let mut b = PdfBackend::new(&mut pdf, (300, 150), 300.0, "t");
-        let style = plotters_backend::BackendColor { alpha: 0.5, rgb: (255, 0, 0) };
+        let style = plotters_backend::BackendColor {
+            alpha: 0.5,
+            rgb: (255, 0, 0),
+        };
         b.draw_pixel((1, 1), style).unwrap();
         b.present().unwrap();
         drop(b);

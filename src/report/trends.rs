@@ -456,7 +456,15 @@ pub fn format_trends_markdown(rows: &[TrendRow]) -> String {
          adjusted together by Benjamini-Hochberg; a flag is raised when q < {ALPHA} (false-discovery rate {ALPHA}).\n"
     );
 
-    let label = |r: &TrendRow| size_label(&r.model).unwrap_or_else(|| r.model.clone());
+    // The size as label, unless two models of one task share it (pythia-70m and pythia-70m-deduped): then the name.
+    let label = |r: &TrendRow| {
+        let size = size_label(&r.model);
+        let shared = rows.iter().any(|o| o.task == r.task && o.model != r.model && size_label(&o.model) == size);
+        match size {
+            Some(s) if !shared => s,
+            _ => r.model.rsplit('/').next().unwrap_or(&r.model).to_string(),
+        }
+    };
     let inverse: Vec<&TrendRow> = rows.iter().filter(|r| r.inverse_scaling).collect();
     let _ = writeln!(s, "## Inverse scaling over training: {} of {} flagged (q < {ALPHA})\n", inverse.len(), rows.len());
     if !inverse.is_empty() {
