@@ -579,9 +579,9 @@ fn dry_run_plans_without_fetching() {
         "task data: checked (2 tasks",
         "memo_trap: 20 documents, 40 requests",
         "units: 6 in this sweep, 0 already complete",
-        "to score over 3 checkpoints",
+        "to score over 3 checkpoint(s)",
         "tokens to compute: ",
-        "download: 1 checkpoints, about 1.9 GiB",
+        "download: 1 checkpoint(s), about 1.9 GiB",
         "estimated scoring time on cpu",
     ] {
         assert!(stdout.contains(needle), "dry run lacks `{needle}`:\n{stdout}");
@@ -589,7 +589,7 @@ fn dry_run_plans_without_fetching() {
     // After a real sweep of the local checkpoints, their units are complete and the rate is measured.
     run_ok(lmscore(&sweep_args(&db_s, &checkpoints_arg(), &[])));
     let stdout = dry();
-    assert!(stdout.contains("4 already complete") && stdout.contains("2 to score over 1 checkpoints"), "{stdout}");
+    assert!(stdout.contains("4 already complete") && stdout.contains("2 to score over 1 checkpoint(s)"), "{stdout}");
     assert!(stdout.contains("measured on 2 earlier checkpoint(s)"), "{stdout}");
 }
 

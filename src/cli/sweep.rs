@@ -138,7 +138,7 @@ fn format_dry_run(d: &sweep::DryRun, opts: &SweepOptions) -> String {
         s += &format!("  {name}: {docs} documents, {reqs} requests\n");
     }
     s += &format!(
-        "units: {} in this sweep, {} already complete in {}, {} to score over {} checkpoints\n",
+        "units: {} in this sweep, {} already complete in {}, {} to score over {} checkpoint(s)\n",
         d.units,
         d.already_done,
         opts.db.display(),
@@ -151,7 +151,7 @@ fn format_dry_run(d: &sweep::DryRun, opts: &SweepOptions) -> String {
         d.computed_tokens, d.naive_tokens
     );
     s += &format!(
-        "download: {} checkpoints, about {} (estimated from the model names: fp16 weights and Pythia's causal-mask buffers; the Hub is not asked); {} already on disk\n",
+        "download: {} checkpoint(s), about {} (estimated from the model names: fp16 weights and Pythia's causal-mask buffers; the Hub is not asked); {} already on disk\n",
         d.to_download,
         bytes(d.download_bytes),
         bytes(d.local_bytes)
