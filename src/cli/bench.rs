@@ -4,15 +4,15 @@ use clap::Args as ClapArgs;
 use lmscore::backend::cpu::Cpu;
 use lmscore::backend::Backend;
 use lmscore::bench::{gemm_reference, measure, shape, truthfulqa_like};
-use lmscore::Result;
+use lmscore::{Error, Result};
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
-    /// Model geometry: 14m, 31m, 70m, 160m, 410m, or HIDDEN:LAYERS:HEADS[:VOCAB] (random weights).
-    #[arg(long, default_value = "160m")]
+    /// Model geometries, comma-separated: 14m, 31m, 70m, 160m, 410m, or HIDDEN:LAYERS:HEADS[:VOCAB] (random weights).
+    #[arg(long, default_value = "70m,160m")]
     pub shape: String,
     /// TruthfulQA-like questions (each with a context and MC1 + MC2 answer sets after a shared primer).
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = 20)]
     pub questions: usize,
     /// Tokens of the primer every question shares (TruthfulQA's 6-shot prompt is about 300).
     #[arg(long, default_value_t = 300)]
@@ -23,23 +23,41 @@ pub struct Args {
     /// Scoring runs; the fastest is reported.
     #[arg(long, default_value_t = 2)]
     pub reps: usize,
-    /// CPU threads (default: every core).
-    #[arg(long)]
-    pub threads: Option<usize>,
+    /// CPU thread counts to measure, comma-separated (default: 1 and every core).
+    #[arg(long, value_delimiter = ',')]
+    pub threads: Vec<usize>,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    if let Some(n) = args.threads {
-        lmscore::engine::use_threads(n)?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut threads = if args.threads.is_empty() { vec![1, cores] } else { args.threads.clone() };
+    threads.dedup();
+    for spec in args.shape.split(',') {
+        for &n in &threads {
+            if n == 0 {
+                return Err(Error::invalid("--threads must be at least 1"));
+            }
+            // A pool of its own per measurement: the GEMM and every parallel loop run on its n threads.
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .map_err(|e| Error::invalid(format!("--threads {n}: {e}")))?;
+            pool.install(|| bench_one(&args, spec))?;
+            println!();
+        }
     }
-    let c = shape(&args.shape)?;
+    Ok(())
+}
+
+fn bench_one(args: &Args, spec: &str) -> Result<()> {
+    let c = shape(spec)?;
     let requests = truthfulqa_like(args.questions, args.primer, c.vocab_size, 3);
-    eprintln!("scoring {} requests on a random {} model ({})...", requests.len(), args.shape, Cpu.describe());
+    eprintln!("scoring {} requests on a random {spec} model ({})...", requests.len(), Cpu.describe());
     let m = measure(&c, &requests, args.max_batch_tokens, args.reps)?;
     eprintln!("measuring the GEMM at the model's shapes...");
     let gemm = gemm_reference(&c, &m.flops, args.max_batch_tokens)?;
     let achieved = m.rate();
-    println!("shape {}: hidden {}, {} layers, {} heads, vocab {}; {}", args.shape, c.hidden_size, c.num_layers, c.num_heads, c.vocab_size, Cpu.describe());
+    println!("shape {spec}: hidden {}, {} layers, {} heads, vocab {}; {}", c.hidden_size, c.num_layers, c.num_heads, c.vocab_size, Cpu.describe());
     println!(
         "plan: {} requests, {} tokens requested, {} computed, {} scored rows, {} batches",
         requests.len(),
