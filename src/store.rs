@@ -741,6 +741,33 @@ impl Store {
         Ok(out)
     }
 
+    /// Every metric of every run under `protocol` (None: any), keyed like [`Store::report_rows_with`]'s rows
+    /// (the paper's task names), for the per-run JSON of `report`: acc and acc_norm of the choice tasks, the
+    /// documents scored and the protocol. TruthfulQA's `mc1` / `mc2` of an older store are lm-eval's `acc`.
+    pub fn report_run_details(&self, protocol: Option<&str>) -> Result<crate::report::RunDetails> {
+        let mut out = crate::report::RunDetails::new();
+        for r in self.all_task_results()? {
+            if protocol.is_some_and(|p| p != r.protocol) || !r.value.is_finite() {
+                continue;
+            }
+            let (_, task) = paper_metric(&r.task);
+            let metric = if matches!(r.metric.as_str(), "mc1" | "mc2") { "acc".to_string() } else { r.metric.clone() };
+            let d = out.entry((r.model.clone(), r.revision.clone())).or_default().tasks.entry(task).or_default();
+            d.protocol = r.protocol.clone();
+            d.n = d.n.max(r.n);
+            if !d.metrics.iter().any(|m| m.0 == metric) {
+                d.metrics.push((metric, r.value, r.stderr.unwrap_or(f64::NAN)));
+            }
+        }
+        for run in out.values_mut() {
+            for t in run.tasks.values_mut() {
+                // acc before acc_norm, as lm-eval lists them.
+                t.metrics.sort_by(|a, b| a.0.cmp(&b.0));
+            }
+        }
+        Ok(out)
+    }
+
     /// Per-document values of the metric [`Store::report_rows_with`] reports, for the same runs, keyed like its
     /// rows (the paper's task names), and each task's chance level (the mean of its documents' chance values).
     /// Empty for a store older than version 3.

@@ -86,6 +86,7 @@ pub fn run(args: Args) -> Result<()> {
                 return Err(Error::file(db, "the store holds no completed task results to report on"));
             }
             opts.items = Some(store.report_items(args.protocol.as_deref(), &args.metric)?);
+            opts.runs = Some(store.report_run_details(args.protocol.as_deref())?);
             timings = store.timings()?;
             rows
         }

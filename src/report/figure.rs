@@ -219,6 +219,13 @@ fn prepare(rows: &[ResultRow], opts: &FigureOptions, chance: Option<&HashMap<Str
             list.push((model.clone(), params, size, false));
         }
     }
+    // Two series never share a label: `pythia-70m` and `EleutherAI/pythia-70m` are two models (an `ORG/`
+    // prefix is part of the name), labelled by their full names.
+    for i in 0..list.len() {
+        if list.iter().enumerate().any(|(j, m)| j != i && m.2 == list[i].2) {
+            list[i].2 = list[i].0.clone();
+        }
+    }
     let panels: Vec<Panel> = by_task
         .into_iter()
         .map(|(task, series)| Panel {

@@ -60,23 +60,29 @@ impl ResultRow {
         parse_step(&self.revision).ok_or_else(|| format!("revision `{}`: expected a checkpoint revision like step143000", self.revision))
     }
 
-    /// Training tokens seen at this checkpoint: step x 2,097,152.
+    /// Training tokens seen at this checkpoint: step x 2,097,152, in f64 (a u64 product wraps past step
+    /// 2^43; f64 holds every Pythia step exactly and any other to 16 digits).
     pub fn tokens(&self) -> std::result::Result<f64, String> {
-        Ok((self.step()? * TOKENS_PER_STEP) as f64)
+        Ok(step_tokens(self.step()?))
     }
 
-    /// Everything that must hold for the row to be reported; `Err` says what was expected.
+    /// Can the row enter the statistics, trends and figure (a Pythia size and a `stepN` revision)?
+    pub fn is_analysable(&self) -> bool {
+        self.params().is_ok() && self.step().is_ok()
+    }
+
+    /// Everything that must hold for the row to be reported; `Err` says what was expected. A model name without
+    /// a size or a revision that is not `stepN` is reported (in the tables and per-run JSON) but left out of the
+    /// statistics; a standard error that is NaN is "not available" (a task of one document).
     fn check(&self) -> std::result::Result<(), String> {
         if self.task.is_empty() {
             return Err("empty task name".into());
         }
-        self.params()?;
-        self.step()?;
         if !(0.0..=1.0).contains(&self.accuracy) {
             return Err(format!("accuracy {}: expected a number between 0 and 1", self.accuracy));
         }
-        if !(self.accuracy_se.is_finite() && self.accuracy_se >= 0.0) {
-            return Err(format!("standard error {}: expected a finite number >= 0", self.accuracy_se));
+        if !(self.accuracy_se.is_nan() || (self.accuracy_se.is_finite() && self.accuracy_se >= 0.0)) {
+            return Err(format!("standard error {}: expected a finite number >= 0 (or NA: not available)", self.accuracy_se));
         }
         Ok(())
     }
@@ -110,6 +116,11 @@ fn parse_size(part: &str) -> Option<(f64, char)> {
     }
     let v: f64 = num.parse().ok()?;
     (v > 0.0 && v.is_finite()).then_some((v, unit))
+}
+
+/// Training tokens at step `step`, without integer overflow.
+pub fn step_tokens(step: u64) -> f64 {
+    step as f64 * TOKENS_PER_STEP as f64
 }
 
 /// `step143000` -> 143000.
@@ -174,12 +185,14 @@ pub fn read_tsv(path: impl AsRef<Path>) -> Result<Vec<ResultRow>> {
                 .filter(|v| v.is_finite())
                 .ok_or_else(|| Error::row(path, lineno, format!("{} `{s}`: expected a finite number", TSV_COLUMNS[k])))
         };
+        // A standard error can be "not available" (one document): NA, N/A or an empty field, as written.
+        let se = if NOT_AVAILABLE.contains(&get(4)) { f64::NAN } else { number(4)? };
         let row = ResultRow {
             model: get(0).to_string(),
             revision: get(1).to_string(),
             task: get(2).to_string(),
             accuracy: number(3)?,
-            accuracy_se: number(4)?,
+            accuracy_se: se,
         };
         row.check().map_err(|msg| Error::row(path, lineno, msg))?;
         let key = (row.model.clone(), row.revision.clone(), row.task.clone());
@@ -198,6 +211,9 @@ pub fn read_tsv(path: impl AsRef<Path>) -> Result<Vec<ResultRow>> {
     Ok(rows)
 }
 
+/// How a results table writes (`NA`) and reads (any of these) a standard error that is not available.
+pub const NOT_AVAILABLE: [&str; 3] = ["NA", "N/A", ""];
+
 /// The rows as a TSV with the paper's columns, in the given order. Numbers are written in their
 /// shortest round-trip form, so [`read_tsv`] gives back exactly the same values.
 pub fn format_tsv(rows: &[ResultRow]) -> String {
@@ -206,38 +222,131 @@ pub fn format_tsv(rows: &[ResultRow]) -> String {
     for r in rows {
         // `{:?}` is the shortest round-trip form and keeps a `.0` on whole numbers, as Python (which wrote
         // the paper's file) does, so the paper's table is written back byte for byte.
-        let _ = writeln!(s, "{}\t{}\t{}\t{:?}\t{:?}", r.model, r.revision, r.task, r.accuracy, r.accuracy_se);
+        let se = if r.accuracy_se.is_nan() { NOT_AVAILABLE[0].to_string() } else { format!("{:?}", r.accuracy_se) };
+        let _ = writeln!(s, "{}\t{}\t{}\t{:?}\t{se}", r.model, r.revision, r.task, r.accuracy);
     }
     s
 }
 
-/// lm-eval-style JSON for every (model, revision): `{"results": {task: {"acc", "acc_stderr"}},
-/// "config": {"model_args": "pretrained=...,revision=..."}}`, named `<model name>_<revision>.json`
-/// like the paper's `per_run_json/`. Returns (file name, document) pairs, runs ordered by size then step.
-pub fn run_jsons(rows: &[ResultRow]) -> Vec<(String, Value)> {
+/// One run's metrics as a results store holds them, for its per-run JSON: every metric of every task (acc
+/// and acc_norm, not only the one reported), the documents scored and the protocol.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunDetail {
+    /// Per task (the id of [`ResultRow::task`]).
+    pub tasks: BTreeMap<String, TaskDetail>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TaskDetail {
+    /// `paper-2023` or `lm-eval-0.4`.
+    pub protocol: String,
+    /// Documents the metrics were computed over.
+    pub n: u64,
+    /// (metric in lm-eval's name: `acc`, `acc_norm`; value; standard error, NaN where not available).
+    pub metrics: Vec<(String, f64, f64)>,
+}
+
+/// (model, revision) -> what the store holds for that run.
+pub type RunDetails = HashMap<(String, String), RunDetail>;
+
+/// [`run_jsons_with`] from the rows alone (a results table: `acc` only, documents unknown).
+pub fn run_jsons(rows: &[ResultRow]) -> Result<Vec<(String, Value)>> {
+    run_jsons_with(rows, None)
+}
+
+/// lm-eval 0.4's results document (built by [`crate::lm_eval::results_document`], as `lmscore score` writes it)
+/// for every (model, revision): `results[task]` with `alias`, `acc,none`, `acc_stderr,none` (and `acc_norm,none`,
+/// `acc_norm_stderr,none` where the store has them), `versions`, `n-shot`, `higher_is_better`, `n-samples`,
+/// `config` (`model_args` = `pretrained=...,revision=...`) and `date`. Task keys are the report's task ids
+/// (the paper's `isp_` names). A standard error that is not available is `"N/A"`, as lm-eval writes it; the
+/// documents of a task read from a results table are unknown (`null`).
+///
+/// Named `<model name>_<revision>.json` like the paper's `per_run_json/`; names are unique, compared without
+/// case (for case-insensitive file systems): models that share a last path segment (`pythia-70m`,
+/// `EleutherAI/pythia-70m`) are named by their full names (`EleutherAI_pythia-70m_main.json`), and a name
+/// still taken (after `/` and other characters become `_`) gets a numeric suffix (`_2`, ...). Returns (file name, document) pairs, runs ordered by
+/// size then step.
+pub fn run_jsons_with(rows: &[ResultRow], details: Option<&RunDetails>) -> Result<Vec<(String, Value)>> {
+    use crate::lm_eval::{results_document, task_meta, TaskResults};
     let mut runs: BTreeMap<RunKey, Vec<&ResultRow>> = BTreeMap::new();
     for r in rows {
         runs.entry(RunKey::of(r)).or_default().push(r);
     }
-    runs.into_iter()
-        .map(|(key, mut rs)| {
-            rs.sort_by(|a, b| a.task.cmp(&b.task));
-            let mut results = Map::new();
-            for r in &rs {
-                results.insert(r.task.clone(), json!({"acc": r.accuracy, "acc_stderr": r.accuracy_se}));
+    let date = crate::lm_eval::unix_time();
+    // Last path segments (without case) that more than one model of the report ends in.
+    let short_of = |m: &str| m.rsplit('/').next().unwrap_or(m).to_lowercase();
+    let mut models: Vec<&str> = rows.iter().map(|r| r.model.as_str()).collect();
+    models.sort();
+    models.dedup();
+    let shared_short = |m: &str| models.iter().filter(|o| short_of(o) == short_of(m)).count() > 1;
+    let mut used: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for (key, mut rs) in runs {
+        rs.sort_by(|a, b| a.task.cmp(&b.task));
+        let detail = details.and_then(|d| d.get(&(key.model.clone(), key.revision.clone())));
+        let mut tasks = Vec::new();
+        let mut unknown_n = Vec::new();
+        let mut protocols: Vec<String> = Vec::new();
+        for r in &rs {
+            let d = detail.and_then(|d| d.tasks.get(&r.task));
+            let protocol_name = d.map_or("paper-2023", |d| d.protocol.as_str());
+            let protocol: crate::tasks::Protocol = protocol_name.parse().unwrap_or_default();
+            if !protocols.iter().any(|p| p == protocol_name) {
+                protocols.push(protocol_name.to_string());
             }
-            let doc = json!({
-                "results": results,
-                "config": {"model_args": format!("pretrained={},revision={}", key.model, key.revision)},
+            let lmscore_task = r.task.strip_prefix("isp_").unwrap_or(&r.task);
+            let metrics = match d {
+                Some(d) if !d.metrics.is_empty() => d.metrics.clone(),
+                _ => {
+                    unknown_n.push(r.task.clone());
+                    vec![("acc".to_string(), r.accuracy, r.accuracy_se)]
+                }
+            };
+            let n = d.map_or(0, |d| d.n) as usize;
+            tasks.push(TaskResults {
+                key: r.task.clone(),
+                metrics,
+                original: n,
+                effective: n,
+                meta: task_meta(lmscore_task, protocol, ""),
             });
-            let short = key.model.rsplit('/').next().unwrap_or(&key.model);
-            let name = format!("{short}_{}.json", key.revision)
-                .chars()
-                .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' })
-                .collect();
-            (name, doc)
-        })
-        .collect()
+        }
+        let config = json!({
+            "model": "lmscore",
+            "model_args": format!("pretrained={},revision={}", key.model, key.revision),
+            "batch_size": Value::Null,
+            "device": Value::Null,
+            "limit": Value::Null,
+        });
+        let mut extra = Map::new();
+        extra.insert("date".into(), json!(date));
+        extra.insert(
+            "lmscore".into(),
+            json!({"written_by": "lmscore report", "protocol": protocols.join(","), "source": if detail.is_some() { "results store" } else { "results table" }}),
+        );
+        let run = format!("{}@{}", key.model, key.revision);
+        let mut doc = results_document(&tasks, config, extra).map_err(|e| Error::invalid(format!("per-run JSON of {run}: {e}")))?;
+        for t in &unknown_n {
+            doc["results"][t]["sample_len"] = Value::Null;
+            doc["n-samples"][t] = Value::Null;
+        }
+        let sanitize = |s: &str| -> String {
+            let s: String = s.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect();
+            s.chars().take(150).collect() // file names stay well under the usual 255-byte limit
+        };
+        let rev = sanitize(&key.revision);
+        let short = key.model.rsplit('/').next().unwrap_or(&key.model);
+        let base = if shared_short(&key.model) { format!("{}_{rev}", sanitize(&key.model)) } else { format!("{}_{rev}", sanitize(short)) };
+        let free = |n: &String| !used.contains(&format!("{}.json", n.to_lowercase()));
+        let name = std::iter::once(base.clone())
+            .chain((2..).map(|k| format!("{base}_{k}")))
+            .find(free)
+            .map(|c| format!("{c}.json"))
+            .unwrap_or_default();
+        used.insert(name.to_lowercase());
+        out.push((name, doc));
+    }
+    Ok(out)
 }
 
 /// A run, ordered by parameter count, then model name, then training step.
@@ -285,7 +394,7 @@ pub(crate) fn series_by_task(rows: &[ResultRow]) -> BTreeMap<String, Vec<Series>
             params,
             points: vec![],
         });
-        s.points.push(((step * TOKENS_PER_STEP) as f64, r.accuracy, r.accuracy_se, step));
+        s.points.push((step_tokens(step), r.accuracy, r.accuracy_se, step));
     }
     map.into_iter()
         .map(|(task, models)| {
@@ -333,6 +442,35 @@ pub struct ReportOptions {
     /// Per-item values and chance levels (from a results store): paired trend tests and exact chance lines.
     pub items: Option<ItemData>,
     pub figure: FigureOptions,
+    /// Every metric of every run (from a results store), for the per-run JSON; None: the rows' metric only.
+    pub runs: Option<RunDetails>,
+}
+
+/// Remove what an earlier `report` wrote into `out_dir`, so that a new report is never mixed with stale files
+/// (a figure format not asked for this time, the JSON of a run no longer in the input). Only lmscore's own
+/// outputs go, by name: the files named by the constants above and `per_run_json/*.json`; anything else in
+/// the directory is the user's and is left alone. (Refusing a non-empty directory instead would make the
+/// common case, re-running a report into the same directory, an error.)
+fn remove_previous_outputs(out_dir: &Path) -> Result<()> {
+    let remove = |p: &Path| -> Result<()> {
+        match std::fs::symlink_metadata(p) {
+            Ok(m) if m.is_file() => std::fs::remove_file(p).map_err(|e| Error::io(p, e)),
+            _ => Ok(()),
+        }
+    };
+    for name in [RESULTS_TSV, STATS_TSV, TRENDS_TSV, TRENDS_MD, FIGURE_SVG, FIGURE_PNG, FIGURE_PDF] {
+        remove(&out_dir.join(name))?;
+    }
+    let json_dir = out_dir.join(RUN_JSON_DIR);
+    if let Ok(entries) = std::fs::read_dir(&json_dir) {
+        for entry in entries {
+            let path = entry.map_err(|e| Error::io(&json_dir, e))?.path();
+            if path.extension().is_some_and(|x| x == "json") {
+                remove(&path)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Write every report for `rows` into `out_dir` (created if missing):
@@ -375,7 +513,24 @@ pub fn write_report(rows: &[ResultRow], opts: &ReportOptions, out_dir: &Path) ->
         ));
     }
 
+    let unanalysable: Vec<String> = {
+        let mut v: Vec<String> = rows.iter().filter(|r| !r.is_analysable()).map(|r| format!("{}@{}", r.model, r.revision)).collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    if !unanalysable.is_empty() {
+        let more = if unanalysable.len() > 5 { format!(" and {} more", unanalysable.len() - 5) } else { String::new() };
+        warnings.push(format!(
+            "{} run(s) without a Pythia size in the model name or a stepN revision ({}{more}) are in the tables and per-run JSON \
+             but left out of the statistics, trends and figure (they need parameters and training tokens)",
+            unanalysable.len(),
+            unanalysable.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+        ));
+    }
+
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
+    remove_previous_outputs(out_dir)?;
     let mut files = Vec::new();
     let write = |name: &str, content: &[u8], files: &mut Vec<PathBuf>| -> Result<()> {
         let path = out_dir.join(name);
@@ -388,7 +543,7 @@ pub fn write_report(rows: &[ResultRow], opts: &ReportOptions, out_dir: &Path) ->
 
     let json_dir = out_dir.join(RUN_JSON_DIR);
     std::fs::create_dir_all(&json_dir).map_err(|e| Error::io(&json_dir, e))?;
-    let jsons = run_jsons(rows);
+    let jsons = run_jsons_with(rows, opts.runs.as_ref())?;
     let runs = jsons.len();
     for (name, doc) in &jsons {
         let text = serde_json::to_string_pretty(doc).expect("JSON of strings and finite numbers") + "\n";
@@ -411,8 +566,12 @@ pub fn write_report(rows: &[ResultRow], opts: &ReportOptions, out_dir: &Path) ->
     write(TRENDS_MD, format_trends_markdown(&trends).as_bytes(), &mut files)?;
 
     let chance = opts.items.as_ref().map(|i| &i.chance);
-    for (format, bytes) in render_figure(rows, &opts.figure, chance)? {
-        write(format.file_name(), &bytes, &mut files)?;
+    if series_by_task(rows).is_empty() {
+        warnings.push("no figure: no run has a Pythia size, a stepN revision and tokens > 0".into());
+    } else {
+        for (format, bytes) in render_figure(rows, &opts.figure, chance)? {
+            write(format.file_name(), &bytes, &mut files)?;
+        }
     }
 
     let mut tasks: Vec<String> = rows.iter().map(|r| r.task.clone()).collect();
@@ -456,9 +615,10 @@ mod tests {
             accuracy: 0.5,
             accuracy_se: 0.01,
         }];
-        let j = run_jsons(&rows);
+        let j = run_jsons(&rows).unwrap();
         assert_eq!(j[0].0, "pythia-1b_step2000.json");
-        assert_eq!(j[0].1["results"]["isp_neqa"]["acc"], 0.5);
+        assert_eq!(j[0].1["results"]["isp_neqa"]["acc,none"], 0.5);
+        assert_eq!(j[0].1["results"]["isp_neqa"]["alias"], "isp_neqa");
         assert_eq!(j[0].1["config"]["model_args"], "pretrained=EleutherAI/pythia-1b,revision=step2000");
     }
 }

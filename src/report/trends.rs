@@ -462,7 +462,13 @@ pub fn format_trends_markdown(rows: &[TrendRow]) -> String {
         let shared = rows.iter().any(|o| o.task == r.task && o.model != r.model && size_label(&o.model) == size);
         match size {
             Some(s) if !shared => s,
-            _ => r.model.rsplit('/').next().unwrap_or(&r.model).to_string(),
+            _ => {
+                // The last path segment, unless another model of the task has the same one (`pythia-70m` and
+                // `EleutherAI/pythia-70m` are two models): then the full name.
+                let short = |m: &str| m.rsplit('/').next().unwrap_or(m).to_string();
+                let clash = rows.iter().any(|o| o.task == r.task && o.model != r.model && short(&o.model) == short(&r.model));
+                if clash { r.model.clone() } else { short(&r.model) }
+            }
         }
     };
     let inverse: Vec<&TrendRow> = rows.iter().filter(|r| r.inverse_scaling).collect();
