@@ -81,10 +81,12 @@ fn lm_eval_model_lmscore_and_results_layout() {
     python(&py, &[s(&root().join("tests/lm_eval/local_tasks.py")), s(&local), s(&shared_data())]);
     let model = root().join("tests/fixtures/models/pythia-tiny");
     let model_args = format!("pretrained={}", model.display());
+    // --device cpu: the goldens are HF float32 on the CPU. Without it lm-eval asks for cuda:0, which CI's CUDA
+    // stand-in provides, and the checkpoint's fp16 would differ from them by ~1e-3 nats.
     let run = python(
         &py,
         &[
-            "-m", "lmscore_lm_eval.cli", "run", "--model", "lmscore", "--model_args", &model_args, "--tasks", TASKS,
+            "-m", "lmscore_lm_eval.cli", "run", "--model", "lmscore", "--model_args", &model_args, "--device", "cpu", "--tasks", TASKS,
             "--include_path", s(&local.join("tasks")), "--limit", LIMIT, "--output_path", s(&lm_out), "--log_samples",
         ],
     );
