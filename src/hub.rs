@@ -142,6 +142,12 @@ pub struct HubOptions {
     pub progress: bool,
 }
 
+/// `HF_HUB_OFFLINE=1` (or `true`): the Hugging Face convention for "never touch the network", honoured for
+/// checkpoints and task data alike, as `--offline` is.
+pub fn env_offline() -> bool {
+    std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+}
+
 /// The standard Hugging Face hub cache directory.
 pub fn default_cache_dir() -> Result<PathBuf> {
     let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
@@ -188,12 +194,14 @@ pub fn resolve(spec: &CheckpointSpec, opts: &HubOptions) -> Result<PathBuf> {
             };
             match resolve_cached(spec, &cache) {
                 Ok(dir) => Ok(dir),
-                Err(missing) if opts.offline => Err(Error::file(
+                Err(missing) if opts.offline || env_offline() => Err(Error::file(
                     &cache,
                     format!(
-                        "--offline: {}@{} is not complete in the Hugging Face cache: {missing}. Run once without --offline to download it, \
+                        "{}: {}@{} is not complete in the Hugging Face cache: {missing}. Run once online to download it, \
                          or give a local directory as NAME@REV=DIR",
-                        spec.model, spec.revision
+                        if opts.offline { "--offline" } else { "HF_HUB_OFFLINE is set" },
+                        spec.model,
+                        spec.revision
                     ),
                 )),
                 Err(_) => download(spec, &cache, opts),

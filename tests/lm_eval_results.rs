@@ -65,4 +65,13 @@ fn lm_eval_arguments_refused_clearly() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("EleutherAI/pythia-160m@step2000") && err.contains("--offline"), "{err}");
+    // HF_HUB_OFFLINE=1 means offline for checkpoints too (it once did only for task data): no download is tried.
+    let out = Command::new(env!("CARGO_BIN_EXE_lmscore"))
+        .args(["score", "--model", "EleutherAI/pythia-160m@step2000", "--tasks", "neqa"])
+        .env("HF_HUB_CACHE", tmp.path())
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("HF_HUB_OFFLINE is set") && err.contains("not complete in the Hugging Face cache"), "{err}");
 }

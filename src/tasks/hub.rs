@@ -76,7 +76,7 @@ pub fn resolve(df: &DataFile, data_dir: &Path, offline: bool) -> Result<PathBuf>
             return Ok(p);
         }
     }
-    let env_offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+    let env_offline = crate::hub::env_offline();
     if offline || env_offline {
         return Err(Error::file(
             &local,
