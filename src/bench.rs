@@ -17,7 +17,6 @@ use crate::plan::{self, Plan, Request};
 use crate::testing::{pythia_like, random_model, Rng};
 use std::time::Instant;
 
-
 /// A named Pythia geometry (`70m`, `160m`, ...) or `HIDDEN:LAYERS:HEADS[:VOCAB]`.
 pub fn shape(spec: &str) -> Result<ModelConfig> {
     let known = |h, l, n| pythia_like(h, l, n, 50304, 2048);
@@ -30,12 +29,19 @@ pub fn shape(spec: &str) -> Result<ModelConfig> {
         custom => {
             let parts: Vec<usize> = custom
                 .split(':')
-                .map(|p| p.parse().map_err(|_| Error::invalid(format!("--shape {custom}: expected e.g. 160m or 768:12:12[:50304]"))))
+                .map(|p| {
+                    p.parse()
+                        .map_err(|_| Error::invalid(format!("--shape {custom}: expected e.g. 160m or 768:12:12[:50304]")))
+                })
                 .collect::<Result<_>>()?;
             match parts[..] {
                 [h, l, n] if h > 0 && l > 0 && n > 0 && h % n == 0 => known(h, l, n),
                 [h, l, n, v] if h > 0 && l > 0 && n > 0 && v > 0 && h % n == 0 => pythia_like(h, l, n, v, 2048),
-                _ => return Err(Error::invalid(format!("--shape {custom}: expected HIDDEN:LAYERS:HEADS[:VOCAB], heads dividing hidden"))),
+                _ => {
+                    return Err(Error::invalid(format!(
+                        "--shape {custom}: expected HIDDEN:LAYERS:HEADS[:VOCAB], heads dividing hidden"
+                    )))
+                }
             }
         }
     })
@@ -245,7 +251,16 @@ mod tests {
         // One request of 3 context + 2 continuation tokens: 4 computed tokens in one segment (the last token is
         // never input), query i sees i + 1 keys (1 + 2 + 3 + 4 = 10 pairs), and 2 scored rows.
         let c = pythia_like(8, 2, 2, 11, 64);
-        let plan = plan::build(&[Request { context: vec![1, 2, 3], continuation: vec![4, 5] }], 64, 64, true).unwrap();
+        let plan = plan::build(
+            &[Request {
+                context: vec![1, 2, 3],
+                continuation: vec![4, 5],
+            }],
+            64,
+            64,
+            true,
+        )
+        .unwrap();
         let f = plan_flops(&plan, &c);
         let (h, ff, v, l) = (8.0, 32.0, 11.0, 2.0);
         assert_eq!(f.body, 2.0 * (4.0 * h * h + 2.0 * h * ff) * l * 4.0);

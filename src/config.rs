@@ -164,9 +164,7 @@ impl ModelConfig {
             torch_dtype,
         };
         if cfg.hidden_size == 0 || cfg.num_heads == 0 || cfg.num_layers == 0 || cfg.vocab_size == 0 || cfg.intermediate_size == 0 {
-            return Err(
-                "hidden_size, intermediate_size, num_attention_heads, num_hidden_layers and vocab_size must be positive".into(),
-            );
+            return Err("hidden_size, intermediate_size, num_attention_heads, num_hidden_layers and vocab_size must be positive".into());
         }
         if cfg.max_positions == 0 {
             return Err("max_position_embeddings must be positive".into());
@@ -260,7 +258,13 @@ mod tests {
     #[test]
     fn missing_keys_take_transformers_defaults() {
         let mut v = pythia_70m();
-        for k in ["rotary_pct", "rotary_emb_base", "layer_norm_eps", "use_parallel_residual", "max_position_embeddings"] {
+        for k in [
+            "rotary_pct",
+            "rotary_emb_base",
+            "layer_norm_eps",
+            "use_parallel_residual",
+            "max_position_embeddings",
+        ] {
             v.as_object_mut().unwrap().remove(k);
         }
         let c = ModelConfig::from_json(&v).unwrap();

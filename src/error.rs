@@ -82,7 +82,11 @@ pub const MAX_DATA_BYTES: u64 = 512 << 20;
 pub fn open_regular(path: impl AsRef<Path>) -> Result<std::fs::File> {
     let path = path.as_ref();
     let not_regular = |meta: &std::fs::Metadata| {
-        let kind = if meta.is_dir() { "a directory" } else { "not a regular file (a device, FIFO or socket)" };
+        let kind = if meta.is_dir() {
+            "a directory"
+        } else {
+            "not a regular file (a device, FIFO or socket)"
+        };
         Error::file(path, format!("is {kind}; expected a regular file"))
     };
     // Checked before opening too: opening a FIFO for reading blocks until a writer appears.
@@ -107,7 +111,10 @@ pub fn read_bounded(path: impl AsRef<Path>, max_bytes: u64) -> Result<Vec<u8>> {
     // Read one byte past the bound: a file that grows while being read is still caught.
     file.take(max_bytes + 1).read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
     if bytes.len() as u64 > max_bytes {
-        return Err(Error::file(path, format!("is larger than {} MiB, far more than such a file holds", max_bytes >> 20)));
+        return Err(Error::file(
+            path,
+            format!("is larger than {} MiB, far more than such a file holds", max_bytes >> 20),
+        ));
     }
     Ok(bytes)
 }

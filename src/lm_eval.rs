@@ -82,21 +82,42 @@ pub struct TaskMeta {
 pub fn task_meta(task: &str, protocol: Protocol, data_file: &str) -> TaskMeta {
     let name = lm_eval_task_name(task);
     let lm_eval = protocol == Protocol::LmEval04;
-    let (version, metrics, split, text, target, choice, delimiter, tag): (Value, Vec<&str>, &str, &str, Value, &str, &str, &str) =
-        match task {
-            "truthfulqa_mc1" | "truthfulqa_mc2" => (
-                json!(if task == "truthfulqa_mc1" { 2.0 } else { 3.0 }),
-                vec!["acc"],
-                "validation_split",
-                "QA_PROMPT + '\\n\\nQ: ' + question + '\\nA:'",
-                json!(0),
-                if task == "truthfulqa_mc1" { "{{mc1_targets.choices}}" } else { "{{mc2_targets.choices}}" },
-                " ",
-                "truthfulqa",
-            ),
-            _ if task.starts_with(crate::tasks::CUSTOM_PREFIX) => (json!(0), vec!["acc", "acc_norm"], "test_split", "context", json!("gold"), "choices", "delimiter (default \" \")", "custom"),
-            _ => (json!(0), vec!["acc", "acc_norm"], "test_split", "prompt", json!("answer_index"), "classes", protocol.prize_delimiter(), "inverse_scaling_mc"),
-        };
+    let (version, metrics, split, text, target, choice, delimiter, tag): (Value, Vec<&str>, &str, &str, Value, &str, &str, &str) = match task {
+        "truthfulqa_mc1" | "truthfulqa_mc2" => (
+            json!(if task == "truthfulqa_mc1" { 2.0 } else { 3.0 }),
+            vec!["acc"],
+            "validation_split",
+            "QA_PROMPT + '\\n\\nQ: ' + question + '\\nA:'",
+            json!(0),
+            if task == "truthfulqa_mc1" {
+                "{{mc1_targets.choices}}"
+            } else {
+                "{{mc2_targets.choices}}"
+            },
+            " ",
+            "truthfulqa",
+        ),
+        _ if task.starts_with(crate::tasks::CUSTOM_PREFIX) => (
+            json!(0),
+            vec!["acc", "acc_norm"],
+            "test_split",
+            "context",
+            json!("gold"),
+            "choices",
+            "delimiter (default \" \")",
+            "custom",
+        ),
+        _ => (
+            json!(0),
+            vec!["acc", "acc_norm"],
+            "test_split",
+            "prompt",
+            json!("answer_index"),
+            "classes",
+            protocol.prize_delimiter(),
+            "inverse_scaling_mc",
+        ),
+    };
     let metric_list: Vec<Value> = metrics
         .iter()
         .map(|m| json!({"metric": m, "aggregation": "mean", "higher_is_better": true}))
@@ -156,7 +177,10 @@ pub fn results_document(tasks: &[TaskResults], config: Value, extra: Map<String,
         r.insert("sample_len".into(), json!(t.effective));
         for (m, value, stderr) in &t.metrics {
             if !value.is_finite() {
-                return Err(crate::Error::invalid(format!("task {}: metric {m} is {value}, which is not a number to report", t.key)));
+                return Err(crate::Error::invalid(format!(
+                    "task {}: metric {m} is {value}, which is not a number to report",
+                    t.key
+                )));
             }
             r.insert(metric_key(m), json!(value));
             r.insert(stderr_key(m), stderr_value(*stderr));
@@ -167,7 +191,10 @@ pub fn results_document(tasks: &[TaskResults], config: Value, extra: Map<String,
         configs.insert(t.key.clone(), cfg);
         versions.insert(t.key.clone(), t.meta.version.clone());
         n_shot.insert(t.key.clone(), json!(0));
-        hib.insert(t.key.clone(), t.meta.metrics.iter().map(|m| (m.to_string(), json!(true))).collect::<Map<_, _>>().into());
+        hib.insert(
+            t.key.clone(),
+            t.meta.metrics.iter().map(|m| (m.to_string(), json!(true))).collect::<Map<_, _>>().into(),
+        );
         n_samples.insert(t.key.clone(), json!({"original": t.original, "effective": t.effective}));
     }
     // lm-eval sorts these four by task name.

@@ -111,7 +111,11 @@ fn check_tensor_names(ckpt: &Checkpoint) -> Result<&'static str> {
     if !unused.is_empty() {
         unused.sort_unstable();
         let shown: Vec<&str> = unused.iter().take(5).copied().collect();
-        let more = if unused.len() > 5 { format!(" and {} more", unused.len() - 5) } else { String::new() };
+        let more = if unused.len() > 5 {
+            format!(" and {} more", unused.len() - 5)
+        } else {
+            String::new()
+        };
         return Err(crate::Error::file(
             &ckpt.dir,
             format!(
@@ -123,8 +127,14 @@ fn check_tensor_names(ckpt: &Checkpoint) -> Result<&'static str> {
     }
     match LM_HEAD_NAMES.iter().copied().filter(|n| ckpt.contains(n)).collect::<Vec<_>>()[..] {
         [name] => Ok(name),
-        [] => Err(crate::Error::tensor("embed_out.weight", format!("missing from the checkpoint in {} (nor is there an `lm_head.weight`)", ckpt.dir.display()))),
-        _ => Err(crate::Error::file(&ckpt.dir, "the checkpoint holds both `embed_out.weight` and `lm_head.weight`: which one is the LM head is ambiguous")),
+        [] => Err(crate::Error::tensor(
+            "embed_out.weight",
+            format!("missing from the checkpoint in {} (nor is there an `lm_head.weight`)", ckpt.dir.display()),
+        )),
+        _ => Err(crate::Error::file(
+            &ckpt.dir,
+            "the checkpoint holds both `embed_out.weight` and `lm_head.weight`: which one is the LM head is ambiguous",
+        )),
     }
 }
 
@@ -143,7 +153,11 @@ const LAYER_PARAMS: [&str; 12] = [
     "mlp.dense_4h_to_h.bias",
 ];
 
-const GLOBAL_PARAMS: [&str; 3] = ["gpt_neox.embed_in.weight", "gpt_neox.final_layer_norm.weight", "gpt_neox.final_layer_norm.bias"];
+const GLOBAL_PARAMS: [&str; 3] = [
+    "gpt_neox.embed_in.weight",
+    "gpt_neox.final_layer_norm.weight",
+    "gpt_neox.final_layer_norm.bias",
+];
 
 /// Per layer, the qkv rows ([P, 3h], rotary applied) of segments that later batches still attend to.
 /// Only K and V are read back; keeping whole qkv rows lets the cache be filled with a plain row gather.

@@ -3,8 +3,8 @@
 use crate::backend::{Backend, Tensor2};
 use crate::error::{Error, Result};
 use crate::model::{forward, forward_inspected, score_rows, KvCache, Model, Stage};
-use crate::plan::Request;
 use crate::plan::Plan;
+use crate::plan::Request;
 
 /// The log-likelihood of one continuation after its context.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -81,7 +81,10 @@ pub fn locate_non_finite<B: Backend>(b: &B, m: &Model<B>, request: &Request, max
     }
     Ok(match first {
         Some((Stage::Embedding, row)) => format!("non-finite values first appear in the token embedding (embed_in), at input position {row}"),
-        Some((Stage::Layer(l), row)) => format!("non-finite values first appear in the output of layer {l} (0-based, of {}), at input position {row}", m.layers.len()),
+        Some((Stage::Layer(l), row)) => format!(
+            "non-finite values first appear in the output of layer {l} (0-based, of {}), at input position {row}",
+            m.layers.len()
+        ),
         None => "run alone, this request's numbers are finite: the non-finite value depends on the batch it was packed in".into(),
     })
 }

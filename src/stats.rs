@@ -327,11 +327,21 @@ pub fn paired_t_drop(earlier: &[f64], later: &[f64]) -> Option<DropTest> {
     // Equal differences up to rounding: no spread to divide by.
     if se <= 1e-12 * mean.abs() {
         let p = if mean > 0.0 { 0.5f64.powi(n.min(2000) as i32) } else { 1.0 };
-        return Some(DropTest { effect: mean, se: 0.0, stat: f64::NAN, p });
+        return Some(DropTest {
+            effect: mean,
+            se: 0.0,
+            stat: f64::NAN,
+            p,
+        });
     }
     let t = mean / se;
     let dist = StudentsT::new(0.0, 1.0, (n - 1) as f64).expect("df >= 1 is valid");
-    Some(DropTest { effect: mean, se, stat: t, p: dist.sf(t) })
+    Some(DropTest {
+        effect: mean,
+        se,
+        stat: t,
+        p: dist.sf(t),
+    })
 }
 
 /// Unpaired approximation for two proportions measured on the same `n` items, when only the two
@@ -345,10 +355,20 @@ pub fn two_proportion_drop(p1: f64, p2: f64, n: f64) -> DropTest {
     let se = (pbar * (1.0 - pbar) * 2.0 / n).sqrt();
     let effect = p1 - p2;
     if !(se > 0.0) || !se.is_finite() {
-        return DropTest { effect, se: 0.0, stat: f64::NAN, p: if effect > 0.0 { f64::NAN } else { 1.0 } };
+        return DropTest {
+            effect,
+            se: 0.0,
+            stat: f64::NAN,
+            p: if effect > 0.0 { f64::NAN } else { 1.0 },
+        };
     }
     let z = effect / se;
-    DropTest { effect, se, stat: z, p: normal_sf(z) }
+    DropTest {
+        effect,
+        se,
+        stat: z,
+        p: normal_sf(z),
+    }
 }
 
 /// Unpaired approximation for two means with known standard errors: z = (a - b) / sqrt(se_a^2 + se_b^2).
@@ -357,10 +377,20 @@ pub fn two_mean_drop(a: f64, se_a: f64, b: f64, se_b: f64) -> DropTest {
     let se = (se_a * se_a + se_b * se_b).sqrt();
     let effect = a - b;
     if !(se > 0.0) || !se.is_finite() {
-        return DropTest { effect, se: 0.0, stat: f64::NAN, p: f64::NAN };
+        return DropTest {
+            effect,
+            se: 0.0,
+            stat: f64::NAN,
+            p: f64::NAN,
+        };
     }
     let z = effect / se;
-    DropTest { effect, se, stat: z, p: normal_sf(z) }
+    DropTest {
+        effect,
+        se,
+        stat: z,
+        p: normal_sf(z),
+    }
 }
 
 /// Holm's step-down adjustment (R's `p.adjust(p, "holm")`): sorted increasingly, q_(i) = max over j <= i of

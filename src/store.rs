@@ -196,10 +196,18 @@ impl Inputs {
         }
         let mut what = Vec::new();
         if self.weights != other.weights {
-            what.push(format!("the checkpoint differs ({a} {}, {b} {})", short(&self.weights), short(&other.weights)));
+            what.push(format!(
+                "the checkpoint differs ({a} {}, {b} {})",
+                short(&self.weights),
+                short(&other.weights)
+            ));
         }
         if self.data != other.data {
-            what.push(format!("the task data differs ({a} sha256 {}, {b} {})", short(&self.data), short(&other.data)));
+            what.push(format!(
+                "the task data differs ({a} sha256 {}, {b} {})",
+                short(&self.data),
+                short(&other.data)
+            ));
         }
         what.join(" and ")
     }
@@ -420,11 +428,18 @@ fn classify(c: &Connection) -> rusqlite::Result<Kind> {
     if objects.is_empty() {
         return Ok(Kind::Empty);
     }
-    let holds = if tables.is_empty() { "no tables".to_string() } else { format!("tables {}", tables.join(", ")) };
+    let holds = if tables.is_empty() {
+        "no tables".to_string()
+    } else {
+        format!("tables {}", tables.join(", "))
+    };
     if !tables.iter().any(|t| t == "meta") {
         return Ok(Kind::Foreign(format!("it holds {holds} and no lmscore meta table")));
     }
-    let version = match c.query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get::<_, String>(0)).optional() {
+    let version = match c
+        .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get::<_, String>(0))
+        .optional()
+    {
         Ok(Some(v)) => v,
         Ok(None) => return Ok(Kind::Foreign(format!("it holds {holds}; its meta table has no schema_version"))),
         Err(e) => return Ok(Kind::Foreign(format!("it holds {holds}; its meta table is not lmscore's ({e})"))),
@@ -751,8 +766,17 @@ impl Store {
                 continue;
             }
             let (_, task) = paper_metric(&r.task);
-            let metric = if matches!(r.metric.as_str(), "mc1" | "mc2") { "acc".to_string() } else { r.metric.clone() };
-            let d = out.entry((r.model.clone(), r.revision.clone())).or_default().tasks.entry(task).or_default();
+            let metric = if matches!(r.metric.as_str(), "mc1" | "mc2") {
+                "acc".to_string()
+            } else {
+                r.metric.clone()
+            };
+            let d = out
+                .entry((r.model.clone(), r.revision.clone()))
+                .or_default()
+                .tasks
+                .entry(task)
+                .or_default();
             d.protocol = r.protocol.clone();
             d.n = d.n.max(r.n);
             if !d.metrics.iter().any(|m| m.0 == metric) {
@@ -787,7 +811,10 @@ impl Store {
             let mut out: Vec<(Key, Vec<(f64, f64)>)> = Vec::new();
             while let Some(r) = rows.next()? {
                 let key: Key = (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
-                let v = (r.get::<_, Option<f64>>(5)?.unwrap_or(f64::NAN), r.get::<_, Option<f64>>(6)?.unwrap_or(f64::NAN));
+                let v = (
+                    r.get::<_, Option<f64>>(5)?.unwrap_or(f64::NAN),
+                    r.get::<_, Option<f64>>(6)?.unwrap_or(f64::NAN),
+                );
                 match out.last_mut() {
                     Some((k, values)) if *k == key => values.push(v),
                     _ => out.push((key, vec![v])),
@@ -802,7 +829,10 @@ impl Store {
             }
             let chance: Vec<f64> = values.iter().map(|v| v.1).filter(|c| c.is_finite()).collect();
             if chance.len() == values.len() && !chance.is_empty() {
-                items.chance.entry(name.clone()).or_insert(chance.iter().sum::<f64>() / chance.len() as f64);
+                items
+                    .chance
+                    .entry(name.clone())
+                    .or_insert(chance.iter().sum::<f64>() / chance.len() as f64);
             }
             items.insert(&model, &revision, &name, values.into_iter().map(|v| v.0).collect());
         }
@@ -959,7 +989,9 @@ impl Store {
                         )
                         .map_err(oerr("reading timings"))?;
                     let rows = st
-                        .query_map([src_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?)))
+                        .query_map([src_id], |r| {
+                            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
+                        })
                         .map_err(oerr("reading timings"))?;
                     rows.collect::<std::result::Result<_, _>>().map_err(oerr("reading timings"))?
                 };
@@ -1056,7 +1088,12 @@ fn stored_inputs(c: &Connection, run: i64, task: &str, version: i64) -> rusqlite
     c.query_row(
         &format!("SELECT {} FROM task_runs WHERE run_id=?1 AND task=?2", inputs_columns(version)),
         params![run, task],
-        |r| Ok(Inputs { weights: r.get(0)?, data: r.get(1)? }),
+        |r| {
+            Ok(Inputs {
+                weights: r.get(0)?,
+                data: r.get(1)?,
+            })
+        },
     )
     .optional()
 }
@@ -1129,7 +1166,10 @@ fn read_task(c: &Connection, run: i64, task: &str, version: i64) -> rusqlite::Re
                 Ok((
                     (r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?),
                     r.get::<_, f64>(4)?,
-                    Inputs { weights: r.get(5)?, data: r.get(6)? },
+                    Inputs {
+                        weights: r.get(5)?,
+                        data: r.get(6)?,
+                    },
                 ))
             },
         )

@@ -249,7 +249,10 @@ fn digest_of(spec: &CheckpointSpec, dir: &Path, files: &[PathBuf], tokenizer: Op
         }
     };
     if let Some(t) = tokenizer {
-        digest.push_str(&format!("+tokenizer:{}", sha(&crate::error::read_bounded(t, crate::error::MAX_METADATA_BYTES)?)));
+        digest.push_str(&format!(
+            "+tokenizer:{}",
+            sha(&crate::error::read_bounded(t, crate::error::MAX_METADATA_BYTES)?)
+        ));
     }
     Ok(digest)
 }
@@ -281,7 +284,11 @@ impl Fetched {
                 let size = |s: &Stamp| s.map_or("gone".to_string(), |(n, _)| format!("{n} bytes"));
                 return Err(Error::file(
                     path,
-                    format!("changed on disk {when} (was {}, now {}); not using this checkpoint", size(was), size(&now)),
+                    format!(
+                        "changed on disk {when} (was {}, now {}); not using this checkpoint",
+                        size(was),
+                        size(&now)
+                    ),
                 ));
             }
         }
@@ -375,7 +382,12 @@ fn load_tasks((bytes, tokenizer): (Vec<u8>, Tokenizer), opts: &SweepOptions) -> 
         .collect::<Result<Vec<_>>>()?;
     let digests = tasks
         .iter()
-        .map(|t| Ok(crate::tasks::hub::sha256_hex(&crate::error::read_bounded(&t.source, crate::error::MAX_DATA_BYTES)?)))
+        .map(|t| {
+            Ok(crate::tasks::hub::sha256_hex(&crate::error::read_bounded(
+                &t.source,
+                crate::error::MAX_DATA_BYTES,
+            )?))
+        })
         .collect::<Result<Vec<_>>>()?;
     Ok(TaskSet {
         tokenizer: bytes,
@@ -405,7 +417,11 @@ pub fn doc_rows(task: &LoadedTask, outcome: &tasks::TaskOutcome) -> Result<Vec<D
     let mut out = Vec::new();
     for ((metric, v), (_, u)) in values.iter().zip(&uniform) {
         for (d, doc) in task.docs.iter().enumerate() {
-            let chance = if matches!(task.scoring, tasks::Scoring::Mc2 { .. }) { u[d] } else { 1.0 / doc.requests.len().max(1) as f64 };
+            let chance = if matches!(task.scoring, tasks::Scoring::Mc2 { .. }) {
+                u[d]
+            } else {
+                1.0 / doc.requests.len().max(1) as f64
+            };
             out.push(DocRow {
                 metric: metric.to_string(),
                 doc: d as u64,
@@ -505,7 +521,13 @@ pub fn dry_run(opts: &SweepOptions) -> Result<DryRun> {
     let units = shard_units(opts.checkpoints.len(), opts.tasks.len(), opts.shard);
     let in_shard: BTreeSet<usize> = units.iter().map(|u| u.0).collect();
     let dirs: Vec<Option<PathBuf>> = (0..opts.checkpoints.len())
-        .map(|c| if in_shard.contains(&c) { available_dir(&opts.checkpoints[c], &opts.hub) } else { None })
+        .map(|c| {
+            if in_shard.contains(&c) {
+                available_dir(&opts.checkpoints[c], &opts.hub)
+            } else {
+                None
+            }
+        })
         .collect();
     let first_dir = dirs.iter().flatten().next().cloned();
     let tok = early_tokenizer(opts, first_dir.as_deref()).ok_or_else(|| {
@@ -516,7 +538,11 @@ pub fn dry_run(opts: &SweepOptions) -> Result<DryRun> {
         ))
     })?;
     let ts = load_tasks(read_tokenizer(&tok)?, opts)?;
-    let store = if opts.db.exists() { Some(Store::open_read_only(&opts.db)?) } else { None };
+    let store = if opts.db.exists() {
+        Some(Store::open_read_only(&opts.db)?)
+    } else {
+        None
+    };
 
     let mut out = DryRun {
         units: units.len(),
@@ -528,9 +554,18 @@ pub fn dry_run(opts: &SweepOptions) -> Result<DryRun> {
     let mut pending: Vec<(usize, Vec<usize>)> = Vec::new();
     for &(c, t) in &units {
         let key = run_key(&opts.checkpoints[c], opts.protocol, &opts.engine);
-        let digest = dirs[c].as_ref().and_then(|d| checkpoint_digest(&opts.checkpoints[c], d, opts.tokenizer.as_deref()).ok());
+        let digest = dirs[c]
+            .as_ref()
+            .and_then(|d| checkpoint_digest(&opts.checkpoints[c], d, opts.tokenizer.as_deref()).ok());
         let done = match (&store, digest) {
-            (Some(s), Some(w)) if !opts.force => s.is_done(&key, &opts.tasks[t], &Inputs { weights: w, data: ts.digests[t].clone() })?,
+            (Some(s), Some(w)) if !opts.force => s.is_done(
+                &key,
+                &opts.tasks[t],
+                &Inputs {
+                    weights: w,
+                    data: ts.digests[t].clone(),
+                },
+            )?,
             _ => false,
         };
         if done {
@@ -583,7 +618,11 @@ pub fn dry_run(opts: &SweepOptions) -> Result<DryRun> {
         match dir {
             Some(d) => {
                 let files = checkpoint_files(d)?;
-                out.local_bytes += weight_files(&files).iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum::<u64>();
+                out.local_bytes += weight_files(&files)
+                    .iter()
+                    .filter_map(|p| std::fs::metadata(p).ok())
+                    .map(|m| m.len())
+                    .sum::<u64>();
             }
             None => {
                 out.to_download += 1;
@@ -595,19 +634,23 @@ pub fn dry_run(opts: &SweepOptions) -> Result<DryRun> {
     let device = run_key(&opts.checkpoints[0], opts.protocol, &opts.engine).device;
     let measured = store.as_ref().map(|s| s.timings()).transpose()?.unwrap_or_default();
     let (mut work, mut secs) = (0.0, 0.0);
-    for t in measured.iter().filter(|t| t.run.device == device && t.total.scoring_seconds > 0.0 && t.total.params > 0) {
+    for t in measured
+        .iter()
+        .filter(|t| t.run.device == device && t.total.scoring_seconds > 0.0 && t.total.params > 0)
+    {
         work += 2.0 * t.total.params as f64 * t.total.computed_tokens as f64;
         secs += t.total.scoring_seconds;
     }
     if work > 0.0 && secs > 0.0 {
-        let n = measured.iter().filter(|t| t.run.device == device && t.total.scoring_seconds > 0.0 && t.total.params > 0).count();
+        let n = measured
+            .iter()
+            .filter(|t| t.run.device == device && t.total.scoring_seconds > 0.0 && t.total.params > 0)
+            .count();
         out.flops_per_second = work / secs;
         out.rate_source = format!("measured on {n} earlier checkpoint(s) in {}", opts.db.display());
     } else {
         out.flops_per_second = assumed_rate(opts.engine.device);
-        out.rate_source = format!(
-            "assumed for {device} (no timings in the store to measure from: sweep one checkpoint first for a measured rate)"
-        );
+        out.rate_source = format!("assumed for {device} (no timings in the store to measure from: sweep one checkpoint first for a measured rate)");
     }
     Ok(out)
 }
@@ -775,7 +818,9 @@ pub fn run(opts: &SweepOptions) -> Result<SweepSummary> {
     let mut first_dir = None;
     if !opts.force {
         for &c in &in_shard {
-            let Some(dir) = available_dir(&opts.checkpoints[c], &opts.hub) else { continue };
+            let Some(dir) = available_dir(&opts.checkpoints[c], &opts.hub) else {
+                continue;
+            };
             digests[c] = checkpoint_digest(&opts.checkpoints[c], &dir, opts.tokenizer.as_deref()).ok();
             if digests[c].is_some() && first_dir.is_none() {
                 first_dir = Some(dir);
@@ -795,7 +840,14 @@ pub fn run(opts: &SweepOptions) -> Result<SweepSummary> {
     let mut stale = 0;
     for &(c, t) in &units {
         let state = match (&digests[c], &task_set) {
-            (Some(w), Some(ts)) => store.task_state(&keys[c], &opts.tasks[t], &Inputs { weights: w.clone(), data: ts.digests[t].clone() })?,
+            (Some(w), Some(ts)) => store.task_state(
+                &keys[c],
+                &opts.tasks[t],
+                &Inputs {
+                    weights: w.clone(),
+                    data: ts.digests[t].clone(),
+                },
+            )?,
             _ => TaskState::Missing,
         };
         match state {
@@ -818,7 +870,12 @@ pub fn run(opts: &SweepOptions) -> Result<SweepSummary> {
     let what = if units.len() == n_ck * n_t {
         format!("{} ({} x {})", count(units.len(), "unit"), count(n_ck, "checkpoint"), count(n_t, "task"))
     } else {
-        format!("{} over {} and {}", count(units.len(), "unit"), count(n_ck, "checkpoint"), count(n_t, "task"))
+        format!(
+            "{} over {} and {}",
+            count(units.len(), "unit"),
+            count(n_ck, "checkpoint"),
+            count(n_t, "task")
+        )
     };
     let mut progress = Progress::new(opts, units.len(), summary.already_done);
     progress.log(&format!(
@@ -826,7 +883,11 @@ pub fn run(opts: &SweepOptions) -> Result<SweepSummary> {
         summary.already_done,
         opts.db.display(),
         units.len() - summary.already_done,
-        if stale > 0 { format!(" ({stale} stored from other inputs)") } else { String::new() }
+        if stale > 0 {
+            format!(" ({stale} stored from other inputs)")
+        } else {
+            String::new()
+        }
     ));
 
     // The background thread fetches checkpoints in order; the rendezvous channel makes it hold at most one
@@ -885,7 +946,11 @@ pub fn run(opts: &SweepOptions) -> Result<SweepSummary> {
         // The decisive check, with the digest of the files as fetched.
         let mut todo = Vec::new();
         for &t in task_idx {
-            match if opts.force { TaskState::Missing } else { store.task_state(key, &opts.tasks[t], &inputs(t))? } {
+            match if opts.force {
+                TaskState::Missing
+            } else {
+                store.task_state(key, &opts.tasks[t], &inputs(t))?
+            } {
                 TaskState::Done => {
                     summary.already_done += 1;
                     progress.settle(1, true, false);

@@ -40,9 +40,7 @@ impl Tokenizer {
         // (see `cut_point`): true of every Pythia tokenizer. Anything else is always encoded whole.
         let byte_level = matches!(inner.get_pre_tokenizer(), Some(tokenizers::PreTokenizerWrapper::ByteLevel(_)));
         // (Pythia's added runs of 2-24 spaces cannot cover a single space between two words.)
-        let covers_a_lone_space = |t: &str| {
-            t.contains(char::is_whitespace) && (t.chars().count() < 2 || !t.chars().all(char::is_whitespace))
-        };
+        let covers_a_lone_space = |t: &str| t.contains(char::is_whitespace) && (t.chars().count() < 2 || !t.chars().all(char::is_whitespace));
         let spaced_added_token = inner.get_added_tokens_decoder().values().any(|t| covers_a_lone_space(&t.content));
         Ok(Tokenizer {
             inner,
@@ -68,7 +66,9 @@ impl Tokenizer {
     /// piece, so the pieces after `p` are the same with or without the head; BPE works within pieces, and
     /// NFC composes nothing across a space. None = encode the whole text.
     fn cut_point(&self, text: &str) -> Result<Option<usize>> {
-        let Some(window) = self.window.filter(|_| self.cuttable) else { return Ok(None) };
+        let Some(window) = self.window.filter(|_| self.cuttable) else {
+            return Ok(None);
+        };
         // x2: NFC may shorten the text a little (and margin for the continuation's joint encoding).
         let keep = window.saturating_add(2).saturating_mul(self.max_token_bytes).saturating_mul(2);
         if text.len() <= keep.saturating_add(CUT_SEARCH_BYTES) {
@@ -168,8 +168,27 @@ mod window_tests {
     /// combining), CJK and an added token: everything the split regex and NFC treat differently.
     fn long_text(seed: u64) -> String {
         let pieces = [
-            "the", "Quick", "brown", "fox's", "12345", "3.14", "--", "!!", "  ", "\n", "\n\n  ", "caf\u{e9}", "cafe\u{301}",
-            "\u{4e16}\u{754c}", "<|endoftext|>", "\t", "don't", "(x)", "====", "\u{a0}", "e",
+            "the",
+            "Quick",
+            "brown",
+            "fox's",
+            "12345",
+            "3.14",
+            "--",
+            "!!",
+            "  ",
+            "\n",
+            "\n\n  ",
+            "caf\u{e9}",
+            "cafe\u{301}",
+            "\u{4e16}\u{754c}",
+            "<|endoftext|>",
+            "\t",
+            "don't",
+            "(x)",
+            "====",
+            "\u{a0}",
+            "e",
         ];
         let mut r = crate::testing::Rng(seed);
         let mut s = String::new();
@@ -188,12 +207,20 @@ mod window_tests {
         let windowed = tokenizer().with_window(300);
         for seed in 1..3 {
             let context = long_text(seed);
-            assert!(windowed.cut_point(&context).unwrap().is_some(), "the test text must be long enough to be cut");
+            assert!(
+                windowed.cut_point(&context).unwrap().is_some(),
+                "the test text must be long enough to be cut"
+            );
             let conts = [" answer", "  two words", "\nnext line", "x"];
             for how in [PairEncoding::Joint, PairEncoding::Separate] {
                 let (full_ctx, full_conts) = whole.encode_choices(&context, &conts, how).unwrap();
                 let (ctx, conts_ids) = windowed.encode_choices(&context, &conts, how).unwrap();
-                assert!(ctx.len() >= 300 && ctx.len() < full_ctx.len(), "seed {seed}: kept {} of {}", ctx.len(), full_ctx.len());
+                assert!(
+                    ctx.len() >= 300 && ctx.len() < full_ctx.len(),
+                    "seed {seed}: kept {} of {}",
+                    ctx.len(),
+                    full_ctx.len()
+                );
                 assert_eq!(ctx[..], full_ctx[full_ctx.len() - ctx.len()..], "seed {seed} {how:?}: context tail");
                 assert_eq!(conts_ids, full_conts, "seed {seed} {how:?}: continuations");
             }
@@ -203,7 +230,10 @@ mod window_tests {
     #[test]
     fn a_context_without_word_boundaries_is_refused_not_mis_cut() {
         let t = tokenizer().with_window(100);
-        let err = t.encode_choices(&"x".repeat(3_000_000), &[" y"], PairEncoding::Joint).err().expect("a 3 MB word was encoded");
+        let err = t
+            .encode_choices(&"x".repeat(3_000_000), &[" y"], PairEncoding::Joint)
+            .err()
+            .expect("a 3 MB word was encoded");
         assert!(err.to_string().contains("no word boundary"), "{err}");
         // Short contexts are never cut.
         assert_eq!(t.cut_point(&"x".repeat(1000)).unwrap(), None);

@@ -6,7 +6,19 @@ use std::process::Command;
 #[test]
 fn bench_reports_the_fraction_of_the_gemm_rate() {
     let out = Command::new(env!("CARGO_BIN_EXE_lmscore"))
-        .args(["bench", "--shape", "64:2:4:2000,32:1:2:500", "--questions", "3", "--primer", "20", "--reps", "1", "--threads", "1,2"])
+        .args([
+            "bench",
+            "--shape",
+            "64:2:4:2000,32:1:2:500",
+            "--questions",
+            "3",
+            "--primer",
+            "20",
+            "--reps",
+            "1",
+            "--threads",
+            "1,2",
+        ])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -15,10 +27,22 @@ fn bench_reports_the_fraction_of_the_gemm_rate() {
     let lines: Vec<&str> = stdout.lines().filter(|l| l.starts_with("scoring:")).collect();
     assert_eq!(lines.len(), 4, "{stdout}");
     for line in lines {
-        let percent: f64 = line.split("= ").nth(1).and_then(|r| r.split('%').next()).and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("{line}"));
+        let percent: f64 = line
+            .split("= ")
+            .nth(1)
+            .and_then(|r| r.split('%').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("{line}"));
         assert!(percent > 0.0 && percent.is_finite(), "{line}");
     }
-    for needle in ["cpu f32 (1 thread)", "cpu f32 (2 threads)", "LM head [512 x 64] x [64 x 2000]", "LM head [512 x 32] x [32 x 500]", "attention", "log-softmax gather"] {
+    for needle in [
+        "cpu f32 (1 thread)",
+        "cpu f32 (2 threads)",
+        "LM head [512 x 64] x [64 x 2000]",
+        "LM head [512 x 32] x [32 x 500]",
+        "attention",
+        "log-softmax gather",
+    ] {
         assert!(stdout.contains(needle), "missing {needle:?}:\n{stdout}");
     }
 }

@@ -688,7 +688,10 @@ fn logsoftmax_gather_matches_cpu() {
         assert_eq!(finite(&got), vec![false, false, false, false, true, true], "non-finite rows (GPU)");
         assert_eq!(finite(&want), finite(&got), "non-finite rows (CPU twin)");
         for k in [4, 5] {
-            assert!((got[k].logprob - want[k].logprob).abs() <= 2e-5 * (1.0 + want[k].logprob.abs()), "finite row {k}");
+            assert!(
+                (got[k].logprob - want[k].logprob).abs() <= 2e-5 * (1.0 + want[k].logprob.abs()),
+                "finite row {k}"
+            );
         }
 
         let (lg, _) = act(&gpu, 2, 10, &[0.0; 20], DType::F32);

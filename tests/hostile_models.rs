@@ -162,7 +162,12 @@ fn the_lm_head_may_be_named_lm_head_weight() {
 
 #[test]
 fn a_huge_max_length_is_an_error_not_a_panic() {
-    fails_without_output(&fixture_model("pythia-tiny"), ROW, &["--max-length", "18446744073709551615"], &["max-length"]);
+    fails_without_output(
+        &fixture_model("pythia-tiny"),
+        ROW,
+        &["--max-length", "18446744073709551615"],
+        &["max-length"],
+    );
 }
 
 #[test]
@@ -245,7 +250,10 @@ fn task_files_that_are_devices_and_zero_sized_flags_are_refused_up_front() {
     let run = |args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_lmscore")).args(args).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-        assert!(!out.status.success() && out.status.code().is_some() && !stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(
+            !out.status.success() && out.status.code().is_some() && !stderr.contains("panicked"),
+            "{args:?}: {stderr}"
+        );
         stderr
     };
     let m = fixture_model("pythia-tiny");

@@ -17,7 +17,11 @@ fn root() -> PathBuf {
 
 fn shared_data() -> PathBuf {
     let p = root().join("../shared/data");
-    assert!(p.join("truthfulqa").is_dir(), "{} is missing: these tests need the project's shared data", p.display());
+    assert!(
+        p.join("truthfulqa").is_dir(),
+        "{} is missing: these tests need the project's shared data",
+        p.display()
+    );
     p
 }
 
@@ -25,7 +29,10 @@ fn shared_data() -> PathBuf {
 fn python_or_skip(test: &str) -> Option<String> {
     let python = std::env::var("LMSCORE_PYTHON").unwrap_or_else(|_| "python3".into());
     let probe = Command::new(&python)
-        .args(["-c", "import lm_eval, sys; v = getattr(lm_eval, '__version__', '0.4'); sys.exit(0 if v.startswith('0.4') else 3)"])
+        .args([
+            "-c",
+            "import lm_eval, sys; v = getattr(lm_eval, '__version__', '0.4'); sys.exit(0 if v.startswith('0.4') else 3)",
+        ])
         .output();
     if probe.as_ref().is_ok_and(|o| o.status.success()) {
         return Some(python);
@@ -75,9 +82,16 @@ const LIMIT: &str = "4";
 
 #[test]
 fn lm_eval_model_lmscore_and_results_layout() {
-    let Some(py) = python_or_skip("lm_eval_model_lmscore_and_results_layout") else { return };
+    let Some(py) = python_or_skip("lm_eval_model_lmscore_and_results_layout") else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
-    let (local, lm_out, ours, samples) = (tmp.path().join("local"), tmp.path().join("lm_eval"), tmp.path().join("ours.json"), tmp.path().join("samples"));
+    let (local, lm_out, ours, samples) = (
+        tmp.path().join("local"),
+        tmp.path().join("lm_eval"),
+        tmp.path().join("ours.json"),
+        tmp.path().join("samples"),
+    );
     python(&py, &[s(&root().join("tests/lm_eval/local_tasks.py")), s(&local), s(&shared_data())]);
     let model = root().join("tests/fixtures/models/pythia-tiny");
     let model_args = format!("pretrained={}", model.display());
@@ -86,29 +100,80 @@ fn lm_eval_model_lmscore_and_results_layout() {
     let run = python(
         &py,
         &[
-            "-m", "lmscore_lm_eval.cli", "run", "--model", "lmscore", "--model_args", &model_args, "--device", "cpu", "--tasks", TASKS,
-            "--include_path", s(&local.join("tasks")), "--limit", LIMIT, "--output_path", s(&lm_out), "--log_samples",
+            "-m",
+            "lmscore_lm_eval.cli",
+            "run",
+            "--model",
+            "lmscore",
+            "--model_args",
+            &model_args,
+            "--device",
+            "cpu",
+            "--tasks",
+            TASKS,
+            "--include_path",
+            s(&local.join("tasks")),
+            "--limit",
+            LIMIT,
+            "--output_path",
+            s(&lm_out),
+            "--log_samples",
         ],
     );
-    assert!(run.contains("scored ") && run.contains("requests"), "the binary's messages reach the terminal:\n{run}");
+    assert!(
+        run.contains("scored ") && run.contains("requests"),
+        "the binary's messages reach the terminal:\n{run}"
+    );
     lmscore(&[
-        "score", "--model", s(&model), "--tasks", TASKS, "--protocol", "lm-eval-0.4", "--data-dir", s(&local.join("data")),
-        "--limit", LIMIT, "--output-json", s(&ours), "--log-samples", s(&samples), "--offline",
+        "score",
+        "--model",
+        s(&model),
+        "--tasks",
+        TASKS,
+        "--protocol",
+        "lm-eval-0.4",
+        "--data-dir",
+        s(&local.join("data")),
+        "--limit",
+        LIMIT,
+        "--output-json",
+        s(&ours),
+        "--log-samples",
+        s(&samples),
+        "--offline",
     ]);
     let report = python(
         &py,
-        &[s(&root().join("tests/lm_eval/check.py")), "compare", s(&lm_out), s(&ours), s(&samples), s(&root().join("tests/fixtures/goldens/pythia-tiny-tasks.json"))],
+        &[
+            s(&root().join("tests/lm_eval/check.py")),
+            "compare",
+            s(&lm_out),
+            s(&ours),
+            s(&samples),
+            s(&root().join("tests/fixtures/goldens/pythia-tiny-tasks.json")),
+        ],
     );
-    common::visible(&format!("lm_eval_model_lmscore_and_results_layout:\n{}", report.lines().filter(|l| !l.contains("examples/s")).collect::<Vec<_>>().join("\n")));
+    common::visible(&format!(
+        "lm_eval_model_lmscore_and_results_layout:\n{}",
+        report.lines().filter(|l| !l.contains("examples/s")).collect::<Vec<_>>().join("\n")
+    ));
 }
 
 #[test]
 fn rolling_loglikelihood_matches_lm_eval_windows_and_hf() {
-    let Some(py) = python_or_skip("rolling_loglikelihood_matches_lm_eval_windows_and_hf") else { return };
+    let Some(py) = python_or_skip("rolling_loglikelihood_matches_lm_eval_windows_and_hf") else {
+        return;
+    };
     let model = root().join("tests/fixtures/models/pythia-tiny");
     let report = python(
         &py,
-        &[s(&root().join("tests/lm_eval/check.py")), "rolling", env!("CARGO_BIN_EXE_lmscore"), s(&model), s(&root().join("tests/fixtures/goldens/pythia-tiny.json"))],
+        &[
+            s(&root().join("tests/lm_eval/check.py")),
+            "rolling",
+            env!("CARGO_BIN_EXE_lmscore"),
+            s(&model),
+            s(&root().join("tests/fixtures/goldens/pythia-tiny.json")),
+        ],
     );
     common::visible(&format!("rolling_loglikelihood_matches_lm_eval_windows_and_hf:\n{report}"));
 }
@@ -117,7 +182,9 @@ fn rolling_loglikelihood_matches_lm_eval_windows_and_hf() {
 /// against its id rows); `generate_until` and engine failures are Python exceptions with lmscore's message.
 #[test]
 fn model_class_rolling_text_and_errors() {
-    let Some(py) = python_or_skip("model_class_rolling_text_and_errors") else { return };
+    let Some(py) = python_or_skip("model_class_rolling_text_and_errors") else {
+        return;
+    };
     let model = root().join("tests/fixtures/models/pythia-tiny");
     let tok = lmscore::tokenizer::Tokenizer::from_file(&model.join("tokenizer.json")).unwrap();
     let text = "The quick brown fox jumps over the lazy dog. ".repeat(12) + "Café, naïve, 🍕.\n\nSecond paragraph.";

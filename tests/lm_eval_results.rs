@@ -10,28 +10,53 @@ fn score(args: &[&str]) -> (bool, Value, String) {
     let json = tmp.path().join("r.json");
     let out = Command::new(env!("CARGO_BIN_EXE_lmscore"))
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["score", "--model", "tests/fixtures/models/pythia-tiny", "--offline", "--output-json", json.to_str().unwrap()])
+        .args([
+            "score",
+            "--model",
+            "tests/fixtures/models/pythia-tiny",
+            "--offline",
+            "--output-json",
+            json.to_str().unwrap(),
+        ])
         .args(args)
         .env("HF_HUB_CACHE", tmp.path().join("empty-cache"))
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    let v = std::fs::read_to_string(&json).map(|t| serde_json::from_str(&t).unwrap()).unwrap_or(Value::Null);
+    let v = std::fs::read_to_string(&json)
+        .map(|t| serde_json::from_str(&t).unwrap())
+        .unwrap_or(Value::Null);
     (out.status.success(), v, stderr)
 }
 
 #[test]
 fn limit_aliases_and_metric_names() {
-    let (ok, v, err) = score(&["--tasks", "inverse_scaling_memo_trap,memo_trap,truthfulqa_mc2", "--protocol", "lm-eval-0.4", "--limit", "3"]);
+    let (ok, v, err) = score(&[
+        "--tasks",
+        "inverse_scaling_memo_trap,memo_trap,truthfulqa_mc2",
+        "--protocol",
+        "lm-eval-0.4",
+        "--limit",
+        "3",
+    ]);
     assert!(ok, "{err}");
     // memo_trap given twice under two names: scored once, under the first name.
     let r = v["results"].as_object().unwrap();
     assert_eq!(r.keys().collect::<Vec<_>>(), ["inverse_scaling_memo_trap", "truthfulqa_mc2"]);
-    assert_eq!(v["n-samples"]["inverse_scaling_memo_trap"], serde_json::json!({"original": 20, "effective": 3}));
+    assert_eq!(
+        v["n-samples"]["inverse_scaling_memo_trap"],
+        serde_json::json!({"original": 20, "effective": 3})
+    );
     assert_eq!(r["truthfulqa_mc2"]["sample_len"], 3);
-    assert!(r["truthfulqa_mc2"]["acc,none"].is_f64() && r["truthfulqa_mc2"].get("mc2").is_none(), "{v}");
+    assert!(
+        r["truthfulqa_mc2"]["acc,none"].is_f64() && r["truthfulqa_mc2"].get("mc2").is_none(),
+        "{v}"
+    );
     assert_eq!(v["versions"]["truthfulqa_mc2"], 3.0);
-    assert_eq!(v["higher_is_better"]["inverse_scaling_memo_trap"], serde_json::json!({"acc": true, "acc_norm": true}));
+    assert_eq!(
+        v["higher_is_better"]["inverse_scaling_memo_trap"],
+        serde_json::json!({"acc": true, "acc_norm": true})
+    );
     assert_eq!(v["config"]["limit"], 3.0);
     assert_eq!(v["config"]["model_args"], "pretrained=tests/fixtures/models/pythia-tiny");
     assert_eq!(v["lmscore"]["data_sha256"]["truthfulqa_mc2"].as_str().unwrap().len(), 64);
@@ -55,7 +80,10 @@ fn lm_eval_arguments_refused_clearly() {
     let (ok, _, err) = score(&["--tasks", "neqa", "--limit", "0"]);
     assert!(!ok && err.contains("--limit 0"), "{err}");
     let (ok, _, err) = score(&["--tasks", "inverse_scaling_nonsense"]);
-    assert!(!ok && err.contains("unknown task `inverse_scaling_nonsense`") && err.contains("inverse_scaling_memo_trap"), "{err}");
+    assert!(
+        !ok && err.contains("unknown task `inverse_scaling_nonsense`") && err.contains("inverse_scaling_memo_trap"),
+        "{err}"
+    );
     // A Hub id with a revision, offline with an empty cache: the error says what is missing.
     let tmp = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_lmscore"))
@@ -64,7 +92,10 @@ fn lm_eval_arguments_refused_clearly() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("EleutherAI/pythia-160m@step2000") && err.contains("--offline"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("EleutherAI/pythia-160m@step2000") && err.contains("--offline"),
+        "{err}"
+    );
     // HF_HUB_OFFLINE=1 means offline for checkpoints too (it once did only for task data): no download is tried.
     let out = Command::new(env!("CARGO_BIN_EXE_lmscore"))
         .args(["score", "--model", "EleutherAI/pythia-160m@step2000", "--tasks", "neqa"])
@@ -73,5 +104,8 @@ fn lm_eval_arguments_refused_clearly() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("HF_HUB_OFFLINE is set") && err.contains("not complete in the Hugging Face cache"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("HF_HUB_OFFLINE is set") && err.contains("not complete in the Hugging Face cache"),
+        "{err}"
+    );
 }

@@ -172,7 +172,13 @@ fn figure_is_plausible() {
     }
     // Camera-ready: MC2 is named as what it is, a chance line is drawn, the SVG prints at 6.5 inches with a
     // named standard font, the PNG says its DPI, and the PDF is there.
-    for needle in ["MC2 score", "MC1 accuracy", "chance", "width=\"6.5000in\"", "font-family=\"DejaVu Sans, Helvetica"] {
+    for needle in [
+        "MC2 score",
+        "MC1 accuracy",
+        "chance",
+        "width=\"6.5000in\"",
+        "font-family=\"DejaVu Sans, Helvetica",
+    ] {
         assert!(svg.contains(needle), "SVG lacks `{needle}`");
     }
     // Tick labels (7.5 pt) and panel titles (9 pt) at 300 dpi: font-size is pixels per em.
@@ -228,7 +234,15 @@ fn figure_options_subset_metric_and_formats() {
         ("--figure-format", "gif", "expected png, svg or pdf"),
         ("--tasks", "memo_trap,nope", "no results for task `nope`"),
     ] {
-        let out = lmscore(&["report", "--tsv", reference_tsv().to_str().unwrap(), "--out", dir.path().to_str().unwrap(), flag, value]);
+        let out = lmscore(&[
+            "report",
+            "--tsv",
+            reference_tsv().to_str().unwrap(),
+            "--out",
+            dir.path().to_str().unwrap(),
+            flag,
+            value,
+        ]);
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(needle), "{flag} {value}: {err}");
@@ -276,7 +290,10 @@ fn trend_flags_are_written_with_their_definitions() {
             assert!((0.0..=1.0).contains(&p), "{c} in {l}");
         }
     }
-    let tollens = lines.iter().find(|l| l.starts_with("isp_modus_tollens\tEleutherAI/pythia-1.4b\t")).unwrap();
+    let tollens = lines
+        .iter()
+        .find(|l| l.starts_with("isp_modus_tollens\tEleutherAI/pythia-1.4b\t"))
+        .unwrap();
     let z: f64 = tollens.split('\t').nth(col("drop_stat")).unwrap().parse().unwrap();
     assert!((40.0..60.0).contains(&z), "{tollens}");
     // A case that is visible in the paper's figure: TruthfulQA-MC2 accuracy of the 12B model falls
@@ -372,7 +389,11 @@ fn bad_tsv_rows_name_their_line() {
     );
     // A model without a size, or a revision that is not stepN, is read (and reported, outside the statistics).
     let odd = d.join("odd.tsv");
-    std::fs::write(&odd, format!("{h}EleutherAI/pythia\tstep4000\tisp_neqa\t0.5\t0.1\nEleutherAI/pythia-1b\tmain\tisp_neqa\t0.5\t0.1\n")).unwrap();
+    std::fs::write(
+        &odd,
+        format!("{h}EleutherAI/pythia\tstep4000\tisp_neqa\t0.5\t0.1\nEleutherAI/pythia-1b\tmain\tisp_neqa\t0.5\t0.1\n"),
+    )
+    .unwrap();
     assert_eq!(report::read_tsv(&odd).unwrap().len(), 2);
     expect_row_error(d, &format!("{h}{ok}{ok}"), 3, "first on line 2");
     expect_row_error(

@@ -31,11 +31,24 @@ fn record(task: &str, acc: f64, n_docs: u64) -> TaskRecord {
         task: task.into(),
         n_docs,
         metrics: vec![
-            MetricRow { name: "acc".into(), value: acc, stderr: se },
-            MetricRow { name: "acc_norm".into(), value: acc / 2.0, stderr: se },
+            MetricRow {
+                name: "acc".into(),
+                value: acc,
+                stderr: se,
+            },
+            MetricRow {
+                name: "acc_norm".into(),
+                value: acc / 2.0,
+                stderr: se,
+            },
         ],
         docs: (0..n_docs)
-            .map(|d| DocRow { metric: "acc".into(), doc: d, value: ((d + (acc * 10.0) as u64) % 2) as f64, chance: 0.5 })
+            .map(|d| DocRow {
+                metric: "acc".into(),
+                doc: d,
+                value: ((d + (acc * 10.0) as u64) % 2) as f64,
+                chance: 0.5,
+            })
             .collect(),
         ..Default::default()
     }
@@ -99,15 +112,28 @@ fn a_store_with_mixed_names_revisions_and_a_one_document_task_reports() {
         ];
         for (m, r, acc) in runs {
             store.record(&key(m, r), &record("memo_trap", acc, 20), false).unwrap();
-            store.record(&key(m, r), &record("neqa", if acc > 0.45 { 1.0 } else { 0.0 }, 1), false).unwrap();
+            store
+                .record(&key(m, r), &record("neqa", if acc > 0.45 { 1.0 } else { 0.0 }, 1), false)
+                .unwrap();
         }
     }
     let out = dir.path().join("out");
-    let o = lmscore(&["report", "--db", db.to_str().unwrap(), "--out", out.to_str().unwrap(), "--figure-format", "svg"]);
+    let o = lmscore(&[
+        "report",
+        "--db",
+        db.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--figure-format",
+        "svg",
+    ]);
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "report failed:\n{}\n{stderr}", String::from_utf8_lossy(&o.stdout));
     // Runs without a size or a step are named in a warning, and kept in the table.
-    assert!(stderr.contains("warning:") && stderr.contains("EleutherAI/pythia-70m@main") && stderr.contains("gpt2@step1000"), "{stderr}");
+    assert!(
+        stderr.contains("warning:") && stderr.contains("EleutherAI/pythia-70m@main") && stderr.contains("gpt2@step1000"),
+        "{stderr}"
+    );
     assert!(stderr.contains("EleutherAI/pythia-160m@0123abcd"), "{stderr}");
     let table = std::fs::read_to_string(out.join(report::RESULTS_TSV)).unwrap();
     assert!(table.contains("EleutherAI/pythia-70m\tmain\tisp_memo_trap\t0.4\t0.05\n"), "{table}");
@@ -120,8 +146,12 @@ fn a_store_with_mixed_names_revisions_and_a_one_document_task_reports() {
     // One JSON per run (12), in lm-eval 0.4's layout with acc and acc_norm; N/A where undefined.
     let names = json_names(&out);
     assert_eq!(names.len(), 12, "{names:?}");
-    assert!(names.contains(&"pythia-70m_step1000.json".to_string()) && names.contains(&"EleutherAI_pythia-70m_step1000.json".to_string()), "{names:?}");
-    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join(report::RUN_JSON_DIR).join("EleutherAI_pythia-70m_main.json")).unwrap()).unwrap();
+    assert!(
+        names.contains(&"pythia-70m_step1000.json".to_string()) && names.contains(&"EleutherAI_pythia-70m_step1000.json".to_string()),
+        "{names:?}"
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join(report::RUN_JSON_DIR).join("EleutherAI_pythia-70m_main.json")).unwrap()).unwrap();
     let memo = &doc["results"]["isp_memo_trap"];
     assert_eq!(memo["alias"], "isp_memo_trap");
     assert_eq!(memo["acc,none"], 0.4);
@@ -141,25 +171,40 @@ fn a_store_with_mixed_names_revisions_and_a_one_document_task_reports() {
     // No NaN printed as a number anywhere.
     for f in all_files(&out) {
         let text = String::from_utf8_lossy(&std::fs::read(&f).unwrap()).to_string();
-        assert!(!text.contains("NaN") && !text.contains("nan,") && !text.contains("\tnan"), "{}:\n{text}", f.display());
+        assert!(
+            !text.contains("NaN") && !text.contains("nan,") && !text.contains("\tnan"),
+            "{}:\n{text}",
+            f.display()
+        );
     }
     // The two 70m models are two series with two labels.
     let svg = std::fs::read_to_string(out.join(report::FIGURE_SVG)).unwrap();
     let labels: Vec<&str> = svg.lines().map(str::trim).collect();
-    assert!(labels.contains(&"EleutherAI/pythia-70m") && labels.contains(&"pythia-70m"), "labels in the figure:\n{svg}");
+    assert!(
+        labels.contains(&"EleutherAI/pythia-70m") && labels.contains(&"pythia-70m"),
+        "labels in the figure:\n{svg}"
+    );
 }
 
 #[test]
 fn one_document_task_from_rows_reports_not_available() {
     let dir = tempfile::tempdir().unwrap();
-    let mut rs = rows(&[("EleutherAI/pythia-70m", "step1000"), ("EleutherAI/pythia-70m", "step2000"), ("EleutherAI/pythia-160m", "step1000"), ("EleutherAI/pythia-160m", "step2000")]);
+    let mut rs = rows(&[
+        ("EleutherAI/pythia-70m", "step1000"),
+        ("EleutherAI/pythia-70m", "step2000"),
+        ("EleutherAI/pythia-160m", "step1000"),
+        ("EleutherAI/pythia-160m", "step2000"),
+    ]);
     for r in &mut rs {
         r.accuracy = 1.0;
         r.accuracy_se = f64::NAN;
     }
     let summary = report::write_all(&rs, dir.path()).unwrap();
     assert_eq!(summary.runs, 4);
-    for f in all_files(dir.path()).iter().filter(|f| f.extension().is_some_and(|x| x != "png" && x != "pdf")) {
+    for f in all_files(dir.path())
+        .iter()
+        .filter(|f| f.extension().is_some_and(|x| x != "png" && x != "pdf"))
+    {
         let text = std::fs::read_to_string(f).unwrap();
         assert!(!text.contains("NaN"), "{}:\n{text}", f.display());
     }
@@ -170,7 +215,11 @@ fn one_document_task_from_rows_reports_not_available() {
     assert!(doc["n-samples"]["isp_neqa"].is_null());
     // A TSV with NA (or N/A, or nothing) as the standard error reads.
     let tsv = dir.path().join("na.tsv");
-    std::fs::write(&tsv, "ModelName\tModelRevision\tTask\tAccuracy\tAccuracy_SE\nm\tmain\tt\t1.0\tNA\nm\tstep1\tt\t0.0\tN/A\nm\tstep2\tt\t0.0\t\n").unwrap();
+    std::fs::write(
+        &tsv,
+        "ModelName\tModelRevision\tTask\tAccuracy\tAccuracy_SE\nm\tmain\tt\t1.0\tNA\nm\tstep1\tt\t0.0\tN/A\nm\tstep2\tt\t0.0\t\n",
+    )
+    .unwrap();
     let back = report::read_tsv(&tsv).unwrap();
     assert!(back.iter().all(|r| r.accuracy_se.is_nan()));
     assert_eq!(report::format_tsv(&back).lines().nth(1), Some("m\tmain\tt\t1.0\tNA"));
@@ -198,7 +247,8 @@ fn per_run_json_names_are_unique() {
     let mut args: Vec<String> = names
         .iter()
         .map(|n| {
-            let d: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join(report::RUN_JSON_DIR).join(n)).unwrap()).unwrap();
+            let d: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(dir.path().join(report::RUN_JSON_DIR).join(n)).unwrap()).unwrap();
             d["config"]["model_args"].as_str().unwrap().to_string()
         })
         .collect();
@@ -211,7 +261,12 @@ fn per_run_json_names_are_unique() {
 fn stale_outputs_are_not_mixed_with_new_ones() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let rs = rows(&[("EleutherAI/pythia-70m", "step1000"), ("EleutherAI/pythia-70m", "step2000"), ("EleutherAI/pythia-160m", "step1000"), ("EleutherAI/pythia-160m", "step2000")]);
+    let rs = rows(&[
+        ("EleutherAI/pythia-70m", "step1000"),
+        ("EleutherAI/pythia-70m", "step2000"),
+        ("EleutherAI/pythia-160m", "step1000"),
+        ("EleutherAI/pythia-160m", "step2000"),
+    ]);
     report::write_all(&rs, d).unwrap();
     assert_eq!(json_names(d).len(), 4);
     assert!(d.join(report::FIGURE_PDF).exists());
@@ -223,7 +278,10 @@ fn stale_outputs_are_not_mixed_with_new_ones() {
     opts.figure.formats = vec![report::FigureFormat::Png];
     let summary = report::write_report(&rs[..2], &opts, d).unwrap();
     assert!(summary.warnings.iter().all(|w| !w.contains("Pythia size")), "{:?}", summary.warnings);
-    assert_eq!(json_names(d), vec!["README".to_string(), "pythia-70m_step1000.json".into(), "pythia-70m_step2000.json".into()]);
+    assert_eq!(
+        json_names(d),
+        vec!["README".to_string(), "pythia-70m_step1000.json".into(), "pythia-70m_step2000.json".into()]
+    );
     assert!(!d.join(report::FIGURE_PDF).exists() && !d.join(report::FIGURE_SVG).exists() && d.join(report::FIGURE_PNG).exists());
     assert_eq!(std::fs::read_to_string(d.join("notes.txt")).unwrap(), "mine");
     // A report that fails on its input removes nothing.
@@ -239,7 +297,11 @@ fn unanalysable_runs_only_are_reported_without_a_figure() {
     let rs = rows(&[("gpt2", "main"), ("EleutherAI/pythia-70m", "main"), ("EleutherAI/pythia", "step1000")]);
     let summary = report::write_all(&rs, dir.path()).unwrap();
     assert_eq!(summary.runs, 3);
-    assert!(summary.warnings.iter().any(|w| w.contains("3 run(s)") && w.contains("gpt2@main")), "{:?}", summary.warnings);
+    assert!(
+        summary.warnings.iter().any(|w| w.contains("3 run(s)") && w.contains("gpt2@main")),
+        "{:?}",
+        summary.warnings
+    );
     assert!(summary.warnings.iter().any(|w| w.contains("no figure")), "{:?}", summary.warnings);
     assert!(!dir.path().join(report::FIGURE_PNG).exists());
     assert_eq!(report::read_tsv(dir.path().join(report::RESULTS_TSV)).unwrap(), rs);
@@ -256,14 +318,38 @@ fn training_tokens_never_wrap() {
     };
     assert_eq!(r.tokens().unwrap(), 9e12 * 2_097_152.0);
     assert_eq!(report::step_tokens(u64::MAX), u64::MAX as f64 * 2_097_152.0);
-    let mut rs = vec![r.clone(), ResultRow { revision: "step18446744073709551615".into(), ..r.clone() }];
-    rs.push(ResultRow { revision: "step1000".into(), ..r.clone() });
-    rs.push(ResultRow { model: "EleutherAI/pythia-160m".into(), revision: "step1000".into(), ..r.clone() });
-    rs.push(ResultRow { model: "EleutherAI/pythia-160m".into(), revision: "step2000".into(), ..r.clone() });
+    let mut rs = vec![
+        r.clone(),
+        ResultRow {
+            revision: "step18446744073709551615".into(),
+            ..r.clone()
+        },
+    ];
+    rs.push(ResultRow {
+        revision: "step1000".into(),
+        ..r.clone()
+    });
+    rs.push(ResultRow {
+        model: "EleutherAI/pythia-160m".into(),
+        revision: "step1000".into(),
+        ..r.clone()
+    });
+    rs.push(ResultRow {
+        model: "EleutherAI/pythia-160m".into(),
+        revision: "step2000".into(),
+        ..r.clone()
+    });
     // More digits than a u64 holds: not a step, reported but left out.
-    rs.push(ResultRow { revision: "step99999999999999999999999".into(), ..r });
+    rs.push(ResultRow {
+        revision: "step99999999999999999999999".into(),
+        ..r
+    });
     let dir = tempfile::tempdir().unwrap();
     let summary = report::write_all(&rs, dir.path()).unwrap();
     assert_eq!(summary.runs, 6);
-    assert!(summary.warnings.iter().any(|w| w.contains("step99999999999999999999999")), "{:?}", summary.warnings);
+    assert!(
+        summary.warnings.iter().any(|w| w.contains("step99999999999999999999999")),
+        "{:?}",
+        summary.warnings
+    );
 }

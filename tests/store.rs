@@ -73,7 +73,9 @@ fn record_is_done_and_read_back() {
     assert!(s.record(&k, &rec, false).unwrap());
     assert!(s.is_done(&k, "memo_trap", &Inputs::default()).unwrap());
     assert!(!s.is_done(&k, "neqa", &Inputs::default()).unwrap());
-    assert!(!s.is_done(&key("EleutherAI/pythia-70m", "step4000"), "memo_trap", &Inputs::default()).unwrap());
+    assert!(!s
+        .is_done(&key("EleutherAI/pythia-70m", "step4000"), "memo_trap", &Inputs::default())
+        .unwrap());
     // Recording again writes nothing.
     assert!(!s.record(&k, &record("memo_trap", 9.0, 7), false).unwrap());
     assert_eq!(s.task_record(&k, "memo_trap").unwrap().unwrap(), rec);
@@ -179,7 +181,8 @@ fn merge_is_idempotent_and_reports_conflicts() {
         sb.record(&key("m-70m", "step2"), &record("neqa", 3.0, 3), false).unwrap(); // new run
         sb.finish_run(&key("m-70m", "step2")).unwrap();
         let mut sc = Store::open(&c).unwrap();
-        sc.record(&key("m-70m", "step1"), &record("neqa", 5.0, 3), false).unwrap(); // conflict
+        sc.record(&key("m-70m", "step1"), &record("neqa", 5.0, 3), false).unwrap();
+        // conflict
     }
     let mut sa = Store::open(&a).unwrap();
     let r = sa.merge_from(&b).unwrap();
@@ -286,9 +289,13 @@ fn a_task_is_complete_only_for_the_inputs_it_was_computed_from() {
     let second = with_inputs(record("neqa", 2.0, 5), b.0, b.1);
     assert!(s.record(&k, &second, false).unwrap());
     assert_eq!(s.task_record(&k, "neqa").unwrap().unwrap(), second);
-    assert_eq!(s.task_state(&k, "neqa", &inputs(a)).unwrap(), TaskState::Stale(
-        "the checkpoint differs (stored w-bbbbbbbbbb, now w-aaaaaaaaaa) and the task data differs (stored sha256 d-bbbbbbbbbb, now d-aaaaaaaaaa)".into()
-    ));
+    assert_eq!(
+        s.task_state(&k, "neqa", &inputs(a)).unwrap(),
+        TaskState::Stale(
+            "the checkpoint differs (stored w-bbbbbbbbbb, now w-aaaaaaaaaa) and the task data differs (stored sha256 d-bbbbbbbbbb, now d-aaaaaaaaaa)"
+                .into()
+        )
+    );
     // Forced: replaced even from the same inputs.
     let forced = with_inputs(record("neqa", 3.0, 4), b.0, b.1);
     assert!(s.record(&k, &forced, true).unwrap());
@@ -300,10 +307,17 @@ fn a_task_is_complete_only_for_the_inputs_it_was_computed_from() {
 
     // A merge treats other inputs as a conflict, even with equal values.
     let other = dir.path().join("o.db");
-    Store::open(&other).unwrap().record(&k, &with_inputs(record("neqa", 3.0, 4), a.0, b.1), false).unwrap();
+    Store::open(&other)
+        .unwrap()
+        .record(&k, &with_inputs(record("neqa", 3.0, 4), a.0, b.1), false)
+        .unwrap();
     let r = Store::open(&path).unwrap().merge_from(&other).unwrap();
     assert_eq!(r.conflicts.len(), 1);
-    assert!(r.conflicts[0].contains("other inputs") && r.conflicts[0].contains("checkpoint differs"), "{:?}", r.conflicts);
+    assert!(
+        r.conflicts[0].contains("other inputs") && r.conflicts[0].contains("checkpoint differs"),
+        "{:?}",
+        r.conflicts
+    );
 }
 
 /// The schema of lmscore's first stores (no inputs recorded), in WAL mode as they were left.
@@ -376,9 +390,15 @@ fn writers_refuse_other_databases_and_leave_them_alone() {
     let dir = tempfile::tempdir().unwrap();
     for (name, sql) in [
         ("tables.db", "CREATE TABLE t (x INTEGER); INSERT INTO t VALUES (1);"),
-        ("meta.db", "CREATE TABLE meta (key TEXT, value TEXT); INSERT INTO meta VALUES ('other', 'x');"),
+        (
+            "meta.db",
+            "CREATE TABLE meta (key TEXT, value TEXT); INSERT INTO meta VALUES ('other', 'x');",
+        ),
         ("app_id.db", "PRAGMA application_id = 42;"),
-        ("bad_version.db", "CREATE TABLE meta (key TEXT, value TEXT); INSERT INTO meta VALUES ('schema_version', 'abc');"),
+        (
+            "bad_version.db",
+            "CREATE TABLE meta (key TEXT, value TEXT); INSERT INTO meta VALUES ('schema_version', 'abc');",
+        ),
     ] {
         let path = dir.path().join(name);
         rusqlite::Connection::open(&path).unwrap().execute_batch(sql).unwrap();
@@ -425,7 +445,14 @@ fn per_document_values_and_timings_are_stored_reported_and_merged() {
     assert_eq!(timings.len(), 1);
     assert_eq!(timings[0].run, k1);
     assert_eq!(timings[0].attempts, 2);
-    assert_eq!((timings[0].total.download_seconds, timings[0].total.scoring_seconds, timings[0].total.computed_tokens), (3.0, 4.0, 1000));
+    assert_eq!(
+        (
+            timings[0].total.download_seconds,
+            timings[0].total.scoring_seconds,
+            timings[0].total.computed_tokens
+        ),
+        (3.0, 4.0, 1000)
+    );
     let printed = lmscore::report::format_timings(&timings);
     assert!(printed.lines().nth(1).unwrap().contains("\t3.00\t0.50\t4.00\t1000\t250"), "{printed}");
     drop(s);

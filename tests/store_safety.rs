@@ -101,7 +101,8 @@ fn good_store(path: &Path) {
     let mut s = Store::open(path).unwrap();
     for (i, rev) in ["step1000", "step2000"].iter().enumerate() {
         for (j, task) in ["memo_trap", "neqa"].iter().enumerate() {
-            s.record(&key(rev), &record(task, 0.25 + 0.25 * i as f64 + 0.1 * j as f64), false).unwrap();
+            s.record(&key(rev), &record(task, 0.25 + 0.25 * i as f64 + 0.1 * j as f64), false)
+                .unwrap();
         }
     }
 }
@@ -138,13 +139,19 @@ fn another_applications_database_is_never_written() {
         "--offline",
         "--quiet",
     ]));
-    assert!(e.contains("app.sqlite") && e.contains("not an lmscore results store") && e.contains("refusing"), "{e}");
+    assert!(
+        e.contains("app.sqlite") && e.contains("not an lmscore results store") && e.contains("refusing"),
+        "{e}"
+    );
     let e = refused(&lmscore(&["merge", "--into", app_s, good.to_str().unwrap()]));
     assert!(e.contains("app.sqlite") && e.contains("not an lmscore results store"), "{e}");
     // merge from it: the real reason, and no target left behind.
     let target = d.join("merged.db");
     let e = refused(&lmscore(&["merge", "--into", target.to_str().unwrap(), good.to_str().unwrap(), app_s]));
-    assert!(e.contains("app.sqlite") && e.contains("not an lmscore results store") && e.contains("users"), "{e}");
+    assert!(
+        e.contains("app.sqlite") && e.contains("not an lmscore results store") && e.contains("users"),
+        "{e}"
+    );
     assert_eq!(snapshot(d), before, "a file changed or appeared");
 
     // Through the library too.
@@ -287,7 +294,13 @@ fn a_reader_leaves_a_store_byte_for_byte_as_it_was() {
     assert_eq!(s.completed().unwrap().len(), 4);
     assert_eq!(s.report_rows(None).unwrap().len(), 4);
     drop(s);
-    succeeded(&lmscore(&["report", "--db", db.to_str().unwrap(), "--out", d.join("out").to_str().unwrap()]));
+    succeeded(&lmscore(&[
+        "report",
+        "--db",
+        db.to_str().unwrap(),
+        "--out",
+        d.join("out").to_str().unwrap(),
+    ]));
     let mut after = snapshot(d);
     after.retain(|p, _| !p.starts_with(d.join("out")));
     assert_eq!(after, before);

@@ -552,13 +552,31 @@ fn report_from_the_sweep_store() {
     for row in trends.lines().skip(1) {
         assert!(row.contains("\tmcnemar-exact\t20\t"), "{row}");
     }
-    assert_eq!(count(&db, "SELECT count(*) FROM doc_results"), 2 * 2 * 2 * 20, "2 checkpoints x 2 tasks x (acc, acc_norm) x 20 docs");
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM doc_results"),
+        2 * 2 * 2 * 20,
+        "2 checkpoints x 2 tasks x (acc, acc_norm) x 20 docs"
+    );
     // Per checkpoint, the download, load and scoring seconds, printed by report after the statistics.
-    assert_eq!(count(&db, "SELECT count(*) FROM timings WHERE load_seconds > 0 AND scoring_seconds > 0"), 2);
-    run_ok(lmscore(&["report", "--db", &db_s, "--out", out.to_str().unwrap(), "--metric", "acc_norm"]));
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM timings WHERE load_seconds > 0 AND scoring_seconds > 0"),
+        2
+    );
+    run_ok(lmscore(&[
+        "report",
+        "--db",
+        &db_s,
+        "--out",
+        out.to_str().unwrap(),
+        "--metric",
+        "acc_norm",
+    ]));
     let o = lmscore(&["report", "--db", &db_s, "--out", out.to_str().unwrap()]).output().unwrap();
     let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(stdout.contains("download_s\tload_s\tscoring_s") && stdout.contains("pythia-14m\tstep2000\tcpu\tf32\t1\t2\t"), "{stdout}");
+    assert!(
+        stdout.contains("download_s\tload_s\tscoring_s") && stdout.contains("pythia-14m\tstep2000\tcpu\tf32\t1\t2\t"),
+        "{stdout}"
+    );
 }
 
 /// `sweep --dry-run` checks the task data, fetches and scores nothing, and says what the sweep would cost.
@@ -569,7 +587,10 @@ fn dry_run_plans_without_fetching() {
     let db_s = db.display().to_string();
     let cks = format!("{},EleutherAI/pythia-1b@step2000", checkpoints_arg());
     let dry = || {
-        let o = lmscore(&sweep_args(&db_s, &cks, &["--dry-run"])).env("HF_HUB_CACHE", dir.path().join("cache")).output().unwrap();
+        let o = lmscore(&sweep_args(&db_s, &cks, &["--dry-run"]))
+            .env("HF_HUB_CACHE", dir.path().join("cache"))
+            .output()
+            .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         String::from_utf8_lossy(&o.stdout).to_string()
     };
@@ -589,7 +610,10 @@ fn dry_run_plans_without_fetching() {
     // After a real sweep of the local checkpoints, their units are complete and the rate is measured.
     run_ok(lmscore(&sweep_args(&db_s, &checkpoints_arg(), &[])));
     let stdout = dry();
-    assert!(stdout.contains("4 already complete") && stdout.contains("2 to score over 1 checkpoint(s)"), "{stdout}");
+    assert!(
+        stdout.contains("4 already complete") && stdout.contains("2 to score over 1 checkpoint(s)"),
+        "{stdout}"
+    );
     assert!(stdout.contains("measured on 2 earlier checkpoint(s)"), "{stdout}");
 }
 
@@ -620,7 +644,10 @@ fn missing_task_data_stops_the_sweep_before_any_fetch() {
     .unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
-    assert!(stderr.contains("memo-trap_classification.jsonl") && !stderr.contains("pythia-70m@step2000 is not complete"), "{stderr}");
+    assert!(
+        stderr.contains("memo-trap_classification.jsonl") && !stderr.contains("pythia-70m@step2000 is not complete"),
+        "{stderr}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -682,7 +709,11 @@ fn resume_follows_contents_not_names() {
     o.checkpoints = CheckpointSpec::parse_list(&b).unwrap();
     assert_eq!(counts(&sweep::run(&o).unwrap()), (0, 2, 2, 0));
     let reference = tmp.path().join("ref.db");
-    sweep::run(&SweepOptions { db: reference.clone(), ..o.clone() }).unwrap();
+    sweep::run(&SweepOptions {
+        db: reference.clone(),
+        ..o.clone()
+    })
+    .unwrap();
     assert_eq!(dump(&db), dump(&reference));
     assert_eq!(count(&db, "SELECT count(*) FROM task_runs"), 2);
 
@@ -690,7 +721,12 @@ fn resume_follows_contents_not_names() {
     let data = tmp.path().join("data");
     copy_dir(&sample_data(), &data);
     let memo = data.join("memo_trap/memo-trap_classification.jsonl");
-    let rows: Vec<String> = std::fs::read_to_string(&memo).unwrap().lines().take(10).map(|l| format!("{l}\n")).collect();
+    let rows: Vec<String> = std::fs::read_to_string(&memo)
+        .unwrap()
+        .lines()
+        .take(10)
+        .map(|l| format!("{l}\n"))
+        .collect();
     std::fs::write(&memo, rows.concat()).unwrap();
     o.data_dir = data.clone();
     assert_eq!(counts(&sweep::run(&o).unwrap()), (1, 1, 1, 0));
@@ -744,21 +780,36 @@ fn sweep_messages_describe_the_shard_and_name_failures_once() {
     let db = tmp.path().join("m.db").display().to_string();
     let stderr = run_ok(lmscore(&sweep_args(&db, &checkpoints_arg(), &["--shard", "3/4"])));
     assert!(
-        stderr.contains(&format!("sweep (shard 3/4): 1 unit (1 checkpoint x 1 task); 0 already complete in {db}, 1 to score\n")),
+        stderr.contains(&format!(
+            "sweep (shard 3/4): 1 unit (1 checkpoint x 1 task); 0 already complete in {db}, 1 to score\n"
+        )),
         "{stderr}"
     );
-    assert!(stderr.contains("sweep (shard 3/4): 1 unit scored now, 0 already complete, 0 checkpoints failed"), "{stderr}");
+    assert!(
+        stderr.contains("sweep (shard 3/4): 1 unit scored now, 0 already complete, 0 checkpoints failed"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("1 units") && !stderr.contains("1 checkpoints"), "{stderr}");
-    assert!(!stderr.contains("fixtures/models"), "messages name checkpoints by NAME@REV, not their path: {stderr}");
+    assert!(
+        !stderr.contains("fixtures/models"),
+        "messages name checkpoints by NAME@REV, not their path: {stderr}"
+    );
 
     let db2 = tmp.path().join("f.db").display().to_string();
-    let cks = format!("gone@s1={},t@s2={}", tmp.path().join("gone").display(), models().join("pythia-tiny").display());
+    let cks = format!(
+        "gone@s1={},t@s2={}",
+        tmp.path().join("gone").display(),
+        models().join("pythia-tiny").display()
+    );
     let out = lmscore(&sweep_args(&db2, &cks, &[])).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert_eq!(stderr.matches("local model directory not found").count(), 1, "{stderr}");
     assert!(stderr.contains("FAILED gone@s1: ") && stderr.contains("1 checkpoint failed"), "{stderr}");
-    assert!(stderr.contains("sweep: 2 units scored now, 0 already complete, 1 checkpoint failed"), "{stderr}");
+    assert!(
+        stderr.contains("sweep: 2 units scored now, 0 already complete, 1 checkpoint failed"),
+        "{stderr}"
+    );
 }
 
 /// Without a terminal (a Slurm log), progress comes as plain lines with rates and ETAs.
@@ -773,7 +824,10 @@ fn plain_progress_lines_without_a_terminal() {
     let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("progress: ")).collect();
     assert!(!lines.is_empty(), "{stderr}");
     for l in &lines {
-        assert!(l.contains("tokens/s") && l.contains("ETA") && l.contains("sweep ETA") && l.contains("units complete"), "{l}");
+        assert!(
+            l.contains("tokens/s") && l.contains("ETA") && l.contains("sweep ETA") && l.contains("units complete"),
+            "{l}"
+        );
         assert!(l.contains("tiny@step1") || l.contains("tiny@step2"), "{l}");
     }
     // One line per unit, with its time.

@@ -57,7 +57,14 @@ fn bench_one(args: &Args, spec: &str) -> Result<()> {
     eprintln!("measuring the GEMM at the model's shapes...");
     let gemm = gemm_reference(&c, &m.flops, args.max_batch_tokens)?;
     let achieved = m.rate();
-    println!("shape {spec}: hidden {}, {} layers, {} heads, vocab {}; {}", c.hidden_size, c.num_layers, c.num_heads, c.vocab_size, Cpu.describe());
+    println!(
+        "shape {spec}: hidden {}, {} layers, {} heads, vocab {}; {}",
+        c.hidden_size,
+        c.num_layers,
+        c.num_heads,
+        c.vocab_size,
+        Cpu.describe()
+    );
     println!(
         "plan: {} requests, {} tokens requested, {} computed, {} scored rows, {} batches",
         requests.len(),
@@ -77,7 +84,11 @@ fn bench_one(args: &Args, spec: &str) -> Result<()> {
     for (what, rate) in &gemm.shapes {
         println!("  {what}: {:.1} GFLOP/s [{:.1}]", rate.wall * 1e-9, rate.cpu * 1e-9);
     }
-    println!("  this workload's FLOP mix at those rates: {:.1} GFLOP/s [{:.1}]", gemm.rate.wall * 1e-9, gemm.rate.cpu * 1e-9);
+    println!(
+        "  this workload's FLOP mix at those rates: {:.1} GFLOP/s [{:.1}]",
+        gemm.rate.wall * 1e-9,
+        gemm.rate.cpu * 1e-9
+    );
     println!(
         "scoring: {:.3} s wall, {:.3} s CPU: {:.1} GFLOP/s = {:.1}% of the GEMM rate [{:.1} per CPU-second = {:.1}%]",
         m.wall_seconds,
@@ -98,6 +109,11 @@ fn bench_one(args: &Args, spec: &str) -> Result<()> {
         println!("  {:<32} {:>8.3} s  {:>5.1}%", op.name(), s, 100.0 * s / m.wall_seconds);
     }
     let glue = m.wall_seconds - profiled;
-    println!("  {:<32} {:>8.3} s  {:>5.1}%", "outside the ops (plan glue)", glue, 100.0 * glue / m.wall_seconds);
+    println!(
+        "  {:<32} {:>8.3} s  {:>5.1}%",
+        "outside the ops (plan glue)",
+        glue,
+        100.0 * glue / m.wall_seconds
+    );
     Ok(())
 }

@@ -111,14 +111,20 @@ pub fn rolling_windows(tokens: &[u32], prefix: u32, max_len: usize) -> Vec<Reque
     }
     // The first window predicts up to max_len tokens after the prefix token alone.
     let first = max_len.min(tokens.len());
-    out.push(Request { context: vec![prefix], continuation: tokens[..first].to_vec() });
+    out.push(Request {
+        context: vec![prefix],
+        continuation: tokens[..first].to_vec(),
+    });
     let mut predicted = first;
     while predicted < tokens.len() {
         // Each later one predicts up to max_len more, seeing max_len + 1 tokens in all.
         let n = (tokens.len() - predicted).min(max_len);
         let end = predicted + n;
         let window = &tokens[end - max_len - 1..end - 1];
-        out.push(Request { context: window[..window.len() - (n - 1)].to_vec(), continuation: tokens[end - n..end].to_vec() });
+        out.push(Request {
+            context: window[..window.len() - (n - 1)].to_vec(),
+            continuation: tokens[end - n..end].to_vec(),
+        });
         predicted += n;
     }
     out
@@ -136,7 +142,12 @@ struct PlainProgress {
 impl PlainProgress {
     fn new() -> Self {
         let now = std::time::Instant::now();
-        PlainProgress { on: !std::io::stderr().is_terminal(), start: now, last: now, done: 0 }
+        PlainProgress {
+            on: !std::io::stderr().is_terminal(),
+            start: now,
+            last: now,
+            done: 0,
+        }
     }
     fn add(&mut self, tokens: u64, total: u64) {
         self.done += tokens;
@@ -180,16 +191,24 @@ pub fn run(args: Args) -> Result<()> {
         let first = requests.len();
         match &r.input {
             RowInput::Text { context, continuation } => {
-                let (mut ctx, mut cont) = tok().encode_pair(context, continuation, PairEncoding::Joint).map_err(|e| bad(e.to_string()))?;
+                let (mut ctx, mut cont) = tok()
+                    .encode_pair(context, continuation, PairEncoding::Joint)
+                    .map_err(|e| bad(e.to_string()))?;
                 // lm-eval's empty context: `<|endoftext|>`, unless the continuation itself starts with it, which
                 // then serves as the context (`(cont[:1], cont[1:])`).
                 if context.is_empty() && cont.first() == Some(&0) && cont.len() > 1 {
                     ctx = vec![0];
                     cont.remove(0);
                 }
-                requests.push(Request { context: ctx, continuation: cont });
+                requests.push(Request {
+                    context: ctx,
+                    continuation: cont,
+                });
             }
-            RowInput::Ids { context, continuation } => requests.push(Request { context: context.clone(), continuation: continuation.clone() }),
+            RowInput::Ids { context, continuation } => requests.push(Request {
+                context: context.clone(),
+                continuation: continuation.clone(),
+            }),
             RowInput::RollingText(text) => {
                 let ids = tok().encode(text).map_err(|e| bad(e.to_string()))?;
                 requests.extend(rolling_windows(&ids, 0, max_len));

@@ -41,7 +41,11 @@ fn figure_formats(list: &str) -> Result<Vec<report::FigureFormat>> {
             "png" => report::FigureFormat::Png,
             "svg" => report::FigureFormat::Svg,
             "pdf" => report::FigureFormat::Pdf,
-            other => return Err(Error::invalid(format!("--figure-format {other}: expected png, svg or pdf (comma-separated)"))),
+            other => {
+                return Err(Error::invalid(format!(
+                    "--figure-format {other}: expected png, svg or pdf (comma-separated)"
+                )))
+            }
         };
         if !out.contains(&format) {
             out.push(format);
@@ -59,7 +63,10 @@ fn select_tasks(rows: Vec<report::ResultRow>, list: &str) -> Result<Vec<report::
     present.sort();
     present.dedup();
     if let Some(w) = wanted.iter().find(|w| !present.iter().any(|t| matches(t, w))) {
-        return Err(Error::invalid(format!("--tasks: no results for task `{w}`; the results have {}", present.join(", "))));
+        return Err(Error::invalid(format!(
+            "--tasks: no results for task `{w}`; the results have {}",
+            present.join(", ")
+        )));
     }
     Ok(rows.into_iter().filter(|r| wanted.iter().any(|w| matches(&r.task, w))).collect())
 }
@@ -72,7 +79,13 @@ pub fn run(args: Args) -> Result<()> {
     let rows = match (&args.tsv, &args.db) {
         (Some(tsv), _) => {
             if args.metric != "acc" {
-                return Err(Error::file(tsv, format!("--metric {}: a results table holds one metric (acc); report on a store for acc_norm", args.metric)));
+                return Err(Error::file(
+                    tsv,
+                    format!(
+                        "--metric {}: a results table holds one metric (acc); report on a store for acc_norm",
+                        args.metric
+                    ),
+                ));
             }
             report::read_tsv(tsv)?
         }

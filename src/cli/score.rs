@@ -156,9 +156,21 @@ pub fn resolve_model(model: &str, offline: bool) -> Result<(CheckpointSpec, Path
     // Not a directory: a Hub id if it reads as one (ORG/NAME[@REV]), else a directory that is not there.
     let spec = match CheckpointSpec::parse(model) {
         Ok(spec) if matches!(spec.source, Source::Hub) && spec.model.contains('/') => spec,
-        _ => return Err(Error::file(&dir, "model directory not found (nor is it a Hub model id, ORG/NAME[@REVISION])")),
+        _ => {
+            return Err(Error::file(
+                &dir,
+                "model directory not found (nor is it a Hub model id, ORG/NAME[@REVISION])",
+            ))
+        }
     };
-    let local = lmscore::hub::resolve(&spec, &HubOptions { offline, cache_dir: None, progress: true })?;
+    let local = lmscore::hub::resolve(
+        &spec,
+        &HubOptions {
+            offline,
+            cache_dir: None,
+            progress: true,
+        },
+    )?;
     let args = format!("pretrained={},revision={}", spec.model, spec.revision);
     Ok((spec, local, args))
 }
@@ -237,7 +249,11 @@ pub fn run(args: Args) -> Result<()> {
             "{}: {} docs{}, {} requests from {}{}",
             t.name,
             t.docs.len(),
-            if t.docs.len() < original[original.len() - 1] { format!(" of {}", original[original.len() - 1]) } else { String::new() },
+            if t.docs.len() < original[original.len() - 1] {
+                format!(" of {}", original[original.len() - 1])
+            } else {
+                String::new()
+            },
             t.n_requests(),
             t.source.display(),
             if t.skipped_rows > 0 {
@@ -329,7 +345,10 @@ pub fn run(args: Args) -> Result<()> {
         let mut extra = Map::new();
         extra.insert("git_hash".into(), json!(lm_eval::git_hash()));
         extra.insert("date".into(), json!(started));
-        extra.insert("total_evaluation_time_seconds".into(), json!((lm_eval::unix_time() - started).to_string()));
+        extra.insert(
+            "total_evaluation_time_seconds".into(),
+            json!((lm_eval::unix_time() - started).to_string()),
+        );
         extra.insert("lmscore".into(), lmscore_section);
         let task_results: Vec<TaskResults> = loaded
             .iter()
@@ -354,7 +373,8 @@ pub fn run(args: Args) -> Result<()> {
         let mut out = String::new();
         for (o, key) in outcomes.iter().zip(&keys) {
             for r in &o.requests {
-                let row = json!({"task": key, "doc": r.doc, "choice": r.choice, "logprob": r.logprob, "is_greedy": r.is_greedy, "n_tokens": r.n_tokens});
+                let row =
+                    json!({"task": key, "doc": r.doc, "choice": r.choice, "logprob": r.logprob, "is_greedy": r.is_greedy, "n_tokens": r.n_tokens});
                 out.push_str(&row.to_string());
                 out.push('\n');
             }

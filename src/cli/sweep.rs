@@ -145,7 +145,11 @@ fn format_dry_run(d: &sweep::DryRun, opts: &SweepOptions) -> String {
         d.units - d.already_done,
         d.checkpoints
     );
-    let ratio = if d.computed_tokens > 0 { d.naive_tokens as f64 / d.computed_tokens as f64 } else { f64::NAN };
+    let ratio = if d.computed_tokens > 0 {
+        d.naive_tokens as f64 / d.computed_tokens as f64
+    } else {
+        f64::NAN
+    };
     s += &format!(
         "tokens to compute: {} (the plans' count with prefix sharing; {} if each request were scored alone, x{ratio:.1})\n",
         d.computed_tokens, d.naive_tokens

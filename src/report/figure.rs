@@ -54,14 +54,14 @@ fn layout(n: usize) -> ((usize, usize), (u32, u32)) {
 /// small to large, alternating dark and light so that neighbours differ in lightness as well as hue. Each
 /// also gets a marker shape, for readers and printers that lose the colours.
 const PALETTE: [(f64, (u8, u8, u8)); 8] = [
-    (70e6, (94, 45, 145)),    // purple
-    (160e6, (42, 98, 184)),   // blue
-    (410e6, (18, 160, 170)),  // teal
-    (1e9, (40, 120, 40)),     // green
-    (1.4e9, (160, 160, 20)),  // olive
-    (2.8e9, (240, 140, 20)),  // orange
-    (6.9e9, (215, 40, 40)),   // red
-    (12e9, (110, 20, 30)),    // maroon
+    (70e6, (94, 45, 145)),   // purple
+    (160e6, (42, 98, 184)),  // blue
+    (410e6, (18, 160, 170)), // teal
+    (1e9, (40, 120, 40)),    // green
+    (1.4e9, (160, 160, 20)), // olive
+    (2.8e9, (240, 140, 20)), // orange
+    (6.9e9, (215, 40, 40)),  // red
+    (12e9, (110, 20, 30)),   // maroon
 ];
 
 /// The colour of a model size: its palette entry, or for a size between two entries the interpolation in
@@ -293,8 +293,11 @@ fn marker<DB: DrawingBackend>(
 
 /// Legend entries as (label, colour, marker, dashed); the chance line last when there is one.
 fn legend_entries(fig: &FigureData) -> Vec<(String, RGBColor, Option<usize>, bool)> {
-    let mut v: Vec<(String, RGBColor, Option<usize>, bool)> =
-        fig.models.iter().map(|(_, p, l, dashed)| (l.clone(), size_color(*p), Some(size_marker(*p)), *dashed)).collect();
+    let mut v: Vec<(String, RGBColor, Option<usize>, bool)> = fig
+        .models
+        .iter()
+        .map(|(_, p, l, dashed)| (l.clone(), size_color(*p), Some(size_marker(*p)), *dashed))
+        .collect();
     if fig.has_chance {
         v.push(("chance".into(), RGBColor(110, 110, 110), None, true));
     }
@@ -412,7 +415,14 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, fig: &FigureData) -> 
         };
         if let Some(cv) = panel.chance {
             let (a, b) = (at((x0, cv)), at((x1, cv)));
-            dashed(&pixels, a, b, px(0.04) as f64, px(0.03) as f64, RGBColor(110, 110, 110).stroke_width(line_w))?;
+            dashed(
+                &pixels,
+                a,
+                b,
+                px(0.04) as f64,
+                px(0.03) as f64,
+                RGBColor(110, 110, 110).stroke_width(line_w),
+            )?;
         }
         for s in &panel.series {
             let c = size_color(s.params);
@@ -469,7 +479,14 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, fig: &FigureData) -> 
         for &i in line {
             let (label, c, shape, is_dashed) = &entries[i];
             if *is_dashed {
-                dashed(&legend, (x, y), (x + sample, y), px(0.05) as f64, px(0.025) as f64, c.stroke_width(line_w))?;
+                dashed(
+                    &legend,
+                    (x, y),
+                    (x + sample, y),
+                    px(0.05) as f64,
+                    px(0.025) as f64,
+                    c.stroke_width(line_w),
+                )?;
             } else {
                 legend.draw(&PathElement::new(vec![(x, y), (x + sample, y)], c.stroke_width(line_w)))?;
             }
@@ -488,7 +505,11 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, fig: &FigureData) -> 
 /// its pixel user units through the viewBox).
 fn svg_in_inches(svg: String, (w, h): (u32, u32)) -> String {
     let from = format!("width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\"");
-    let to = format!("width=\"{:.4}in\" height=\"{:.4}in\" viewBox=\"0 0 {w} {h}\"", w as f64 / DPI, h as f64 / DPI);
+    let to = format!(
+        "width=\"{:.4}in\" height=\"{:.4}in\" viewBox=\"0 0 {w} {h}\"",
+        w as f64 / DPI,
+        h as f64 / DPI
+    );
     svg.replacen(&from, &to, 1)
 }
 

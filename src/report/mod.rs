@@ -82,7 +82,10 @@ impl ResultRow {
             return Err(format!("accuracy {}: expected a number between 0 and 1", self.accuracy));
         }
         if !(self.accuracy_se.is_nan() || (self.accuracy_se.is_finite() && self.accuracy_se >= 0.0)) {
-            return Err(format!("standard error {}: expected a finite number >= 0 (or NA: not available)", self.accuracy_se));
+            return Err(format!(
+                "standard error {}: expected a finite number >= 0 (or NA: not available)",
+                self.accuracy_se
+            ));
         }
         Ok(())
     }
@@ -222,7 +225,11 @@ pub fn format_tsv(rows: &[ResultRow]) -> String {
     for r in rows {
         // `{:?}` is the shortest round-trip form and keeps a `.0` on whole numbers, as Python (which wrote
         // the paper's file) does, so the paper's table is written back byte for byte.
-        let se = if r.accuracy_se.is_nan() { NOT_AVAILABLE[0].to_string() } else { format!("{:?}", r.accuracy_se) };
+        let se = if r.accuracy_se.is_nan() {
+            NOT_AVAILABLE[0].to_string()
+        } else {
+            format!("{:?}", r.accuracy_se)
+        };
         let _ = writeln!(s, "{}\t{}\t{}\t{:?}\t{se}", r.model, r.revision, r.task, r.accuracy);
     }
     s
@@ -331,12 +338,19 @@ pub fn run_jsons_with(rows: &[ResultRow], details: Option<&RunDetails>) -> Resul
             doc["n-samples"][t] = Value::Null;
         }
         let sanitize = |s: &str| -> String {
-            let s: String = s.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect();
+            let s: String = s
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' })
+                .collect();
             s.chars().take(150).collect() // file names stay well under the usual 255-byte limit
         };
         let rev = sanitize(&key.revision);
         let short = key.model.rsplit('/').next().unwrap_or(&key.model);
-        let base = if shared_short(&key.model) { format!("{}_{rev}", sanitize(&key.model)) } else { format!("{}_{rev}", sanitize(short)) };
+        let base = if shared_short(&key.model) {
+            format!("{}_{rev}", sanitize(&key.model))
+        } else {
+            format!("{}_{rev}", sanitize(short))
+        };
         let free = |n: &String| !used.contains(&format!("{}.json", n.to_lowercase()));
         let name = std::iter::once(base.clone())
             .chain((2..).map(|k| format!("{base}_{k}")))
@@ -514,13 +528,21 @@ pub fn write_report(rows: &[ResultRow], opts: &ReportOptions, out_dir: &Path) ->
     }
 
     let unanalysable: Vec<String> = {
-        let mut v: Vec<String> = rows.iter().filter(|r| !r.is_analysable()).map(|r| format!("{}@{}", r.model, r.revision)).collect();
+        let mut v: Vec<String> = rows
+            .iter()
+            .filter(|r| !r.is_analysable())
+            .map(|r| format!("{}@{}", r.model, r.revision))
+            .collect();
         v.sort();
         v.dedup();
         v
     };
     if !unanalysable.is_empty() {
-        let more = if unanalysable.len() > 5 { format!(" and {} more", unanalysable.len() - 5) } else { String::new() };
+        let more = if unanalysable.len() > 5 {
+            format!(" and {} more", unanalysable.len() - 5)
+        } else {
+            String::new()
+        };
         warnings.push(format!(
             "{} run(s) without a Pythia size in the model name or a stepN revision ({}{more}) are in the tables and per-run JSON \
              but left out of the statistics, trends and figure (they need parameters and training tokens)",

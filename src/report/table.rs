@@ -133,13 +133,16 @@ pub fn format_tests_table(tests: &[TaskTests]) -> String {
 /// Per checkpoint, where its time went (from a results store): download, load and scoring seconds summed over
 /// its attempts, the tokens its plans computed and the rate that makes. Tab-separated, one row per run.
 pub fn format_timings(timings: &[crate::store::CheckpointTiming]) -> String {
-    let mut s = String::from(
-        "model\trevision\tdevice\tdtype\tattempts\ttasks\tweights_MiB\tdownload_s\tload_s\tscoring_s\tcomputed_tokens\ttokens_per_s\n",
-    );
+    let mut s =
+        String::from("model\trevision\tdevice\tdtype\tattempts\ttasks\tweights_MiB\tdownload_s\tload_s\tscoring_s\tcomputed_tokens\ttokens_per_s\n");
     for t in timings {
         let x = &t.total;
         // A rate over no measurable time is not a rate.
-        let rate = if x.scoring_seconds > 0.0 { format!("{:.0}", x.computed_tokens as f64 / x.scoring_seconds) } else { "NA".into() };
+        let rate = if x.scoring_seconds > 0.0 {
+            format!("{:.0}", x.computed_tokens as f64 / x.scoring_seconds)
+        } else {
+            "NA".into()
+        };
         let _ = writeln!(
             s,
             "{}\t{}\t{}\t{}\t{}\t{}\t{:.1}\t{:.2}\t{:.2}\t{:.2}\t{}\t{rate}",

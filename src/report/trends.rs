@@ -210,7 +210,11 @@ pub(crate) fn unpaired_warning(rows: &[TrendRow], items: Option<&ItemData>) -> O
         return None;
     }
     let shown = unpaired.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
-    let more = if unpaired.len() > 5 { format!(" and {} more", unpaired.len() - 5) } else { String::new() };
+    let more = if unpaired.len() > 5 {
+        format!(" and {} more", unpaired.len() - 5)
+    } else {
+        String::new()
+    };
     Some(format!(
         "trend tests of {} (task, model) pairs are the unpaired approximation: some checkpoint has no per-item values over the same items ({shown}{more})",
         unpaired.len()
@@ -278,7 +282,16 @@ fn flags(task: &str, s: &Series, items: Option<&ItemData>, n_items: f64) -> Opti
         });
     let (drop_step, drop_earlier_acc, d) = match best {
         Some((k, t)) => (Some(earlier[k].3), earlier[k].1, t),
-        None => (None, f64::NAN, DropTest { effect: f64::NAN, se: f64::NAN, stat: f64::NAN, p: f64::NAN }),
+        None => (
+            None,
+            f64::NAN,
+            DropTest {
+                effect: f64::NAN,
+                se: f64::NAN,
+                stat: f64::NAN,
+                p: f64::NAN,
+            },
+        ),
     };
     let test = if comparisons == 0 { TestKind::None } else { kind };
 
@@ -314,7 +327,11 @@ fn flags(task: &str, s: &Series, items: Option<&ItemData>, n_items: f64) -> Opti
         drop_se: d.se,
         drop_stat: d.stat,
         drop_p_min: d.p,
-        drop_p: if comparisons == 0 { f64::NAN } else { (d.p * comparisons as f64).min(1.0) },
+        drop_p: if comparisons == 0 {
+            f64::NAN
+        } else {
+            (d.p * comparisons as f64).min(1.0)
+        },
         drop_q: f64::NAN,
         inverse_scaling: false,
         curvature,
@@ -401,7 +418,11 @@ pub fn format_trends_tsv(rows: &[TrendRow]) -> String {
             if r.inverse_scaling { "yes" } else { "no" }.to_string(),
             opt(r.curvature),
             opt(r.curvature_t),
-            if r.shape == Shape::NotTested { "NA".to_string() } else { r.curvature_df.to_string() },
+            if r.shape == Shape::NotTested {
+                "NA".to_string()
+            } else {
+                r.curvature_df.to_string()
+            },
             opt(r.curvature_p),
             opt(r.curvature_q),
             opt(r.vertex_tokens.round()),
@@ -416,7 +437,10 @@ pub fn format_trends_tsv(rows: &[TrendRow]) -> String {
 pub fn format_trends_markdown(rows: &[TrendRow]) -> String {
     let mut s = String::new();
     let paired = rows.iter().filter(|r| r.test.paired()).count();
-    let unpaired = rows.iter().filter(|r| matches!(r.test, TestKind::UnpairedProportions | TestKind::UnpairedMeans)).count();
+    let unpaired = rows
+        .iter()
+        .filter(|r| matches!(r.test, TestKind::UnpairedProportions | TestKind::UnpairedMeans))
+        .count();
     let tested = rows.iter().filter(|r| !r.drop_p.is_nan()).count() + rows.iter().filter(|r| !r.curvature_p.is_nan()).count();
     let _ = writeln!(s, "# Trends over training\n");
     let _ = writeln!(s, "Definitions (per task and model, over its checkpoints; step 0 left out):\n");
@@ -459,22 +483,38 @@ pub fn format_trends_markdown(rows: &[TrendRow]) -> String {
     // The size as label, unless two models of one task share it (pythia-70m and pythia-70m-deduped): then the name.
     let label = |r: &TrendRow| {
         let size = size_label(&r.model);
-        let shared = rows.iter().any(|o| o.task == r.task && o.model != r.model && size_label(&o.model) == size);
+        let shared = rows
+            .iter()
+            .any(|o| o.task == r.task && o.model != r.model && size_label(&o.model) == size);
         match size {
             Some(s) if !shared => s,
             _ => {
                 // The last path segment, unless another model of the task has the same one (`pythia-70m` and
                 // `EleutherAI/pythia-70m` are two models): then the full name.
                 let short = |m: &str| m.rsplit('/').next().unwrap_or(m).to_string();
-                let clash = rows.iter().any(|o| o.task == r.task && o.model != r.model && short(&o.model) == short(&r.model));
-                if clash { r.model.clone() } else { short(&r.model) }
+                let clash = rows
+                    .iter()
+                    .any(|o| o.task == r.task && o.model != r.model && short(&o.model) == short(&r.model));
+                if clash {
+                    r.model.clone()
+                } else {
+                    short(&r.model)
+                }
             }
         }
     };
     let inverse: Vec<&TrendRow> = rows.iter().filter(|r| r.inverse_scaling).collect();
-    let _ = writeln!(s, "## Inverse scaling over training: {} of {} flagged (q < {ALPHA})\n", inverse.len(), rows.len());
+    let _ = writeln!(
+        s,
+        "## Inverse scaling over training: {} of {} flagged (q < {ALPHA})\n",
+        inverse.len(),
+        rows.len()
+    );
     if !inverse.is_empty() {
-        let _ = writeln!(s, "| Task | Model | Earlier (step: value) | Last (step: value) | Effect | Test | Statistic | p (one comparison) | p (corrected, m) | q |");
+        let _ = writeln!(
+            s,
+            "| Task | Model | Earlier (step: value) | Last (step: value) | Effect | Test | Statistic | p (one comparison) | p (corrected, m) | q |"
+        );
         let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
         for r in &inverse {
             let _ = writeln!(
@@ -567,7 +607,15 @@ mod tests {
         // 1000 items; rises then falls by 0.22: a decline and an inverted U, both far beyond chance.
         let r = trend_flags(&rows(
             "t",
-            &[(1000, 0.5), (2000, 0.6), (4000, 0.7), (8000, 0.72), (16000, 0.7), (32000, 0.6), (64000, 0.5)],
+            &[
+                (1000, 0.5),
+                (2000, 0.6),
+                (4000, 0.7),
+                (8000, 0.72),
+                (16000, 0.7),
+                (32000, 0.6),
+                (64000, 0.5),
+            ],
         ));
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].test, TestKind::UnpairedProportions);

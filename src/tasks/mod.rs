@@ -336,7 +336,12 @@ fn describe_request(tasks: &[LoadedTask], members: &[usize], mut k: usize) -> St
 
 /// How errors name one request: "task T, doc D (file:line), choice C".
 fn request_label(t: &LoadedTask, doc: usize, choice: usize) -> String {
-    format!("task {}, doc {doc} ({}:{}), choice {choice}", t.name, t.source.display(), t.docs[doc].line)
+    format!(
+        "task {}, doc {doc} ({}:{}), choice {choice}",
+        t.name,
+        t.source.display(),
+        t.docs[doc].line
+    )
 }
 
 /// Metrics of one task from its requests' scores (in `LoadedTask::requests` order).

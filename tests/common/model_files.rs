@@ -100,14 +100,22 @@ pub fn loglikelihood(model: &Path, input_rows: &str, extra: &[&str]) -> (Run, te
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.jsonl");
     std::fs::write(&input, input_rows).unwrap();
-    let out = loglikelihood_command("", model, &input, &dir.path().join("out.jsonl")).args(extra).output().unwrap();
+    let out = loglikelihood_command("", model, &input, &dir.path().join("out.jsonl"))
+        .args(extra)
+        .output()
+        .unwrap();
     let run = Run {
         ok: out.status.success(),
         stdout: String::from_utf8_lossy(&out.stdout).to_string(),
         stderr: String::from_utf8_lossy(&out.stderr).to_string(),
     };
     assert!(!run.stderr.contains("panicked"), "lmscore panicked:\n{}", run.stderr);
-    assert!(out.status.code().is_some(), "lmscore died of a signal ({:?}):\n{}", out.status, run.stderr);
+    assert!(
+        out.status.code().is_some(),
+        "lmscore died of a signal ({:?}):\n{}",
+        out.status,
+        run.stderr
+    );
     (run, dir)
 }
 

@@ -84,9 +84,9 @@ pub fn sum(x: &[f32]) -> f32 {
 pub fn exp_nonpositive(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer
-    // exp(-87) ~ 1.6e-38, near the smallest normal f32; a softmax row's max term is 1, so smaller terms vanish
-    // anyway. Written as a comparison, not `f32::max`, so that a NaN stays NaN (`max` would turn it into -87,
-    // and a NaN logit would silently drop out of the softmax). Still one `maxps`.
+                                     // exp(-87) ~ 1.6e-38, near the smallest normal f32; a softmax row's max term is 1, so smaller terms vanish
+                                     // anyway. Written as a comparison, not `f32::max`, so that a NaN stays NaN (`max` would turn it into -87,
+                                     // and a NaN logit would silently drop out of the softmax). Still one `maxps`.
     let x = if x < -87.0 { -87.0 } else { x };
     let n = (x * LOG2E + ROUND) - ROUND;
     let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4; // x - n ln2, ln2 split into an exact head and a tail
@@ -140,7 +140,16 @@ pub fn erf(x: f32) -> f32 {
     let a = x.abs();
     let a2 = a * a;
     // 2/sqrt(pi) (a - a^3/3 + a^5/10 - a^7/42 + a^9/216 - a^11/1320 + a^13/9360 - a^15/75600)
-    const SERIES: [f32; 8] = [1.0, -1.0 / 3.0, 0.1, -1.0 / 42.0, 1.0 / 216.0, -1.0 / 1320.0, 1.0 / 9360.0, -1.0 / 75600.0];
+    const SERIES: [f32; 8] = [
+        1.0,
+        -1.0 / 3.0,
+        0.1,
+        -1.0 / 42.0,
+        1.0 / 216.0,
+        -1.0 / 1320.0,
+        1.0 / 9360.0,
+        -1.0 / 75600.0,
+    ];
     let mut s = SERIES[7];
     for &c in SERIES[..7].iter().rev() {
         s = s * a2 + c;
@@ -149,8 +158,16 @@ pub fn erf(x: f32) -> f32 {
     let t = 1.0 / (1.0 + 0.5 * a);
     #[allow(clippy::excessive_precision)] // Numerical Recipes' coefficients as published
     const ERFC: [f32; 10] = [
-        -1.265_512_2, 1.000_023_7, 0.374_091_96, 0.096_784_18, -0.186_288_06, 0.278_868_07, -1.135_203_9, 1.488_515_9,
-        -0.822_152_2, 0.170_872_77,
+        -1.265_512_2,
+        1.000_023_7,
+        0.374_091_96,
+        0.096_784_18,
+        -0.186_288_06,
+        0.278_868_07,
+        -1.135_203_9,
+        1.488_515_9,
+        -0.822_152_2,
+        0.170_872_77,
     ];
     let mut p = ERFC[9];
     for &c in ERFC[..9].iter().rev() {

@@ -7,10 +7,10 @@ pub mod math;
 pub mod profile;
 
 use super::{AttnShape, Backend, BatchLayout, Tensor2, TokenScore};
-use math::multiversion;
-use profile::{scope, Op};
 use crate::checkpoint::HostTensor;
 use crate::error::{Error, Result};
+use math::multiversion;
+use profile::{scope, Op};
 use rayon::prelude::*;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -58,7 +58,6 @@ pub fn rotary_inv_freq(rotary_ndims: usize, base: f32) -> Vec<f32> {
         .map(|j| 1.0f32 / base.powf((2 * j) as f32 / rotary_ndims as f32))
         .collect()
 }
-
 
 /// x [m, k], w [n, k] (PyTorch Linear layout), b [1, n] -> x w^T + b: [m, n], through the `gemm` crate.
 pub fn x_wt_plus_b(x: &CpuTensor, w: &CpuTensor, b: Option<&CpuTensor>) -> Result<CpuTensor> {
@@ -118,10 +117,40 @@ struct KeyBlock<'a> {
 ///
 /// SAFETY: the caller guarantees every element the shapes and strides address lies inside live buffers.
 #[allow(clippy::too_many_arguments)]
-unsafe fn small_gemm(m: usize, n: usize, k: usize, c: *mut f32, c_rs: usize, accumulate: bool, a: *const f32, a_rs: usize, b: *const f32, b_rs: usize, b_cs: usize, beta: f32) {
+unsafe fn small_gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: *mut f32,
+    c_rs: usize,
+    accumulate: bool,
+    a: *const f32,
+    a_rs: usize,
+    b: *const f32,
+    b_rs: usize,
+    b_cs: usize,
+    beta: f32,
+) {
     gemm::gemm(
-        m, n, k, c, 1, c_rs as isize, accumulate, a, 1, a_rs as isize, b, b_cs as isize, b_rs as isize,
-        if accumulate { 1.0 } else { 0.0 }, beta, false, false, false, gemm::Parallelism::None,
+        m,
+        n,
+        k,
+        c,
+        1,
+        c_rs as isize,
+        accumulate,
+        a,
+        1,
+        a_rs as isize,
+        b,
+        b_cs as isize,
+        b_rs as isize,
+        if accumulate { 1.0 } else { 0.0 },
+        beta,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
     );
 }
 
@@ -146,13 +175,43 @@ fn attend_siblings(qkv: &CpuTensor, siblings: &[&crate::backend::AttnSegment], a
     let mut p = vec![0f32; n_q * stride];
     let mut col = 0;
     for b in ancestors {
-        unsafe { small_gemm(n_q, b.count, hd, p.as_mut_ptr().add(col), stride, false, q.as_ptr(), hd, b.rows.as_ptr().add(b.first * cols + k_at), 1, cols, scale) };
+        unsafe {
+            small_gemm(
+                n_q,
+                b.count,
+                hd,
+                p.as_mut_ptr().add(col),
+                stride,
+                false,
+                q.as_ptr(),
+                hd,
+                b.rows.as_ptr().add(b.first * cols + k_at),
+                1,
+                cols,
+                scale,
+            )
+        };
         col += b.count;
     }
     let mut r0 = 0;
     for seg in siblings {
         let (first, len) = (seg.q_start as usize, seg.q_len as usize);
-        unsafe { small_gemm(len, len, hd, p.as_mut_ptr().add(r0 * stride + n_anc), stride, false, q.as_ptr().add(r0 * hd), hd, qkv.data.as_ptr().add(first * cols + k_at), 1, cols, scale) };
+        unsafe {
+            small_gemm(
+                len,
+                len,
+                hd,
+                p.as_mut_ptr().add(r0 * stride + n_anc),
+                stride,
+                false,
+                q.as_ptr().add(r0 * hd),
+                hd,
+                qkv.data.as_ptr().add(first * cols + k_at),
+                1,
+                cols,
+                scale,
+            )
+        };
         for i in 0..len {
             let (seen, masked) = p[(r0 + i) * stride..(r0 + i + 1) * stride].split_at_mut(n_anc + i + 1);
             softmax_in_place(seen);
@@ -164,13 +223,43 @@ fn attend_siblings(qkv: &CpuTensor, siblings: &[&crate::backend::AttnSegment], a
     let mut o = vec![0f32; n_q * hd];
     let mut col = 0;
     for (n, b) in ancestors.iter().enumerate() {
-        unsafe { small_gemm(n_q, hd, b.count, o.as_mut_ptr(), hd, n > 0, p.as_ptr().add(col), stride, b.rows.as_ptr().add(b.first * cols + v_at), cols, 1, 1.0) };
+        unsafe {
+            small_gemm(
+                n_q,
+                hd,
+                b.count,
+                o.as_mut_ptr(),
+                hd,
+                n > 0,
+                p.as_ptr().add(col),
+                stride,
+                b.rows.as_ptr().add(b.first * cols + v_at),
+                cols,
+                1,
+                1.0,
+            )
+        };
         col += b.count;
     }
     let mut r0 = 0;
     for seg in siblings {
         let (first, len) = (seg.q_start as usize, seg.q_len as usize);
-        unsafe { small_gemm(len, hd, len, o.as_mut_ptr().add(r0 * hd), hd, n_anc > 0, p.as_ptr().add(r0 * stride + n_anc), stride, qkv.data.as_ptr().add(first * cols + v_at), cols, 1, 1.0) };
+        unsafe {
+            small_gemm(
+                len,
+                hd,
+                len,
+                o.as_mut_ptr().add(r0 * hd),
+                hd,
+                n_anc > 0,
+                p.as_ptr().add(r0 * stride + n_anc),
+                stride,
+                qkv.data.as_ptr().add(first * cols + v_at),
+                cols,
+                1,
+                1.0,
+            )
+        };
         r0 += len;
     }
     o
@@ -213,7 +302,11 @@ impl Backend for Cpu {
     type Layout = BatchLayout;
 
     fn describe(&self) -> String {
-        format!("cpu f32 ({} thread{})", rayon::current_num_threads(), if rayon::current_num_threads() == 1 { "" } else { "s" })
+        format!(
+            "cpu f32 ({} thread{})",
+            rayon::current_num_threads(),
+            if rayon::current_num_threads() == 1 { "" } else { "s" }
+        )
     }
 
     fn upload(&self, t: &HostTensor) -> Result<CpuTensor> {
@@ -323,7 +416,10 @@ impl Backend for Cpu {
             }
             let keys = p + qkv.rows;
             if let Some(&(start, len)) = seg.ancestors.iter().find(|&&(start, len)| start as usize + len as usize > keys) {
-                return Err(Error::invalid(format!("attention: ancestor keys {start}..{} past the {keys} keys there are", start + len)));
+                return Err(Error::invalid(format!(
+                    "attention: ancestor keys {start}..{} past the {keys} keys there are",
+                    start + len
+                )));
             }
         }
         if covered.contains(&false) {
@@ -337,10 +433,18 @@ impl Backend for Cpu {
                 let (start, len) = (start as usize, len as usize);
                 let cached = len.min(p.saturating_sub(start));
                 if cached > 0 {
-                    blocks.push(KeyBlock { rows: &past.unwrap().data, first: start, count: cached });
+                    blocks.push(KeyBlock {
+                        rows: &past.unwrap().data,
+                        first: start,
+                        count: cached,
+                    });
                 }
                 if len > cached {
-                    blocks.push(KeyBlock { rows: &qkv.data, first: start + cached - p, count: len - cached });
+                    blocks.push(KeyBlock {
+                        rows: &qkv.data,
+                        first: start + cached - p,
+                        count: len - cached,
+                    });
                 }
             }
             blocks
@@ -363,7 +467,10 @@ impl Backend for Cpu {
             .collect();
         let mut out = vec![0f32; qkv.rows * h];
         for (&(g, head), o) in tasks.iter().zip(&results) {
-            let rows = groups[g].1.iter().flat_map(|seg| seg.q_start as usize..(seg.q_start + seg.q_len) as usize);
+            let rows = groups[g]
+                .1
+                .iter()
+                .flat_map(|seg| seg.q_start as usize..(seg.q_start + seg.q_len) as usize);
             for (row, o_row) in rows.zip(o.chunks_exact(hd)) {
                 out[row * h + head * hd..][..hd].copy_from_slice(o_row);
             }

@@ -63,7 +63,9 @@ pub fn enable(on: bool) {
 
 /// Seconds recorded per op since `enable(true)`.
 pub fn seconds() -> Vec<(Op, f64)> {
-    OPS.iter().map(|&op| (op, NANOS[op as usize].load(Ordering::Relaxed) as f64 * 1e-9)).collect()
+    OPS.iter()
+        .map(|&op| (op, NANOS[op as usize].load(Ordering::Relaxed) as f64 * 1e-9))
+        .collect()
 }
 
 /// Times the op until dropped (when recording).
