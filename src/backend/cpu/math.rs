@@ -1,4 +1,4 @@
-//! The CPU backend's inner loops: dot products, exp, GELU, written branch-free over fixed-width chunks so
+//! The CPU backend's inner loops: sums, exp, GELU, written branch-free over fixed-width chunks so
 //! the compiler vectorises them, and compiled twice — for baseline x86-64 (SSE2) and for AVX2 + FMA, chosen
 //! at run time ([`multiversion!`]) — so one binary runs anywhere and uses the wide units where they exist.
 
@@ -38,31 +38,6 @@ macro_rules! multiversion {
     };
 }
 pub(crate) use multiversion;
-
-/// Σ a[i] b[i] over 8 independent partial sums (vectorisable; the order differs from a sequential sum
-/// by rounding only).
-#[inline(always)]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [0f32; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ac.zip(bc) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
-/// y += alpha x
-#[inline(always)]
-pub fn axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
-    for (y, x) in y.iter_mut().zip(x) {
-        *y += alpha * x;
-    }
-}
 
 /// Σ x[i] over 8 partial sums.
 #[inline(always)]
@@ -254,12 +229,10 @@ mod tests {
     }
 
     #[test]
-    fn dot_and_sum_match_f64_at_every_length() {
+    fn sum_matches_f64_at_every_length() {
         let mut r = crate::testing::Rng(9);
         for n in 0..100 {
-            let (a, b) = (r.values(n, 1.0), r.values(n, 1.0));
-            let want: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
-            assert!((dot(&a, &b) as f64 - want).abs() < 1e-5, "dot, length {n}");
+            let a = r.values(n, 1.0);
             let want: f64 = a.iter().map(|x| *x as f64).sum();
             assert!((sum(&a) as f64 - want).abs() < 1e-5, "sum, length {n}");
         }
