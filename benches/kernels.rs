@@ -130,7 +130,7 @@ fn bench_sizes(c: &mut Criterion, gpu: &CudaBackend) {
             rotary_base: 10000.0,
         };
         let layout_host = one_segment(T);
-        let layout: CudaLayout = gpu.prepare(&layout_host).expect("prepare");
+        let layout: CudaLayout = gpu.prepare(&layout_host, &[]).expect("prepare").0;
         let x32 = gpu.from_host_as(T, h, &values(T * h, 1.0, 1), DType::F32).expect("x");
         let x16 = gpu.from_host(T, h, &values(T * h, 1.0, 2)).expect("x");
         let (ln_w, ln_b) = (param(gpu, h, 3), param(gpu, h, 4));
@@ -187,6 +187,41 @@ fn bench_sizes(c: &mut Criterion, gpu: &CudaBackend) {
         });
         g.finish();
 
+        // The parallel residual's passes around the two output projections, as the forward pass ran them
+        // before (2 layernorms, 2 biased GEMMs each pre-filling and casting an f32 buffer, a residual add
+        // reading both outputs) and as it runs them now (both layernorms and both biases in one read of x,
+        // the GEMMs accumulating straight into it). Same GEMMs in both; FLOPs are the two GEMMs'.
+        let mut g = c.benchmark_group(format!("parallel_residual/{size}"));
+        let (dense_w, fc2_w) = (weight(gpu, h, h, 16), weight(gpu, h, ff, 17));
+        let (dense_b, fc2_b) = (param(gpu, h, 18), param(gpu, h, 19));
+        let attn = gpu.from_host(T, h, &values(T * h, 1.0, 20)).expect("attn");
+        let gelu = gpu.from_host(T, ff, &values(T * ff, 1.0, 21)).expect("gelu");
+        let mut resid = gpu.from_host_as(T, h, &values(T * h, 1.0, 22), DType::F32).expect("x");
+        g.throughput(Throughput::Elements(2 * (T * h * (h + ff)) as u64));
+        g.bench_function(BenchmarkId::new("separate passes", format!("{T}x{h}, d_ff {ff}")), |b| {
+            b.iter(|| {
+                let a_in = gpu.layernorm(&resid, &ln_w, &ln_b, 1e-5).unwrap();
+                let m_in = gpu.layernorm(&resid, &ln_w, &ln_b, 1e-5).unwrap();
+                let a = gpu.linear(&attn, &dense_w, Some(&dense_b)).unwrap();
+                let m = gpu.linear(&gelu, &fc2_w, Some(&fc2_b)).unwrap();
+                gpu.residual_add(&mut resid, &a, Some(&m)).unwrap();
+                sync(gpu);
+                (a_in, m_in)
+            })
+        });
+        g.bench_function(BenchmarkId::new("fused (parallel_norms + beta=1)", format!("{T}x{h}, d_ff {ff}")), |b| {
+            b.iter(|| {
+                let norms = gpu
+                    .parallel_norms(&mut resid, (&ln_w, &ln_b), (&ln_w, &ln_b), 1e-5, (&dense_b, &fc2_b))
+                    .unwrap();
+                gpu.linear_accumulate(&mut resid, &attn, &dense_w).unwrap();
+                gpu.linear_accumulate(&mut resid, &gelu, &fc2_w).unwrap();
+                sync(gpu);
+                norms
+            })
+        });
+        g.finish();
+
         let mut g = c.benchmark_group(format!("rotary/{size}"));
         let mut qkv = gpu.from_host(T, 3 * h, &values(T * 3 * h, 1.0, 12)).expect("qkv");
         // Read + write of the rotated dims of q and k.
@@ -209,7 +244,7 @@ fn bench_sizes(c: &mut Criterion, gpu: &CudaBackend) {
         ] {
             let t = l.tokens();
             let qkv = gpu.from_host(t, 3 * h, &values(t * 3 * h, 1.0, 13)).expect("qkv");
-            let dl = gpu.prepare(&l).expect("prepare");
+            let dl = gpu.prepare(&l, &[]).expect("prepare").0;
             g.throughput(Throughput::Elements(attention_flops(&l, h)));
             g.bench_function(BenchmarkId::new(name, format!("{t} rows, {heads}x{hd} (FLOP)")), |b| {
                 b.iter(|| {
@@ -223,6 +258,7 @@ fn bench_sizes(c: &mut Criterion, gpu: &CudaBackend) {
 
         let table = weight(gpu, vocab, h, 14);
         let ids: Vec<u32> = (0..T as u32).map(|i| (i * 7919) % vocab as u32).collect();
+        let ids = gpu.index(&ids).expect("ids");
         let mut g = c.benchmark_group(format!("embedding/{size}"));
         g.throughput(Throughput::Bytes((T * h) as u64 * (e + 4)));
         g.bench_function(BenchmarkId::from_parameter(format!("{T} ids x {h}")), |b| {
@@ -234,7 +270,7 @@ fn bench_sizes(c: &mut Criterion, gpu: &CudaBackend) {
         });
         g.finish();
 
-        let rows: Vec<u32> = (0..R as u32).map(|i| i * 3).collect();
+        let rows = gpu.index(&(0..R as u32).map(|i| i * 3).collect::<Vec<_>>()).expect("rows");
         let mut g = c.benchmark_group(format!("gather_rows/{size}"));
         g.throughput(Throughput::Bytes((R * h) as u64 * 8));
         g.bench_function(BenchmarkId::from_parameter(format!("{R} of {T}x{h} f32")), |b| {
@@ -263,7 +299,7 @@ fn bench_sizes(c: &mut Criterion, gpu: &CudaBackend) {
         let mut g = c.benchmark_group(format!("logsoftmax_gather/{size}"));
         g.throughput(Throughput::Bytes((R * vocab) as u64 * 4));
         g.bench_function(BenchmarkId::from_parameter(format!("{R}x{vocab} f32, {} targets", targets.len())), |b| {
-            b.iter(|| gpu.logsoftmax_gather(&logits, &targets).unwrap())
+            b.iter(|| gpu.logsoftmax_gather_host(&logits, &targets).unwrap())
         });
         g.finish();
     }

@@ -2,7 +2,7 @@
 
 use crate::backend::cpu::Cpu;
 use crate::backend::cuda::CudaBackend;
-use crate::backend::Backend;
+use crate::backend::{Activity, Backend};
 use crate::checkpoint::{Checkpoint, DType};
 use crate::error::{Error, Result};
 use crate::model::Model;
@@ -53,6 +53,9 @@ pub struct PlanStats {
     pub scored_rows: usize,
     pub batches: usize,
     pub seconds: f64,
+    /// What the backend did during the run (copies, synchronisations, launches per op): `score --profile`.
+    #[serde(skip)]
+    pub activity: Activity,
 }
 
 impl PlanStats {
@@ -102,6 +105,22 @@ impl Engine {
         }
     }
 
+    /// Everything the backend has counted so far (see `Activity`).
+    pub fn activity(&self) -> Activity {
+        match self {
+            Engine::Cpu(b, _) => b.activity(),
+            Engine::Cuda(b, _) => b.activity(),
+        }
+    }
+
+    /// Time every op from now on (CUDA: a pair of events per launch; CPU: wall time per op).
+    pub fn time_ops(&self, on: bool) {
+        match self {
+            Engine::Cpu(b, _) => b.time_ops(on),
+            Engine::Cuda(b, _) => b.time_ops(on),
+        }
+    }
+
     pub fn default_batch_tokens(&self) -> usize {
         match self {
             Engine::Cpu(..) => 2048,
@@ -133,6 +152,7 @@ impl Engine {
         let start = std::time::Instant::now();
         let total = plan.computed_tokens;
         let on_batch = |tokens| on_progress(tokens, total);
+        let before = self.activity();
         let scores = match self {
             Engine::Cpu(b, m) => run_plan(b, m, &plan, on_batch),
             Engine::Cuda(b, m) => run_plan(b, m, &plan, on_batch),
@@ -157,6 +177,7 @@ impl Engine {
             scored_rows: plan.scored_rows,
             batches: plan.batches.len(),
             seconds: start.elapsed().as_secs_f64(),
+            activity: self.activity().since(&before),
         };
         Ok((scores, stats))
     }

@@ -192,17 +192,106 @@ impl CacheUpdate {
     }
 }
 
+/// Rows scored per LM-head call: bounds the f32 logits buffer to ROW_CHUNK x V
+/// (512 x 50688 x 4 B = 104 MB for pythia-12b).
+pub const LOGIT_CHUNK_ROWS: usize = 512;
+
+/// One packed batch's index tables on the backend, all uploaded by one `Backend::prepare` (on CUDA: one
+/// copy): the attention layout, the token ids, the cache's retained and appended rows, and per LM-head
+/// chunk its distinct scored rows and its (chunk row, token) targets.
+pub struct BatchInputs<B: Backend> {
+    pub layout: B::Layout,
+    tokens: B::Index,
+    /// `None` when the cache stays as it is.
+    cache: Option<CacheTables<B>>,
+    chunks: Vec<ScoreChunk<B>>,
+    /// Score slot i (chunk by chunk) holds the score of target `slots[i]` (its index in the caller's order).
+    slots: Vec<usize>,
+    past_len: usize,
+}
+
+struct CacheTables<B: Backend> {
+    retain: Option<B::Index>,
+    append: Option<B::Index>,
+}
+
+struct ScoreChunk<B: Backend> {
+    /// [R] rows of the batch's hidden states.
+    rows: B::Index,
+    /// [N x 2] (row within `rows`, target token).
+    targets: B::Index,
+    /// N
+    len: usize,
+}
+
+impl<B: Backend> BatchInputs<B> {
+    /// Plan the batch's tables on the host and upload them together. `targets` are (batch row, token);
+    /// several may share a row. `past_len` is the number of rows the K/V cache holds before the batch.
+    pub fn new(b: &B, tokens: &[u32], layout: &crate::backend::BatchLayout, update: &CacheUpdate, targets: &[(u32, u32)]) -> Result<Self> {
+        let past_len = layout.past_len;
+        let mut rows: Vec<u32> = targets.iter().map(|t| t.0).collect();
+        rows.sort_unstable();
+        rows.dedup();
+        let mut slots = Vec::with_capacity(targets.len());
+        let mut chunk_tables: Vec<(Vec<u32>, Vec<u32>)> = vec![];
+        for chunk in rows.chunks(LOGIT_CHUNK_ROWS) {
+            let (lo, hi) = (chunk[0], *chunk.last().unwrap_or(&chunk[0]));
+            let mut pairs = vec![];
+            for (i, t) in targets.iter().enumerate().filter(|(_, t)| t.0 >= lo && t.0 <= hi) {
+                let local = chunk.binary_search(&t.0).unwrap_or_default() as u32;
+                pairs.extend([local, t.1]);
+                slots.push(i);
+            }
+            chunk_tables.push((chunk.to_vec(), pairs));
+        }
+        let noop = update.is_noop(past_len);
+        let mut tables: Vec<&[u32]> = vec![tokens];
+        if !noop {
+            tables.extend([update.retain.as_slice(), update.append.as_slice()]);
+        }
+        for (r, t) in &chunk_tables {
+            tables.extend([r.as_slice(), t.as_slice()]);
+        }
+        let (layout, indices) = b.prepare(layout, &tables)?;
+        let mut indices = indices.into_iter();
+        let mut next = || {
+            indices
+                .next()
+                .ok_or_else(|| crate::error::Error::invalid("prepare returned too few index tables"))
+        };
+        let tokens = next()?;
+        let cache = if noop {
+            None
+        } else {
+            let (retain, append) = (next()?, next()?);
+            Some(CacheTables {
+                retain: (!update.retain.is_empty()).then_some(retain),
+                append: (!update.append.is_empty()).then_some(append),
+            })
+        };
+        let mut chunks = Vec::with_capacity(chunk_tables.len());
+        for (_, pairs) in &chunk_tables {
+            chunks.push(ScoreChunk {
+                rows: next()?,
+                targets: next()?,
+                len: pairs.len() / 2,
+            });
+        }
+        Ok(BatchInputs {
+            layout,
+            tokens,
+            cache,
+            chunks,
+            slots,
+            past_len,
+        })
+    }
+}
+
 /// One forward pass over a packed batch. Returns the residual stream after the last layer, [T, h]
 /// (final LayerNorm not applied: `score_rows` applies it to the scored rows only).
-pub fn forward<B: Backend>(
-    b: &B,
-    m: &Model<B>,
-    tokens: &[u32],
-    layout: &B::Layout,
-    cache: &mut KvCache<B>,
-    update: &CacheUpdate,
-) -> Result<B::Tensor> {
-    forward_inspected(b, m, tokens, layout, cache, update, &mut |_, _| Ok(()))
+pub fn forward<B: Backend>(b: &B, m: &Model<B>, batch: &BatchInputs<B>, cache: &mut KvCache<B>) -> Result<B::Tensor> {
+    forward_inspected(b, m, batch, cache, &mut |_, _| Ok(()))
 }
 
 /// Where in the forward pass an inspected residual stream comes from.
@@ -218,36 +307,48 @@ pub enum Stage {
 pub fn forward_inspected<B: Backend>(
     b: &B,
     m: &Model<B>,
-    tokens: &[u32],
-    layout: &B::Layout,
+    batch: &BatchInputs<B>,
     cache: &mut KvCache<B>,
-    update: &CacheUpdate,
     inspect: &mut dyn FnMut(Stage, &B::Tensor) -> Result<()>,
 ) -> Result<B::Tensor> {
     let c = &m.config;
     let shape = c.attn_shape();
     let eps = c.layer_norm_eps;
-    let past_len = cache.len();
-    let mut x = b.embedding(&m.embed_in, tokens)?; // [T, h]
+    if cache.len() != batch.past_len {
+        return Err(crate::error::Error::invalid(format!(
+            "forward: the batch expects {} cached rows, the cache holds {}",
+            batch.past_len,
+            cache.len()
+        )));
+    }
+    let layout = &batch.layout;
+    let mut x = b.embedding(&m.embed_in, &batch.tokens)?; // [T, h] f32, the residual stream
     inspect(Stage::Embedding, &x)?;
     for (l, layer) in m.layers.iter().enumerate() {
-        let a_in = b.layernorm(&x, &layer.ln1_w, &layer.ln1_b, eps)?; // [T, h]
+        // Parallel residual, x + attn(ln1(x)) + mlp(ln2(x)): both norms from one read of x, which then
+        // holds x + both output biases, so the two output projections accumulate straight into it.
+        let (a_in, m_in) = if c.parallel_residual {
+            let ln1 = (&layer.ln1_w, &layer.ln1_b);
+            let (a, m) = b.parallel_norms(&mut x, ln1, (&layer.ln2_w, &layer.ln2_b), eps, (&layer.dense_b, &layer.fc2_b))?;
+            (a, Some(m)) // [T, h] each
+        } else {
+            (b.layernorm(&x, &layer.ln1_w, &layer.ln1_b, eps)?, None)
+        };
         let mut qkv = b.linear(&a_in, &layer.qkv_w, Some(&layer.qkv_b))?; // [T, 3h]
         b.rotary(&mut qkv, layout, shape)?; // q, k rotated in place
         let past = cache.layers[l].take(); // [P, 3h]
         let attn = b.attention(&qkv, past.as_ref(), layout, shape)?; // [T, h]
-        cache.layers[l] = update_cache(b, past, &qkv, update, past_len)?;
-        let attn = b.linear(&attn, &layer.dense_w, Some(&layer.dense_b))?; // [T, h]
-        if c.parallel_residual {
-            // x = x + attn(ln1(x)) + mlp(ln2(x))
-            let m_in = b.layernorm(&x, &layer.ln2_w, &layer.ln2_b, eps)?; // [T, h]
-            let mlp = mlp(b, layer, &m_in)?; // [T, h]
-            b.residual_add(&mut x, &attn, Some(&mlp))?;
+        cache.layers[l] = update_cache(b, past, &qkv, batch.cache.as_ref())?;
+        if let Some(m_in) = m_in {
+            b.linear_accumulate(&mut x, &attn, &layer.dense_w)?; // x += attn dense_w^T
+            b.linear_accumulate(&mut x, &mlp_hidden(b, layer, &m_in)?, &layer.fc2_w)?;
+        // x += gelu(..) fc2_w^T
         } else {
             // x = x + attn; x = x + mlp(ln2(x))
+            let attn = b.linear(&attn, &layer.dense_w, Some(&layer.dense_b))?; // [T, h]
             b.residual_add(&mut x, &attn, None)?;
             let m_in = b.layernorm(&x, &layer.ln2_w, &layer.ln2_b, eps)?;
-            let mlp = mlp(b, layer, &m_in)?;
+            let mlp = b.linear(&mlp_hidden(b, layer, &m_in)?, &layer.fc2_w, Some(&layer.fc2_b))?;
             b.residual_add(&mut x, &mlp, None)?;
         }
         inspect(Stage::Layer(l), &x)?;
@@ -255,25 +356,25 @@ pub fn forward_inspected<B: Backend>(
     Ok(x)
 }
 
-/// dense_4h_to_h(gelu(dense_h_to_4h(x)))
-fn mlp<B: Backend>(b: &B, layer: &Layer<B>, x: &B::Tensor) -> Result<B::Tensor> {
-    let mut hidden = b.linear(x, &layer.fc1_w, None)?; // [T, 4h]
+/// gelu(dense_h_to_4h(x)): [T, 4h]
+fn mlp_hidden<B: Backend>(b: &B, layer: &Layer<B>, x: &B::Tensor) -> Result<B::Tensor> {
+    let mut hidden = b.linear(x, &layer.fc1_w, None)?;
     b.bias_gelu(&mut hidden, &layer.fc1_b)?;
-    b.linear(&hidden, &layer.fc2_w, Some(&layer.fc2_b)) // [T, h]
+    Ok(hidden)
 }
 
-fn update_cache<B: Backend>(b: &B, past: Option<B::Tensor>, qkv: &B::Tensor, u: &CacheUpdate, past_len: usize) -> Result<Option<B::Tensor>> {
-    if u.is_noop(past_len) {
+/// The cache after this batch: its retained rows, then the batch's appended qkv rows ([P', 3h]).
+fn update_cache<B: Backend>(b: &B, past: Option<B::Tensor>, qkv: &B::Tensor, u: Option<&CacheTables<B>>) -> Result<Option<B::Tensor>> {
+    let Some(u) = u else {
         return Ok(past);
-    }
-    let kept = match &past {
-        Some(p) if !u.retain.is_empty() => Some(b.gather_rows(p, &u.retain)?),
+    };
+    let kept = match (&past, &u.retain) {
+        (Some(p), Some(rows)) => Some(b.gather_rows(p, rows)?),
         _ => None,
     };
-    let added = if u.append.is_empty() {
-        None
-    } else {
-        Some(b.gather_rows(qkv, &u.append)?)
+    let added = match &u.append {
+        Some(rows) => Some(b.gather_rows(qkv, rows)?),
+        None => None,
     };
     Ok(match (kept, added) {
         (Some(k), Some(a)) => Some(b.concat_rows(&k, &a)?),
@@ -281,37 +382,23 @@ fn update_cache<B: Backend>(b: &B, past: Option<B::Tensor>, qkv: &B::Tensor, u: 
     })
 }
 
-/// Rows scored per LM-head call: bounds the f32 logits buffer to ROW_CHUNK x V
-/// (512 x 50688 x 4 B = 104 MB for pythia-12b).
-pub const LOGIT_CHUNK_ROWS: usize = 512;
-
-/// Score `targets` = (row of `hidden`, target token): final LayerNorm, LM head and the fused
-/// log-softmax gather on the distinct rows only, in chunks. Several targets may share a row.
-pub fn score_rows<B: Backend>(b: &B, m: &Model<B>, hidden: &B::Tensor, targets: &[(u32, u32)]) -> Result<Vec<TokenScore>> {
-    let mut rows: Vec<u32> = targets.iter().map(|t| t.0).collect();
-    rows.sort_unstable();
-    rows.dedup();
-    let mut out = vec![
-        TokenScore {
-            logprob: 0.0,
-            is_greedy: false
-        };
-        targets.len()
-    ];
-    for chunk in rows.chunks(LOGIT_CHUNK_ROWS) {
-        let x = b.gather_rows(hidden, chunk)?; // [R, h]
+/// Score the batch's targets from `hidden` [T, h]: final LayerNorm, LM head and the fused log-softmax
+/// gather on the distinct scored rows only, LOGIT_CHUNK_ROWS at a time, the scores staying on the backend
+/// until one read-back at the end. Returned in the order of `BatchInputs::new`'s targets.
+pub fn score_rows<B: Backend>(b: &B, m: &Model<B>, hidden: &B::Tensor, batch: &BatchInputs<B>) -> Result<Vec<TokenScore>> {
+    let mut scores = b.new_scores(batch.slots.len())?;
+    let mut at = 0;
+    for chunk in &batch.chunks {
+        let x = b.gather_rows(hidden, &chunk.rows)?; // [R, h]
         let x = b.layernorm(&x, &m.final_ln_w, &m.final_ln_b, m.config.layer_norm_eps)?;
         let logits = b.lm_head(&x, &m.embed_out)?; // [R, V] f32
-        let (lo, hi) = (chunk[0], *chunk.last().unwrap());
-        let (idx, local): (Vec<usize>, Vec<(u32, u32)>) = targets
-            .iter()
-            .enumerate()
-            .filter(|(_, t)| t.0 >= lo && t.0 <= hi)
-            .map(|(i, t)| (i, (chunk.binary_search(&t.0).unwrap() as u32, t.1)))
-            .unzip();
-        for (i, s) in idx.into_iter().zip(b.logsoftmax_gather(&logits, &local)?) {
-            out[i] = s;
-        }
+        b.logsoftmax_gather(&logits, &chunk.targets, &mut scores, at)?;
+        at += chunk.len;
+    }
+    let by_slot = b.read_scores(&scores)?;
+    let mut out = by_slot.clone();
+    for (slot, &target) in batch.slots.iter().enumerate() {
+        out[target] = by_slot[slot];
     }
     Ok(out)
 }

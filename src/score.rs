@@ -2,7 +2,7 @@
 
 use crate::backend::{Backend, Tensor2};
 use crate::error::{Error, Result};
-use crate::model::{forward, forward_inspected, score_rows, KvCache, Model, Stage};
+use crate::model::{forward, forward_inspected, score_rows, BatchInputs, KvCache, Model, Stage};
 use crate::plan::Plan;
 use crate::plan::Request;
 
@@ -28,10 +28,9 @@ pub fn run_plan<B: Backend>(b: &B, m: &Model<B>, plan: &Plan, mut on_batch: impl
     ];
     let mut cache = KvCache::new(m.layers.len());
     for batch in &plan.batches {
-        let layout = b.prepare(&batch.layout)?;
-        let hidden = forward(b, m, &batch.tokens, &layout, &mut cache, &batch.cache)?;
-        let pairs: Vec<(u32, u32)> = batch.targets.iter().map(|t| (t.row, t.token)).collect();
-        let scores = score_rows(b, m, &hidden, &pairs)?;
+        let inputs = batch_inputs(b, batch)?;
+        let hidden = forward(b, m, &inputs, &mut cache)?;
+        let scores = score_rows(b, m, &hidden, &inputs)?;
         for (t, s) in batch.targets.iter().zip(scores) {
             if !s.logprob.is_finite() {
                 return Err(Error::NonFinite {
@@ -52,6 +51,12 @@ pub fn run_plan<B: Backend>(b: &B, m: &Model<B>, plan: &Plan, mut on_batch: impl
     Ok(out)
 }
 
+/// A planned batch's tables on the backend (one upload).
+fn batch_inputs<B: Backend>(b: &B, batch: &crate::plan::Batch) -> Result<BatchInputs<B>> {
+    let pairs: Vec<(u32, u32)> = batch.targets.iter().map(|t| (t.row, t.token)).collect();
+    BatchInputs::new(b, &batch.tokens, &batch.layout, &batch.cache, &pairs)
+}
+
 /// Where the forward pass of `request` first produces non-finite values: run it alone, checking the
 /// residual stream after the embedding and after each layer. Only called after a non-finite score, so
 /// the read-backs cost nothing in a normal run.
@@ -60,7 +65,7 @@ pub fn locate_non_finite<B: Backend>(b: &B, m: &Model<B>, request: &Request, max
     let mut cache = KvCache::new(m.layers.len());
     let mut first: Option<(Stage, usize)> = None;
     for batch in &plan.batches {
-        let layout = b.prepare(&batch.layout)?;
+        let inputs = batch_inputs(b, batch)?;
         let mut inspect = |stage: Stage, x: &B::Tensor| -> Result<()> {
             if first.is_none() {
                 let values = b.to_host(x)?;
@@ -70,12 +75,11 @@ pub fn locate_non_finite<B: Backend>(b: &B, m: &Model<B>, request: &Request, max
             }
             Ok(())
         };
-        let hidden = forward_inspected(b, m, &batch.tokens, &layout, &mut cache, &batch.cache, &mut inspect)?;
+        let hidden = forward_inspected(b, m, &inputs, &mut cache, &mut inspect)?;
         if first.is_some() {
             break;
         }
-        let pairs: Vec<(u32, u32)> = batch.targets.iter().map(|t| (t.row, t.token)).collect();
-        if score_rows(b, m, &hidden, &pairs)?.iter().any(|s| !s.logprob.is_finite()) {
+        if score_rows(b, m, &hidden, &inputs)?.iter().any(|s| !s.logprob.is_finite()) {
             return Ok("non-finite values first appear after the last layer: in the final LayerNorm or the LM head (embed_out)".into());
         }
     }

@@ -31,7 +31,7 @@ use lmscore::backend::cpu::{Cpu, CpuTensor};
 use lmscore::backend::cuda::CudaBackend;
 use lmscore::backend::{AttnSegment, AttnShape, Backend, BatchLayout, TokenScore};
 use lmscore::checkpoint::{Checkpoint, DType, HostTensor};
-use lmscore::model::{forward, CacheUpdate, KvCache, Model};
+use lmscore::model::{forward, BatchInputs, CacheUpdate, KvCache, Model};
 use lmscore::plan::{self, Request};
 use lmscore::score::{run_plan, RequestScore};
 use std::path::PathBuf;
@@ -154,8 +154,8 @@ fn embedding_matches_cpu() {
         ] {
             let mut rng = Rng::new(seed);
             let (tg, tc) = weight(&gpu, "embed", v, h, &rng.vec(v * h, 1.0));
-            let got = gpu.to_host(&gpu.embedding(&tg, &ids).unwrap()).unwrap();
-            let want = Cpu.embedding(&tc, &ids).unwrap().data;
+            let got = gpu.to_host(&gpu.embedding(&tg, &gpu.index(&ids).unwrap()).unwrap()).unwrap();
+            let want = Cpu.embedding(&tc, &ids.to_vec()).unwrap().data;
             assert_close(
                 "embedding",
                 seed,
@@ -166,7 +166,10 @@ fn embedding_matches_cpu() {
             );
         }
         let (tg, _) = weight(&gpu, "embed", 4, 8, &[0.0; 32]);
-        assert!(gpu.embedding(&tg, &[4]).is_err(), "an id outside the table is an error, not a fault");
+        assert!(
+            gpu.embedding(&tg, &gpu.index(&[4]).unwrap()).is_err(),
+            "an id outside the table is an error, not a fault"
+        );
     }
 }
 
@@ -191,6 +194,73 @@ fn layernorm_matches_cpu() {
                 assert_close("layernorm", seed, &shape, &got, &want, |i| eps(dt) * (1.0 + want[i].abs()));
             }
         }
+    }
+}
+
+/// The parallel-residual prologue: ln1(x) and ln2(x) from one read of the f32 residual, which then holds
+/// x + both output biases; and the output projections accumulating into it in f32 (GEMM beta = 1).
+#[test]
+fn parallel_norms_and_linear_accumulate_match_cpu() {
+    let _schedules = schedules(ALL_SCHEDULES);
+    for gpu in backends("parallel_norms_and_linear_accumulate_match_cpu") {
+        let dt = gpu.dtype();
+        for (i, &(rows, cols, k)) in [(1usize, 1usize, 8usize), (3, 100, 33), (7, 2048, 64), (2, 5120, 96)].iter().enumerate() {
+            let seed = 150 + i as u64;
+            let mut rng = Rng::new(seed);
+            let x: Vec<f32> = (0..rows * cols).map(|_| 3.0 + rng.sym(1.0)).collect();
+            let p: Vec<_> = (0..6)
+                .map(|j| param(&gpu, "p", &rng.vec(cols, if j % 2 == 0 { 1.0 } else { 0.5 })))
+                .collect();
+            let (mut xg, mut xc) = act(&gpu, rows, cols, &x, DType::F32);
+            let (ag, mg) = gpu
+                .parallel_norms(&mut xg, (&p[0].0, &p[1].0), (&p[2].0, &p[3].0), 1e-5, (&p[4].0, &p[5].0))
+                .unwrap();
+            let (ac, mc) = Cpu
+                .parallel_norms(&mut xc, (&p[0].1, &p[1].1), (&p[2].1, &p[3].1), 1e-5, (&p[4].1, &p[5].1))
+                .unwrap();
+            let shape = format!("[{rows}, {cols}] f32 -> {}", dt_name(dt));
+            for (what, g, c) in [("ln1(x)", &ag, &ac), ("ln2(x)", &mg, &mc)] {
+                assert_eq!(g.dtype, dt, "{what} is in the compute dtype");
+                let got = gpu.to_host(g).unwrap();
+                assert_close(what, seed, &shape, &got, &c.data, |i| eps(dt) * (1.0 + c.data[i].abs()));
+            }
+            // And exactly what two separate layernorms give (the statistics are shared, not approximated).
+            let (x0g, _) = act(&gpu, rows, cols, &x, DType::F32);
+            assert_eq!(
+                gpu.to_host(&ag).unwrap(),
+                gpu.to_host(&gpu.layernorm(&x0g, &p[0].0, &p[1].0, 1e-5).unwrap()).unwrap()
+            );
+            let got = gpu.to_host(&xg).unwrap();
+            assert_close("x + biases", seed, &shape, &got, &xc.data, |i| 1e-6 * (1.0 + xc.data[i].abs()));
+
+            // y [rows, cols] f32 += h [rows, k] w [cols, k]^T
+            let h = rng.vec(rows * k, 1.0);
+            let (hg, hc) = act(&gpu, rows, k, &h, dt);
+            let (wg, wc) = weight(&gpu, "w", cols, k, &rng.vec(cols * k, 0.1));
+            gpu.linear_accumulate(&mut xg, &hg, &wg).unwrap();
+            Cpu.linear_accumulate(&mut xc, &hc, &wc).unwrap();
+            assert_eq!(xg.dtype, DType::F32, "the residual stays f32");
+            let scale: Vec<f32> = (0..rows * cols)
+                .map(|o| {
+                    xc.data[o].abs()
+                        + (0..k)
+                            .map(|kk| (hc.data[(o / cols) * k + kk] * wc.data[(o % cols) * k + kk]).abs())
+                            .sum::<f32>()
+                })
+                .collect();
+            let got = gpu.to_host(&xg).unwrap();
+            assert_close("linear_accumulate", seed, &shape, &got, &xc.data, |o| 2e-5 * scale[o] + 1e-6);
+        }
+        // A residual that is not f32, or a parameter of the wrong length, is an error, not a fault.
+        let (mut x16, _) = act(&gpu, 2, 8, &[1.0; 16], DType::F16);
+        let p = param(&gpu, "p", &[0.5; 8]).0;
+        let short = param(&gpu, "p", &[0.5; 7]).0;
+        assert!(gpu.parallel_norms(&mut x16, (&p, &p), (&p, &p), 1e-5, (&p, &p)).is_err());
+        let (mut x32, _) = act(&gpu, 2, 8, &[1.0; 16], DType::F32);
+        assert!(gpu.parallel_norms(&mut x32, (&p, &p), (&p, &short), 1e-5, (&p, &p)).is_err());
+        let (hg, _) = act(&gpu, 2, 4, &[1.0; 8], dt);
+        let (wg, _) = weight(&gpu, "w", 7, 4, &[0.1; 28]);
+        assert!(gpu.linear_accumulate(&mut x32, &hg, &wg).is_err(), "[2, 4] x [7, 4]^T onto [2, 8]");
     }
 }
 
@@ -351,7 +421,7 @@ fn rotary_matches_cpu() {
                 rotary_base: 10000.0,
             };
             let (mut qg, mut qc) = act(&gpu, t, 3 * heads * hd, &rng.vec(t * 3 * heads * hd, 2.0), dt);
-            gpu.rotary(&mut qg, &gpu.prepare(&layout).unwrap(), shape).unwrap();
+            gpu.rotary(&mut qg, &gpu.prepare(&layout, &[]).unwrap().0, shape).unwrap();
             Cpu.rotary(&mut qc, &layout, shape).unwrap();
             let got = gpu.to_host(&qg).unwrap();
             // + 2e-4: angles up to 2047 rad, where one ulp of inv_freq (powf) moves the angle by ~1e-4.
@@ -474,7 +544,7 @@ fn attention_matches_cpu() {
                         rotary_base: 10000.0,
                     };
                     let got = gpu
-                        .attention(&qg, past.as_ref().map(|p| &p.0), &gpu.prepare(&layout).unwrap(), shape)
+                        .attention(&qg, past.as_ref().map(|p| &p.0), &gpu.prepare(&layout, &[]).unwrap().0, shape)
                         .unwrap();
                     let got = gpu.to_host(&got).unwrap();
                     let want = Cpu.attention(&qc, past.as_ref().map(|p| &p.1), &layout, shape).unwrap().data;
@@ -503,7 +573,7 @@ fn attention_matches_cpu() {
             past_len: 1,
         };
         assert!(
-            gpu.prepare(&layout).is_err(),
+            gpu.prepare(&layout, &[]).is_err(),
             "an ancestor range past the keys must be rejected before launch"
         );
         let (qg, _) = act(&gpu, 2, 3 * 2 * 300, &vec![0.0; 2 * 3 * 2 * 300], dt);
@@ -519,7 +589,7 @@ fn attention_matches_cpu() {
             rotary_base: 10000.0,
         };
         assert!(
-            gpu.attention(&qg, None, &gpu.prepare(&ok_layout).unwrap(), shape).is_err(),
+            gpu.attention(&qg, None, &gpu.prepare(&ok_layout, &[]).unwrap().0, shape).is_err(),
             "hd 300 > 256 is an error"
         );
     }
@@ -536,12 +606,12 @@ fn gather_and_concat_rows_are_exact() {
             let mut rng = Rng::new(seed);
             let (xg, xc) = act(&gpu, 9, cols, &rng.vec(9 * cols, 1.0), dt);
             let rows = [8u32, 0, 3, 3, 5];
-            let got = gpu.to_host(&gpu.gather_rows(&xg, &rows).unwrap()).unwrap();
-            let want = Cpu.gather_rows(&xc, &rows).unwrap().data;
+            let got = gpu.to_host(&gpu.gather_rows(&xg, &gpu.index(&rows).unwrap()).unwrap()).unwrap();
+            let want = Cpu.gather_rows(&xc, &rows.to_vec()).unwrap().data;
             assert_close("gather_rows", seed, &format!("[9, {cols}] {}", dt_name(dt)), &got, &want, |_| 0.0);
-            let one = gpu.to_host(&gpu.gather_rows(&xg, &[4]).unwrap()).unwrap();
-            assert_eq!(one, Cpu.gather_rows(&xc, &[4]).unwrap().data);
-            assert!(gpu.gather_rows(&xg, &[9]).is_err());
+            let one = gpu.to_host(&gpu.gather_rows(&xg, &gpu.index(&[4]).unwrap()).unwrap()).unwrap();
+            assert_eq!(one, Cpu.gather_rows(&xc, &vec![4]).unwrap().data);
+            assert!(gpu.gather_rows(&xg, &gpu.index(&[9]).unwrap()).is_err());
 
             let (yg, yc) = act(&gpu, 4, cols, &rng.vec(4 * cols, 1.0), dt);
             let got = gpu.to_host(&gpu.concat_rows(&xg, &yg).unwrap()).unwrap();
@@ -593,8 +663,8 @@ fn logsoftmax_gather_matches_cpu() {
                 targets.push((row as u32, arg));
             }
             let (lg, lc) = act(&gpu, r, v, &logits, DType::F32);
-            let got = gpu.logsoftmax_gather(&lg, &targets).unwrap();
-            let want = Cpu.logsoftmax_gather(&lc, &targets).unwrap();
+            let got = gpu.logsoftmax_gather_host(&lg, &targets).unwrap();
+            let want = Cpu.logsoftmax_gather_host(&lc, &targets).unwrap();
             let shape = format!("[{r}, {v}] {} targets", targets.len());
             let g: Vec<f32> = got.iter().map(|s| s.logprob).collect();
             let w: Vec<f32> = want.iter().map(|s| s.logprob).collect();
@@ -635,8 +705,8 @@ fn logsoftmax_gather_matches_cpu() {
             let first = *ties.iter().min().unwrap() as u32;
             let targets: Vec<(u32, u32)> = ties.iter().map(|&i| (0, i as u32)).collect();
             let (lg, lc) = act(&gpu, 1, v, &row, DType::F32);
-            let got = gpu.logsoftmax_gather(&lg, &targets).unwrap();
-            let want = Cpu.logsoftmax_gather(&lc, &targets).unwrap();
+            let got = gpu.logsoftmax_gather_host(&lg, &targets).unwrap();
+            let want = Cpu.logsoftmax_gather_host(&lc, &targets).unwrap();
             for (k, &(_, tok)) in targets.iter().enumerate() {
                 assert_eq!(got[k].is_greedy, tok == first, "V {v}, ties at {ties:?}: target {tok}");
                 assert_eq!(got[k].is_greedy, want[k].is_greedy, "V {v}: greedy flag of {tok} against the CPU");
@@ -656,8 +726,8 @@ fn logsoftmax_gather_matches_cpu() {
         }
         let targets = [(1u32, 5u32), (1, 0), (1, 4000), (0, 7)];
         let (lg, lc) = act(&gpu, r, v, &logits, DType::F32);
-        let got = gpu.logsoftmax_gather(&lg, &targets).unwrap();
-        let want = Cpu.logsoftmax_gather(&lc, &targets).unwrap();
+        let got = gpu.logsoftmax_gather_host(&lg, &targets).unwrap();
+        let want = Cpu.logsoftmax_gather_host(&lc, &targets).unwrap();
         assert_eq!(
             got.iter().map(|s| s.is_greedy).collect::<Vec<_>>(),
             vec![true, false, false, true],
@@ -682,8 +752,8 @@ fn logsoftmax_gather_matches_cpu() {
         logits[2 * v + 12] = f32::NEG_INFINITY; // row 2: exp(-inf) = 0, a finite row
         let targets = [(0u32, 5u32), (0, 3000), (1, 5), (1, 11), (2, 5), (3, 5)];
         let (lg, lc) = act(&gpu, r, v, &logits, DType::F32);
-        let got = gpu.logsoftmax_gather(&lg, &targets).unwrap();
-        let want = Cpu.logsoftmax_gather(&lc, &targets).unwrap();
+        let got = gpu.logsoftmax_gather_host(&lg, &targets).unwrap();
+        let want = Cpu.logsoftmax_gather_host(&lc, &targets).unwrap();
         let finite = |s: &[TokenScore]| s.iter().map(|s| s.logprob.is_finite()).collect::<Vec<_>>();
         assert_eq!(finite(&got), vec![false, false, false, false, true, true], "non-finite rows (GPU)");
         assert_eq!(finite(&want), finite(&got), "non-finite rows (CPU twin)");
@@ -695,8 +765,8 @@ fn logsoftmax_gather_matches_cpu() {
         }
 
         let (lg, _) = act(&gpu, 2, 10, &[0.0; 20], DType::F32);
-        assert!(gpu.logsoftmax_gather(&lg, &[(2, 0)]).is_err() && gpu.logsoftmax_gather(&lg, &[(0, 10)]).is_err());
-        assert_eq!(gpu.logsoftmax_gather(&lg, &[]).unwrap(), Vec::<TokenScore>::new());
+        assert!(gpu.logsoftmax_gather_host(&lg, &[(2, 0)]).is_err() && gpu.logsoftmax_gather_host(&lg, &[(0, 10)]).is_err());
+        assert_eq!(gpu.logsoftmax_gather_host(&lg, &[]).unwrap(), Vec::<TokenScore>::new());
     }
 }
 
@@ -783,10 +853,11 @@ fn logit_margins(m: &Model<Cpu>, input: &[u32]) -> Vec<f32> {
         past_len: 0,
     };
     let mut kv = KvCache::new(m.layers.len());
-    let hidden = forward(&Cpu, m, input, &layout, &mut kv, &CacheUpdate::default()).unwrap();
+    let inputs = BatchInputs::new(&Cpu, input, &layout, &CacheUpdate::default(), &[]).unwrap();
+    let hidden = forward(&Cpu, m, &inputs, &mut kv).unwrap();
     let mut out = Vec::with_capacity(t);
     for chunk in (0..t as u32).collect::<Vec<_>>().chunks(64) {
-        let x = Cpu.gather_rows(&hidden, chunk).unwrap();
+        let x = Cpu.gather_rows(&hidden, &chunk.to_vec()).unwrap();
         let x = Cpu.layernorm(&x, &m.final_ln_w, &m.final_ln_b, m.config.layer_norm_eps).unwrap();
         let logits = Cpu.lm_head(&x, &m.embed_out).unwrap();
         for row in logits.data.chunks(logits.cols) {
@@ -933,6 +1004,8 @@ impl Rounding {
 impl Backend for Rounding {
     type Tensor = CpuTensor;
     type Layout = BatchLayout;
+    type Index = Vec<u32>;
+    type Scores = Vec<TokenScore>;
     fn describe(&self) -> String {
         format!("cpu emulating {} rounding", dt_name(self.0))
     }
@@ -946,10 +1019,13 @@ impl Backend for Rounding {
     fn to_host(&self, t: &CpuTensor) -> lmscore::Result<Vec<f32>> {
         Cpu.to_host(t)
     }
-    fn prepare(&self, l: &BatchLayout) -> lmscore::Result<BatchLayout> {
-        Ok(l.clone())
+    fn prepare(&self, l: &BatchLayout, tables: &[&[u32]]) -> lmscore::Result<(BatchLayout, Vec<Vec<u32>>)> {
+        Cpu.prepare(l, tables)
     }
-    fn embedding(&self, table: &CpuTensor, ids: &[u32]) -> lmscore::Result<CpuTensor> {
+    fn index(&self, values: &[u32]) -> lmscore::Result<Vec<u32>> {
+        Cpu.index(values)
+    }
+    fn embedding(&self, table: &CpuTensor, ids: &Vec<u32>) -> lmscore::Result<CpuTensor> {
         Cpu.embedding(table, ids)
     }
     fn layernorm(&self, x: &CpuTensor, w: &CpuTensor, b: &CpuTensor, eps: f32) -> lmscore::Result<CpuTensor> {
@@ -957,6 +1033,20 @@ impl Backend for Rounding {
     }
     fn linear(&self, x: &CpuTensor, w: &CpuTensor, b: Option<&CpuTensor>) -> lmscore::Result<CpuTensor> {
         Ok(self.r(Cpu.linear(x, w, b)?))
+    }
+    fn parallel_norms(
+        &self,
+        x: &mut CpuTensor,
+        ln1: (&CpuTensor, &CpuTensor),
+        ln2: (&CpuTensor, &CpuTensor),
+        eps: f32,
+        out_biases: (&CpuTensor, &CpuTensor),
+    ) -> lmscore::Result<(CpuTensor, CpuTensor)> {
+        let (a, m) = Cpu.parallel_norms(x, ln1, ln2, eps, out_biases)?;
+        Ok((self.r(a), self.r(m)))
+    }
+    fn linear_accumulate(&self, y: &mut CpuTensor, x: &CpuTensor, w: &CpuTensor) -> lmscore::Result<()> {
+        Cpu.linear_accumulate(y, x, w) // f32 accumulation into the f32 residual: no rounding
     }
     fn bias_gelu(&self, x: &mut CpuTensor, b: &CpuTensor) -> lmscore::Result<()> {
         Cpu.bias_gelu(x, b)?;
@@ -974,7 +1064,7 @@ impl Backend for Rounding {
     fn residual_add(&self, x: &mut CpuTensor, a: &CpuTensor, b: Option<&CpuTensor>) -> lmscore::Result<()> {
         Cpu.residual_add(x, a, b)
     }
-    fn gather_rows(&self, x: &CpuTensor, rows: &[u32]) -> lmscore::Result<CpuTensor> {
+    fn gather_rows(&self, x: &CpuTensor, rows: &Vec<u32>) -> lmscore::Result<CpuTensor> {
         Cpu.gather_rows(x, rows)
     }
     fn concat_rows(&self, a: &CpuTensor, b: &CpuTensor) -> lmscore::Result<CpuTensor> {
@@ -983,8 +1073,14 @@ impl Backend for Rounding {
     fn lm_head(&self, x: &CpuTensor, w: &CpuTensor) -> lmscore::Result<CpuTensor> {
         Cpu.lm_head(x, w)
     }
-    fn logsoftmax_gather(&self, logits: &CpuTensor, targets: &[(u32, u32)]) -> lmscore::Result<Vec<TokenScore>> {
-        Cpu.logsoftmax_gather(logits, targets)
+    fn new_scores(&self, n: usize) -> lmscore::Result<Vec<TokenScore>> {
+        Cpu.new_scores(n)
+    }
+    fn logsoftmax_gather(&self, logits: &CpuTensor, targets: &Vec<u32>, scores: &mut Vec<TokenScore>, at: usize) -> lmscore::Result<()> {
+        Cpu.logsoftmax_gather(logits, targets, scores, at)
+    }
+    fn read_scores(&self, scores: &Vec<TokenScore>) -> lmscore::Result<Vec<TokenScore>> {
+        Cpu.read_scores(scores)
     }
 }
 

@@ -90,6 +90,12 @@ pub struct Args {
     /// as --output-json; the two must be different files.
     #[arg(long)]
     pub log_requests: Option<PathBuf>,
+    /// Write what the device did as JSON: per run (one packed plan) its batches, host-to-device and
+    /// device-to-host copies, synchronisations and kernel launches, and per op its launches and seconds
+    /// (CUDA events on a GPU; host time, and said so, on the CUDA stand-in and the CPU). Timing every op
+    /// costs a pair of events per launch. Same rules as --output-json.
+    #[arg(long)]
+    pub profile: Option<PathBuf>,
     /// Skip malformed data rows (and count them) instead of stopping at the first.
     #[arg(long)]
     pub skip_bad_rows: bool,
@@ -186,12 +192,59 @@ fn limit_docs(limit: Option<f64>, n: usize) -> Result<usize> {
     }
 }
 
+/// `--profile`'s document: one run per packed plan (tasks scored together share one), its counts and the
+/// counts per batch, and per op its launches and seconds.
+fn profile_json(engine: &Engine, outcomes: &[lmscore::tasks::TaskOutcome]) -> serde_json::Value {
+    let mut runs = vec![];
+    for (i, o) in outcomes.iter().enumerate() {
+        if outcomes[..i].iter().any(|earlier| earlier.shared_plan_with.contains(&o.task)) {
+            continue; // scored in an earlier task's plan
+        }
+        let (s, a) = (&o.stats, &o.stats.activity);
+        let per_batch = |n: u64| if s.batches == 0 { 0.0 } else { n as f64 / s.batches as f64 };
+        let ops: Map<String, serde_json::Value> = a
+            .ops
+            .iter()
+            .map(|(name, &(launches, seconds))| (name.clone(), json!({"launches": launches, "seconds": seconds})))
+            .collect();
+        let mut tasks = vec![o.task.clone()];
+        tasks.extend(o.shared_plan_with.iter().cloned());
+        runs.push(json!({
+            "tasks": tasks,
+            "batches": s.batches,
+            "computed_tokens": s.computed_tokens,
+            "scored_rows": s.scored_rows,
+            "seconds": s.seconds,
+            "h2d_copies": a.h2d_copies,
+            "d2h_copies": a.d2h_copies,
+            "synchronizations": a.synchronizations,
+            "kernel_launches": a.kernel_launches,
+            "per_batch": {
+                "h2d_copies": per_batch(a.h2d_copies),
+                "d2h_copies": per_batch(a.d2h_copies),
+                "synchronizations": per_batch(a.synchronizations),
+                "kernel_launches": per_batch(a.kernel_launches),
+            },
+            "ops": ops,
+        }));
+    }
+    let clock = outcomes.iter().map(|o| o.stats.activity.clock).find(|c| !c.is_empty()).unwrap_or("");
+    json!({
+        "engine": engine.describe(),
+        "op_seconds_clock": clock,
+        "op_seconds_are_gpu_time": clock == lmscore::backend::cuda::activity::GPU_CLOCK,
+        "lmscore_version": env!("CARGO_PKG_VERSION"),
+        "runs": runs,
+    })
+}
+
 pub fn run(args: Args) -> Result<()> {
     let started = lm_eval::unix_time();
     let opts = args.engine.options()?;
     let output_json = args.output_json.as_ref().map(OutputTarget::check).transpose()?;
     let log_requests = args.log_requests.as_ref().map(OutputTarget::check).transpose()?;
-    let outputs: Vec<&OutputTarget> = output_json.iter().chain(&log_requests).collect();
+    let profile = args.profile.as_ref().map(OutputTarget::check).transpose()?;
+    let outputs: Vec<&OutputTarget> = output_json.iter().chain(&log_requests).chain(&profile).collect();
     let model_arg = PathBuf::from(&args.model);
     let mut inputs: Vec<&Path> = vec![&model_arg];
     inputs.extend(args.tokenizer.as_deref());
@@ -269,12 +322,17 @@ pub fn run(args: Args) -> Result<()> {
     inputs.extend(loaded.iter().map(|t| t.source.as_path()));
     output::check_distinct(&outputs, &inputs)?;
     let engine = Engine::load(&ckpt, &opts)?;
+    engine.time_ops(profile.is_some());
     let bar = token_progress(0, "scoring");
     let outcomes = tasks::evaluate(&engine, &loaded, &opts, |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     })?;
     bar.finish_and_clear();
+    if let Some(target) = &profile {
+        let text = serde_json::to_string_pretty(&profile_json(&engine, &outcomes)).map_err(|e| Error::invalid(format!("--profile: {e}")))?;
+        target.write_bytes(format!("{text}\n").as_bytes())?;
+    }
 
     let keys: Vec<&str> = named.iter().map(|(_, given)| given.as_str()).collect();
     if outputs.iter().any(|o| o.is_stdout()) {

@@ -6,7 +6,7 @@
 pub mod math;
 pub mod profile;
 
-use super::{AttnShape, Backend, BatchLayout, Tensor2, TokenScore};
+use super::{check_targets, Activity, AttnShape, Backend, BatchLayout, Tensor2, TokenScore};
 use crate::checkpoint::HostTensor;
 use crate::error::{Error, Result};
 use math::multiversion;
@@ -300,6 +300,8 @@ multiversion! {
 impl Backend for Cpu {
     type Tensor = CpuTensor;
     type Layout = BatchLayout;
+    type Index = Vec<u32>;
+    type Scores = Vec<TokenScore>;
 
     fn describe(&self) -> String {
         format!(
@@ -330,11 +332,15 @@ impl Backend for Cpu {
         Ok(t.data.clone())
     }
 
-    fn prepare(&self, layout: &BatchLayout) -> Result<BatchLayout> {
-        Ok(layout.clone())
+    fn prepare(&self, layout: &BatchLayout, tables: &[&[u32]]) -> Result<(BatchLayout, Vec<Vec<u32>>)> {
+        Ok((layout.clone(), tables.iter().map(|t| t.to_vec()).collect()))
     }
 
-    fn embedding(&self, table: &CpuTensor, ids: &[u32]) -> Result<CpuTensor> {
+    fn index(&self, values: &[u32]) -> Result<Vec<u32>> {
+        Ok(values.to_vec())
+    }
+
+    fn embedding(&self, table: &CpuTensor, ids: &Vec<u32>) -> Result<CpuTensor> {
         let _timed = scope(Op::Embedding);
         let h = table.cols;
         let mut out = vec![0f32; ids.len() * h];
@@ -358,6 +364,51 @@ impl Backend for Cpu {
             .zip(x.data.par_chunks(c))
             .for_each(|(y, x)| layernorm_row(y, x, &w.data, &b.data, eps));
         Ok(CpuTensor::new(x.rows, c, out))
+    }
+
+    fn parallel_norms(
+        &self,
+        x: &mut CpuTensor,
+        ln1: (&CpuTensor, &CpuTensor),
+        ln2: (&CpuTensor, &CpuTensor),
+        eps: f32,
+        out_biases: (&CpuTensor, &CpuTensor),
+    ) -> Result<(CpuTensor, CpuTensor)> {
+        let c = x.cols;
+        for (what, t) in [("ln1 weight", ln1.0), ("ln1 bias", ln1.1), ("ln2 weight", ln2.0), ("ln2 bias", ln2.1)]
+            .into_iter()
+            .chain([("attention output bias", out_biases.0), ("MLP output bias", out_biases.1)])
+        {
+            if t.data.len() != c {
+                return Err(Error::invalid(format!(
+                    "parallel_norms: {c} columns, the {what} has {} values",
+                    t.data.len()
+                )));
+            }
+        }
+        let a = self.layernorm(x, ln1.0, ln1.1, eps)?;
+        let m = self.layernorm(x, ln2.0, ln2.1, eps)?;
+        let _timed = scope(Op::ResidualAdd);
+        let (ba, bm) = (&out_biases.0.data, &out_biases.1.data);
+        x.data.par_chunks_mut(c).for_each(|row| {
+            for ((v, p), q) in row.iter_mut().zip(ba).zip(bm) {
+                *v = *v + p + q;
+            }
+        });
+        Ok((a, m))
+    }
+
+    fn linear_accumulate(&self, y: &mut CpuTensor, x: &CpuTensor, w: &CpuTensor) -> Result<()> {
+        let out = self.linear(x, w, None)?;
+        if (out.rows, out.cols) != (y.rows, y.cols) {
+            return Err(Error::invalid(format!(
+                "linear_accumulate: [{}, {}] onto [{}, {}]",
+                out.rows, out.cols, y.rows, y.cols
+            )));
+        }
+        let _timed = scope(Op::ResidualAdd);
+        y.data.par_iter_mut().zip(&out.data).for_each(|(y, v)| *y += v);
+        Ok(())
     }
 
     fn linear(&self, x: &CpuTensor, w: &CpuTensor, b: Option<&CpuTensor>) -> Result<CpuTensor> {
@@ -491,7 +542,7 @@ impl Backend for Cpu {
         Ok(())
     }
 
-    fn gather_rows(&self, x: &CpuTensor, rows: &[u32]) -> Result<CpuTensor> {
+    fn gather_rows(&self, x: &CpuTensor, rows: &Vec<u32>) -> Result<CpuTensor> {
         let _timed = scope(Op::Rows);
         let mut out = Vec::with_capacity(rows.len() * x.cols);
         for &r in rows {
@@ -518,28 +569,58 @@ impl Backend for Cpu {
         x_wt_plus_b(x, w, None)
     }
 
-    fn logsoftmax_gather(&self, logits: &CpuTensor, targets: &[(u32, u32)]) -> Result<Vec<TokenScore>> {
+    fn new_scores(&self, n: usize) -> Result<Vec<TokenScore>> {
+        Ok(vec![
+            TokenScore {
+                logprob: f32::NAN,
+                is_greedy: false
+            };
+            n
+        ])
+    }
+
+    fn logsoftmax_gather(&self, logits: &CpuTensor, targets: &Vec<u32>, scores: &mut Vec<TokenScore>, at: usize) -> Result<()> {
         let _timed = scope(Op::LogSoftmax);
+        let pairs = check_targets(targets, scores.len(), at)?;
         // Per row: logsumexp (f64 accumulation) and the maximum, in one pass.
         let stats: Vec<(f64, f32)> = logits.data.par_chunks(logits.cols).map(math::logsumexp_and_max).collect();
-        targets
-            .iter()
-            .map(|&(row, tok)| {
-                let (row, tok) = (row as usize, tok as usize);
-                if row >= logits.rows || tok >= logits.cols {
-                    return Err(Error::invalid(format!(
-                        "logsoftmax_gather: target ({row}, {tok}) outside logits [{}, {}]",
-                        logits.rows, logits.cols
-                    )));
-                }
-                let (lse, max) = stats[row];
-                let values = &logits.data[row * logits.cols..(row + 1) * logits.cols];
-                Ok(TokenScore {
-                    logprob: (values[tok] as f64 - lse) as f32,
-                    // torch.argmax: the target is greedy if it is the *first* maximum (checked only when it is one).
-                    is_greedy: values[tok] == max && !values[..tok].contains(&max),
-                })
-            })
-            .collect()
+        for (out, pair) in scores[at..at + pairs].iter_mut().zip(targets.chunks_exact(2)) {
+            let (row, tok) = (pair[0] as usize, pair[1] as usize);
+            if row >= logits.rows || tok >= logits.cols {
+                return Err(Error::invalid(format!(
+                    "logsoftmax_gather: target ({row}, {tok}) outside logits [{}, {}]",
+                    logits.rows, logits.cols
+                )));
+            }
+            let (lse, max) = stats[row];
+            let values = &logits.data[row * logits.cols..(row + 1) * logits.cols];
+            *out = TokenScore {
+                logprob: (values[tok] as f64 - lse) as f32,
+                // torch.argmax: the target is greedy if it is the *first* maximum (checked only when it is one).
+                is_greedy: values[tok] == max && !values[..tok].contains(&max),
+            };
+        }
+        Ok(())
+    }
+
+    fn read_scores(&self, scores: &Vec<TokenScore>) -> Result<Vec<TokenScore>> {
+        Ok(scores.clone())
+    }
+
+    /// No device, so no copies, synchronisations or launches; per-op wall time while `time_ops` is on.
+    fn activity(&self) -> Activity {
+        Activity {
+            ops: profile::seconds()
+                .into_iter()
+                .filter(|&(_, secs)| secs > 0.0)
+                .map(|(op, secs)| (op.name().to_string(), (0, secs)))
+                .collect(),
+            clock: "host wall time per op (CPU backend)",
+            ..Activity::default()
+        }
+    }
+
+    fn time_ops(&self, on: bool) {
+        profile::enable(on);
     }
 }

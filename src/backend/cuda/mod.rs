@@ -18,16 +18,17 @@
 //! error there, so a fault is reported against the op that caused it (without it, a fault surfaces at the
 //! next synchronisation, against whichever op happens to be running then).
 
+pub mod activity;
 pub mod kernels;
 pub mod layout;
 
-use super::{AttnShape, Backend, BatchLayout, Tensor2, TokenScore};
+use super::{check_targets, Activity, AttnShape, Backend, BatchLayout, Tensor2, TokenScore};
 use crate::checkpoint::{DType, HostTensor};
 use crate::error::{Error, Result};
 use cudarc::cublas::{result as blas_result, sys as blas_sys, CudaBlas};
 use cudarc::driver::{
-    sys as cu_sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DriverError, LaunchArgs, LaunchConfig,
-    PushKernelArg,
+    sys as cu_sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut, DriverError, LaunchArgs,
+    LaunchConfig, PinnedHostSlice, PushKernelArg,
 };
 use half::{bf16, f16};
 use std::collections::{HashMap, HashSet};
@@ -88,6 +89,7 @@ pub fn entry_points() -> Vec<(&'static str, String)> {
     for a in types {
         v.push(("embedding", format!("embedding_{}", suffix(a))));
         v.push(("rotary", format!("rotary_{}", suffix(a))));
+        v.push(("parallel_norms", format!("parallel_norms_{}", suffix(a))));
         for dpl in [1, 2, 3, 4, 8] {
             v.push(("attention", format!("attention_{}_d{dpl}", suffix(a))));
         }
@@ -150,15 +152,43 @@ impl Tensor2 for CudaTensor {
     }
 }
 
-/// A `BatchLayout` on the device: row positions and the attention work tables, uploaded once per batch.
+/// A u32 table on the device: a view into the buffer of the upload that brought it (every table of a
+/// batch shares one buffer and one copy). Its host values stay for bound checks and error messages.
+pub struct CudaIndex {
+    buf: Arc<CudaSlice<u32>>,
+    start: usize,
+    host: Vec<u32>,
+}
+
+impl CudaIndex {
+    pub fn len(&self) -> usize {
+        self.host.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.host.is_empty()
+    }
+    fn view(&self) -> CudaView<'_, u32> {
+        // At least one element, so an empty table is still a valid (never read) pointer.
+        self.buf.slice(self.start..self.start + self.host.len().max(1))
+    }
+}
+
+/// A `BatchLayout` on the device: row positions and the attention work tables.
 pub struct CudaLayout {
     pub tokens: usize,
     pub past_len: usize,
     pub num_tiles: usize,
-    positions: CudaSlice<u32>,
-    tiles: CudaSlice<u32>,
-    seg_off: CudaSlice<u32>,
-    ranges: CudaSlice<u32>,
+    positions: CudaIndex,
+    tiles: CudaIndex,
+    seg_off: CudaIndex,
+    ranges: CudaIndex,
+}
+
+/// A batch's target scores on the device: [n] log-probabilities (f32 bits), then [n] greedy flags, so
+/// that one copy reads them all back.
+pub struct CudaScores {
+    n: usize,
+    buf: CudaSlice<u32>,
 }
 
 pub struct CudaBackend {
@@ -178,6 +208,10 @@ pub struct CudaBackend {
     functions: Mutex<HashMap<String, CudaFunction>>,
     /// Functions whose dynamic shared-memory limit was raised (CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES).
     smem_raised: Mutex<HashSet<String>>,
+    /// Pinned host memory every index upload is staged in (reused, grown as needed; cudarc waits for the
+    /// previous copy out of it before it is written again).
+    staging: Mutex<Option<PinnedHostSlice<u32>>>,
+    counters: activity::Counters,
 }
 
 impl CudaBackend {
@@ -252,6 +286,8 @@ impl CudaBackend {
             modules,
             functions: Mutex::new(HashMap::new()),
             smem_raised: Mutex::new(HashSet::new()),
+            staging: Mutex::new(None),
+            counters: activity::Counters::new(driver_is_stand_in()),
         })
     }
 
@@ -282,6 +318,7 @@ impl CudaBackend {
         }
         let mut out = self.alloc("from_host", rows, cols, dtype)?;
         if !values.is_empty() {
+            self.counters.h2d();
             self.stream
                 .memcpy_htod(&encode(values, dtype), &mut out.buf)
                 .map_err(|e| Error::Cuda(format!("from_host: {e}")))?;
@@ -309,7 +346,10 @@ impl CudaBackend {
 
     /// Wait for all queued work (benches; every read back already synchronises).
     pub fn synchronize(&self) -> Result<()> {
-        self.stream.synchronize().map_err(|e| Error::Cuda(format!("synchronize: {e}")))
+        self.counters.synchronized();
+        self.stream.synchronize().map_err(|e| Error::Cuda(format!("synchronize: {e}")))?;
+        self.counters.settle();
+        Ok(())
     }
 
     fn func(&self, module: &str, name: &str) -> Result<CudaFunction> {
@@ -346,14 +386,47 @@ impl CudaBackend {
         unsafe { self.stream.alloc::<T>(len.max(1)) }.map_err(|e| oom_or(op, bytes, what, remedy, e))
     }
 
-    fn upload_u32(&self, op: &str, values: &[u32]) -> Result<CudaSlice<u32>> {
-        let mut dst = self.alloc_raw::<u32>(op, values.len().max(1), "u32 table")?;
-        if !values.is_empty() {
-            self.stream
-                .memcpy_htod(values, &mut dst)
-                .map_err(|e| Error::Cuda(format!("{op}: upload of {} u32: {e}", values.len())))?;
+    /// Upload `tables` together: laid end to end (each at a 16-byte boundary) in pinned staging memory,
+    /// one host-to-device copy into one device buffer, returned as views of it.
+    fn upload_tables(&self, op: &str, tables: &[&[u32]]) -> Result<Vec<CudaIndex>> {
+        let mut starts = Vec::with_capacity(tables.len());
+        let mut total = 0usize;
+        for t in tables {
+            starts.push(total);
+            total += t.len().max(1).next_multiple_of(4);
         }
-        Ok(dst)
+        let total = total.max(1);
+        let pin = |e: DriverError| Error::Cuda(format!("{op}: pinned staging memory of {total} u32: {e}"));
+        let mut staging = self.staging.lock().unwrap_or_else(|p| p.into_inner());
+        if staging.as_ref().is_none_or(|s| s.len() < total) {
+            *staging = None; // free the old one first
+                             // SAFETY: the elements the kernels read are written below before the copy is queued.
+            *staging = Some(unsafe { self.ctx.alloc_pinned_with_flags::<u32>(total.next_power_of_two(), 0) }.map_err(pin)?);
+        }
+        let stage = staging.as_mut().expect("allocated above");
+        // Waits (on the staging buffer's event) until the previous copy out of it has finished.
+        let host = stage.as_mut_slice().map_err(pin)?;
+        for (t, &at) in tables.iter().zip(&starts) {
+            host[at..at + t.len()].copy_from_slice(t);
+        }
+        // The whole staging buffer is copied (it is at most twice `total`; the rest is never read), so that
+        // cudarc records the buffer's event after the copy.
+        let mut dst = self.alloc_raw::<u32>(op, stage.len(), "index tables")?;
+        self.counters.h2d();
+        self.stream
+            .memcpy_htod(&*stage, &mut dst)
+            .map_err(|e| Error::Cuda(format!("{op}: upload of {total} u32: {e}")))?;
+        drop(staging);
+        let buf = Arc::new(dst);
+        Ok(tables
+            .iter()
+            .zip(starts)
+            .map(|(t, start)| CudaIndex {
+                buf: buf.clone(),
+                start,
+                host: t.to_vec(),
+            })
+            .collect())
     }
 
     fn launch_err(op: &str, kernel: &str, e: DriverError) -> Error {
@@ -362,14 +435,17 @@ impl CudaBackend {
 
     /// Launch `kernel` (for op `op`) with the arguments pushed on `args`.
     fn launch(&self, op: &str, kernel: &str, args: &mut LaunchArgs, cfg: LaunchConfig) -> Result<()> {
+        let timed = self.counters.before_launch(&self.stream);
         // SAFETY: every caller pushes exactly the arguments its kernel declares, on buffers of the sizes it reads.
         unsafe { args.launch(cfg) }.map_err(|e| Self::launch_err(op, kernel, e))?;
+        self.counters.launched(op, &self.stream, timed);
         self.checkpoint(op, kernel)
     }
 
     /// Under LMSCORE_CUDA_SYNC=1, wait for `what` (of op `op`) to finish and report a device error as its own.
     fn checkpoint(&self, op: &str, what: &str) -> Result<()> {
         if self.sync_each_launch {
+            self.counters.synchronized();
             self.stream
                 .synchronize()
                 .map_err(|e| Error::Cuda(format!("{op}: {what} failed on the device: {e}")))?;
@@ -432,6 +508,7 @@ impl CudaBackend {
         let (wp, _gw) = w.buf.device_ptr(&self.stream);
         let (xp, _gx) = x.buf.device_ptr(&self.stream);
         let (yp, _gy) = y.buf.device_ptr_mut(&self.stream);
+        let timed = self.counters.before_launch(&self.stream);
         // SAFETY: the three buffers hold at least N*K, M*K and M*N elements of the dtypes named here.
         unsafe {
             blas_result::gemm_ex(
@@ -463,6 +540,7 @@ impl CudaBackend {
                 y.dtype.name()
             ))
         })?;
+        self.counters.launched(op, &self.stream, timed);
         self.checkpoint(op, "cuBLAS gemm_ex")
     }
 
@@ -566,6 +644,8 @@ fn decode(bytes: &[u8], dt: DType) -> Vec<f32> {
 impl Backend for CudaBackend {
     type Tensor = CudaTensor;
     type Layout = CudaLayout;
+    type Index = CudaIndex;
+    type Scores = CudaScores;
 
     fn describe(&self) -> String {
         let dt = match self.dtype {
@@ -626,6 +706,7 @@ impl Backend for CudaBackend {
         let buf = self.alloc_raw_or::<u8>(&format!("upload of `{}`", t.name), (rows * cols * dt.size()).max(1), &what, &remedy)?;
         let mut out = CudaTensor { rows, cols, dtype: dt, buf };
         if !bytes.is_empty() {
+            self.counters.h2d();
             self.stream
                 .memcpy_htod(bytes.as_ref(), &mut out.buf)
                 .map_err(|e| Error::Cuda(format!("upload of `{}` ({} bytes): {e}", t.name, bytes.len())))?;
@@ -642,6 +723,7 @@ impl Backend for CudaBackend {
         if t.numel() == 0 {
             return Ok(vec![]);
         }
+        self.counters.d2h();
         let bytes = self
             .stream
             .clone_dtoh(&t.buf.slice(0..t.bytes()))
@@ -650,22 +732,31 @@ impl Backend for CudaBackend {
         Ok(decode(&bytes, t.dtype))
     }
 
-    fn prepare(&self, l: &BatchLayout) -> Result<CudaLayout> {
-        let tables = layout::attention_tables(l)?;
-        Ok(CudaLayout {
+    fn prepare(&self, l: &BatchLayout, tables: &[&[u32]]) -> Result<(CudaLayout, Vec<CudaIndex>)> {
+        let attn = layout::attention_tables(l)?;
+        let mut all: Vec<&[u32]> = vec![&l.positions, &attn.tiles, &attn.seg_off, &attn.ranges];
+        all.extend_from_slice(tables);
+        let mut uploaded = self.upload_tables("prepare", &all)?.into_iter();
+        let mut next = || uploaded.next().expect("one index per table");
+        let layout = CudaLayout {
             tokens: l.tokens(),
             past_len: l.past_len,
-            num_tiles: tables.num_tiles(),
-            positions: self.upload_u32("prepare", &l.positions)?,
-            tiles: self.upload_u32("prepare", &tables.tiles)?,
-            seg_off: self.upload_u32("prepare", &tables.seg_off)?,
-            ranges: self.upload_u32("prepare", &tables.ranges)?,
-        })
+            num_tiles: attn.num_tiles(),
+            positions: next(),
+            tiles: next(),
+            seg_off: next(),
+            ranges: next(),
+        };
+        Ok((layout, uploaded.collect()))
     }
 
-    fn embedding(&self, table: &CudaTensor, ids: &[u32]) -> Result<CudaTensor> {
+    fn index(&self, values: &[u32]) -> Result<CudaIndex> {
+        Ok(self.upload_tables("index", &[values])?.remove(0))
+    }
+
+    fn embedding(&self, table: &CudaTensor, ids: &CudaIndex) -> Result<CudaTensor> {
         Self::check_float("embedding", table)?;
-        if let Some(&id) = ids.iter().find(|&&id| id as usize >= table.rows) {
+        if let Some(&id) = ids.host.iter().find(|&&id| id as usize >= table.rows) {
             return Err(Error::invalid(format!(
                 "token id {id} is outside the embedding table of {} rows",
                 table.rows
@@ -676,10 +767,10 @@ impl Backend for CudaBackend {
         if ids.is_empty() || h == 0 {
             return Ok(out);
         }
-        let ids_d = self.upload_u32("embedding", ids)?;
         let name = format!("embedding_{}", suffix(table.dtype));
         let f = self.func("embedding", &name)?;
         let h_i = h as i32;
+        let ids_d = ids.view();
         let mut b = self.stream.launch_builder(&f);
         b.arg(&table.buf).arg(&ids_d).arg(&mut out.buf).arg(&h_i);
         self.launch("embedding", &name, &mut b, cfg(ids.len() as u32, 256, 0))?;
@@ -709,6 +800,61 @@ impl Backend for CudaBackend {
         l.arg(&x.buf).arg(&w.buf).arg(&b.buf).arg(&mut out.buf).arg(&c_i).arg(&eps);
         self.launch("layernorm", &name, &mut l, cfg(x.rows as u32, 256, 0))?;
         Ok(out)
+    }
+
+    fn parallel_norms(
+        &self,
+        x: &mut CudaTensor,
+        ln1: (&CudaTensor, &CudaTensor),
+        ln2: (&CudaTensor, &CudaTensor),
+        eps: f32,
+        out_biases: (&CudaTensor, &CudaTensor),
+    ) -> Result<(CudaTensor, CudaTensor)> {
+        let op = "parallel_norms";
+        if x.dtype != DType::F32 {
+            return Err(Error::invalid(format!("{op}: the residual stream must be f32, not {}", x.dtype.name())));
+        }
+        let c = x.cols;
+        let params = [ln1.0, ln1.1, ln2.0, ln2.1, out_biases.0, out_biases.1];
+        if let Some(p) = params.iter().find(|p| p.numel() != c) {
+            return Err(Error::invalid(format!("{op}: {c} columns, a parameter has {} values", p.numel())));
+        }
+        let params: Vec<Converted> = params.iter().map(|p| self.as_dtype(op, p, DType::F32)).collect::<Result<_>>()?;
+        let mut a = self.alloc(op, x.rows, c, self.dtype)?;
+        let mut m = self.alloc(op, x.rows, c, self.dtype)?;
+        if x.rows == 0 || c == 0 {
+            return Ok((a, m));
+        }
+        let name = format!("parallel_norms_{}", suffix(self.dtype));
+        let f = self.func(op, &name)?;
+        let c_i = c as i32;
+        let mut l = self.stream.launch_builder(&f);
+        l.arg(&mut x.buf);
+        for p in &params {
+            l.arg(&p.buf);
+        }
+        l.arg(&mut a.buf).arg(&mut m.buf).arg(&c_i).arg(&eps);
+        self.launch(op, &name, &mut l, cfg(x.rows as u32, 256, 0))?;
+        Ok((a, m))
+    }
+
+    fn linear_accumulate(&self, y: &mut CudaTensor, x: &CudaTensor, w: &CudaTensor) -> Result<()> {
+        let op = "linear_accumulate";
+        Self::check_float(op, w)?;
+        if y.dtype != DType::F32 || x.cols != w.cols || (y.rows, y.cols) != (x.rows, w.rows) {
+            return Err(Error::invalid(format!(
+                "{op}: [{}, {}] x [{}, {}]^T onto [{}, {}] {} (expected f32)",
+                x.rows,
+                x.cols,
+                w.rows,
+                w.cols,
+                y.rows,
+                y.cols,
+                y.dtype.name()
+            )));
+        }
+        let x = self.as_dtype(op, x, w.dtype)?;
+        self.gemm(op, &x, w, y, 1.0)
     }
 
     fn linear(&self, x: &CudaTensor, w: &CudaTensor, b: Option<&CudaTensor>) -> Result<CudaTensor> {
@@ -788,9 +934,10 @@ impl Backend for CudaBackend {
         let f = self.func("rotary", &name)?;
         let (grid, block) = layout::grid_1d(items);
         let (heads, hd, rot) = (s.heads as i32, s.head_dim as i32, s.rotary_ndims as i32);
+        let positions = layout.positions.view();
         let mut l = self.stream.launch_builder(&f);
         l.arg(&mut qkv.buf)
-            .arg(&layout.positions)
+            .arg(&positions)
             .arg(&items)
             .arg(&heads)
             .arg(&hd)
@@ -836,13 +983,14 @@ impl Backend for CudaBackend {
         let scale = 1.0 / (s.head_dim as f32).sqrt();
         let (past_len, heads, hd) = (p as u32, s.heads as i32, s.head_dim as i32);
         let past_buf = past.as_deref().map(|t| &t.buf).unwrap_or(&qkv.buf);
+        let (tiles, seg_off, ranges) = (layout.tiles.view(), layout.seg_off.view(), layout.ranges.view());
         let mut l = self.stream.launch_builder(&f);
         l.arg(&qkv.buf)
             .arg(past_buf)
             .arg(&mut out.buf)
-            .arg(&layout.tiles)
-            .arg(&layout.seg_off)
-            .arg(&layout.ranges)
+            .arg(&tiles)
+            .arg(&seg_off)
+            .arg(&ranges)
             .arg(&past_len)
             .arg(&heads)
             .arg(&hd)
@@ -890,8 +1038,8 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
-    fn gather_rows(&self, x: &CudaTensor, rows: &[u32]) -> Result<CudaTensor> {
-        if let Some(&r) = rows.iter().find(|&&r| r as usize >= x.rows) {
+    fn gather_rows(&self, x: &CudaTensor, rows: &CudaIndex) -> Result<CudaTensor> {
+        if let Some(&r) = rows.host.iter().find(|&&r| r as usize >= x.rows) {
             return Err(Error::invalid(format!("gather_rows: row {r} of a {}-row tensor", x.rows)));
         }
         let mut out = self.alloc("gather_rows", rows.len(), x.cols, x.dtype)?;
@@ -899,7 +1047,7 @@ impl Backend for CudaBackend {
         if rows.is_empty() || row_bytes == 0 {
             return Ok(out);
         }
-        let rows_d = self.upload_u32("gather_rows", rows)?;
+        let rows_d = rows.view();
         let (name, words) = if row_bytes % 4 == 0 {
             ("gather_rows_u32", row_bytes / 4)
         } else {
@@ -948,33 +1096,42 @@ impl Backend for CudaBackend {
         Ok(logits)
     }
 
-    fn logsoftmax_gather(&self, logits: &CudaTensor, targets: &[(u32, u32)]) -> Result<Vec<TokenScore>> {
+    fn new_scores(&self, n: usize) -> Result<CudaScores> {
+        Ok(CudaScores {
+            n,
+            buf: self.alloc_raw::<u32>("logsoftmax_gather", 2 * n, "target scores")?,
+        })
+    }
+
+    fn logsoftmax_gather(&self, logits: &CudaTensor, targets: &CudaIndex, scores: &mut CudaScores, at: usize) -> Result<()> {
+        let op = "logsoftmax_gather";
         let (r, v) = (logits.rows, logits.cols);
-        if let Some(&(row, tok)) = targets.iter().find(|&&(row, tok)| row as usize >= r || tok as usize >= v) {
+        let n = check_targets(&targets.host, scores.n, at)?;
+        if let Some(p) = targets.host.chunks_exact(2).find(|p| p[0] as usize >= r || p[1] as usize >= v) {
             return Err(Error::invalid(format!(
-                "logsoftmax_gather: target ({row}, {tok}) outside logits [{r}, {v}]"
+                "logsoftmax_gather: target ({}, {}) outside logits [{r}, {v}]",
+                p[0], p[1]
             )));
         }
-        if targets.is_empty() {
-            return Ok(vec![]);
+        if n == 0 {
+            return Ok(());
         }
-        let logits = self.as_dtype("logsoftmax_gather", logits, DType::F32)?;
-        let op = "logsoftmax_gather";
-        let m = self.alloc_raw::<f32>(op, r, "row maxima")?;
-        let log_s = self.alloc_raw::<f32>(op, r, "row log-sums")?;
-        let arg = self.alloc_raw::<u32>(op, r, "row argmax")?;
-        let (mut m, mut log_s, mut arg) = (m, log_s, arg);
+        let logits = self.as_dtype(op, logits, DType::F32)?;
+        let mut m = self.alloc_raw::<f32>(op, r, "row maxima")?;
+        let mut log_s = self.alloc_raw::<f32>(op, r, "row log-sums")?;
+        let mut arg = self.alloc_raw::<u32>(op, r, "row argmax")?;
         let v_i = v as i32;
         let f = self.func("logsoftmax_gather", "logsoftmax_stats")?;
         let mut l = self.stream.launch_builder(&f);
         l.arg(&logits.buf).arg(&v_i).arg(&mut m).arg(&mut log_s).arg(&mut arg);
         self.launch(op, "logsoftmax_stats", &mut l, cfg(r as u32, 1024, 0))?;
 
-        let flat: Vec<u32> = targets.iter().flat_map(|&(row, tok)| [row, tok]).collect();
-        let targets_d = self.upload_u32(op, &flat)?;
-        let n = targets.len();
-        let mut lp = self.alloc_raw::<f32>(op, n, "target log-probs")?;
-        let mut greedy = self.alloc_raw::<u32>(op, n, "target greedy flags")?;
+        // Log-probabilities into scores[at..at + n], greedy flags into scores[N + at..N + at + n].
+        let total = scores.n;
+        let (mut lp, mut greedy) = scores.buf.split_at_mut(total);
+        let mut lp = lp.slice_mut(at..at + n);
+        let mut greedy = greedy.slice_mut(at..at + n);
+        let targets_d = targets.view();
         let n_i = n as i32;
         let f = self.func("logsoftmax_gather", "logsoftmax_targets")?;
         let mut l = self.stream.launch_builder(&f);
@@ -987,17 +1144,36 @@ impl Backend for CudaBackend {
             .arg(&n_i)
             .arg(&mut lp)
             .arg(&mut greedy);
-        self.launch(op, "logsoftmax_targets", &mut l, cfg(n.div_ceil(256) as u32, 256, 0))?;
+        self.launch(op, "logsoftmax_targets", &mut l, cfg(n.div_ceil(256) as u32, 256, 0))
+    }
 
-        let dl = |e: DriverError| Error::Cuda(format!("{op}: reading back {n} scores: {e}"));
-        let lp = self.stream.clone_dtoh(&lp.slice(0..n)).map_err(dl)?;
-        let greedy = self.stream.clone_dtoh(&greedy.slice(0..n)).map_err(dl)?;
+    fn read_scores(&self, scores: &CudaScores) -> Result<Vec<TokenScore>> {
+        let n = scores.n;
+        if n == 0 {
+            return Ok(vec![]);
+        }
+        self.counters.d2h();
+        let both = self
+            .stream
+            .clone_dtoh(&scores.buf.slice(0..2 * n))
+            .map_err(|e| Error::Cuda(format!("logsoftmax_gather: reading back {n} scores: {e}")))?;
         self.synchronize()?;
-        Ok(lp
-            .into_iter()
-            .zip(greedy)
-            .map(|(logprob, g)| TokenScore { logprob, is_greedy: g != 0 })
+        Ok(both[..n]
+            .iter()
+            .zip(&both[n..])
+            .map(|(&bits, &g)| TokenScore {
+                logprob: f32::from_bits(bits),
+                is_greedy: g != 0,
+            })
             .collect())
+    }
+
+    fn activity(&self) -> Activity {
+        self.counters.snapshot()
+    }
+
+    fn time_ops(&self, on: bool) {
+        self.counters.set_timing(on);
     }
 }
 
