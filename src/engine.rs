@@ -9,15 +9,55 @@ use crate::model::Model;
 use crate::plan::{self, Request};
 use crate::score::{locate_non_finite, run_plan, RequestScore};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+/// The backend a model runs on. Which CUDA device is [`EngineOptions::cuda_ordinal`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Device {
     Cpu,
     Cuda,
 }
 
+/// A `--device` value: `cpu`, `cuda` (= `cuda:0`) or `cuda:N`, the N-th (0-based) CUDA device this process
+/// sees (with `CUDA_VISIBLE_DEVICES` set, the N-th of the devices it lists).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceSpec {
+    pub kind: Device,
+    /// The CUDA device ordinal; 0 for the CPU.
+    pub ordinal: usize,
+}
+
+impl std::str::FromStr for DeviceSpec {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        const EXPECTED: &str = "expected cpu, cuda or cuda:N (N the 0-based number of a CUDA device; cuda = cuda:0)";
+        let (kind, ordinal) = match s.split_once(':') {
+            None if s == "cpu" => (Device::Cpu, 0),
+            None if s == "cuda" => (Device::Cuda, 0),
+            Some(("cuda", n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
+                let n = n.parse().map_err(|_| format!("cuda:{n}: device number out of range"))?;
+                (Device::Cuda, n)
+            }
+            Some(("cuda", n)) => return Err(format!("cuda:{n}: `{n}` is not a device number; {EXPECTED}")),
+            Some(("cpu", _)) => return Err("the CPU takes no device number: use cpu".into()),
+            _ => return Err(EXPECTED.into()),
+        };
+        Ok(DeviceSpec { kind, ordinal })
+    }
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.kind {
+            Device::Cpu => write!(f, "cpu"),
+            Device::Cuda => write!(f, "cuda:{}", self.ordinal),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct EngineOptions {
     pub device: Device,
+    /// Which CUDA device (`--device cuda:N`); unused on the CPU.
+    pub cuda_ordinal: usize,
     /// Compute precision; None = the checkpoint's stored dtype (CPU always computes in f32).
     pub dtype: Option<DType>,
     /// Token budget of one packed batch; None = the device default.
@@ -32,6 +72,7 @@ impl Default for EngineOptions {
     fn default() -> Self {
         EngineOptions {
             device: Device::Cpu,
+            cuda_ordinal: 0,
             dtype: None,
             max_batch_tokens: None,
             max_length: None,
@@ -68,6 +109,16 @@ impl PlanStats {
     }
 }
 
+impl EngineOptions {
+    /// The device as `--device` spells it: `cpu` or `cuda:N`.
+    pub fn device_spec(&self) -> DeviceSpec {
+        DeviceSpec {
+            kind: self.device,
+            ordinal: if self.device == Device::Cuda { self.cuda_ordinal } else { 0 },
+        }
+    }
+}
+
 impl Engine {
     pub fn load(ckpt: &Checkpoint, opts: &EngineOptions) -> Result<Self> {
         match opts.device {
@@ -80,11 +131,23 @@ impl Engine {
             Device::Cuda => {
                 // Device first: without one, the error is "no CUDA driver/device found ...".
                 crate::backend::cuda::check_available()?;
+                let (n, count) = (opts.cuda_ordinal, crate::backend::cuda::device_count()?);
+                if n >= count {
+                    let visible = match std::env::var("CUDA_VISIBLE_DEVICES") {
+                        Ok(v) => format!("CUDA_VISIBLE_DEVICES={v:?}"),
+                        Err(_) => "CUDA_VISIBLE_DEVICES is not set".into(),
+                    };
+                    return Err(Error::Cuda(format!(
+                        "--device cuda:{n}: {count} CUDA device{} present (cuda:0{}); {visible}, and devices are numbered from 0 among the visible ones",
+                        if count == 1 { " is" } else { "s are" },
+                        if count > 1 { format!(" to cuda:{}", count - 1) } else { String::new() }
+                    )));
+                }
                 let dtype = match opts.dtype {
                     Some(d) => d,
                     None => ckpt.stored_dtype()?,
                 };
-                let b = CudaBackend::new(0, dtype)?;
+                let b = CudaBackend::new(n, dtype)?;
                 let m = Model::load(&b, ckpt)?;
                 Ok(Engine::Cuda(b, m))
             }

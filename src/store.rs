@@ -464,6 +464,70 @@ fn file_uri(path: &Path) -> String {
     s
 }
 
+/// The file system a `f_type` of `statfs(2)` names, when it is one where SQLite's WAL mode is unsafe: a
+/// network or cluster file system (the `-shm` shared memory and the POSIX locks WAL relies on are not
+/// coherent across clients there), or FUSE, which may be one. Only the low 32 bits are compared: the magic
+/// numbers are 32-bit and `f_type` is a signed word on some targets.
+pub fn classify_fs_type(f_type: u64) -> Option<&'static str> {
+    match f_type & 0xFFFF_FFFF {
+        0x6969 => Some("NFS"),
+        0x0BD0_0BD0 => Some("Lustre"),
+        0xFF53_4D42 => Some("CIFS/SMB"),
+        0xFE53_4D42 => Some("SMB2"),
+        0x4750_4653 => Some("GPFS"),
+        0x1983_0326 => Some("BeeGFS"),
+        0x00C3_6400 => Some("CephFS"),
+        0x0102_1997 => Some("9p"),
+        0x6573_5546 => Some("FUSE (possibly network)"),
+        _ => None,
+    }
+}
+
+/// The `f_type` magic number of the file system `path` lies on (`statfs(2)`, low 32 bits; what
+/// `stat -f -c %t` prints), or None where `statfs` fails or on a platform other than Linux.
+pub fn fs_type(path: &Path) -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+        // SAFETY: `c` is a NUL-terminated path and `st` a statfs the call may fill; nothing is kept.
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+            return None;
+        }
+        #[allow(clippy::unnecessary_cast)] // f_type's width and signedness differ between targets
+        let f_type = st.f_type as u64;
+        Some(f_type & 0xFFFF_FFFF)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = path;
+        None
+    }
+}
+
+/// The network file system `dir` lies on (see [`classify_fs_type`]), or None: a local file system, a
+/// directory `statfs` cannot read, or a platform other than Linux.
+pub fn network_filesystem(dir: &Path) -> Option<&'static str> {
+    fs_type(dir).and_then(classify_fs_type)
+}
+
+/// One line on stderr when a store about to be written lies on a network file system: not an error (a
+/// single writer there usually works), but WAL on it can corrupt the store or lock up.
+fn warn_if_network_filesystem(path: &Path) {
+    let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(d) => d.to_path_buf(),
+        None => PathBuf::from("."),
+    };
+    if let Some(fs) = network_filesystem(&dir) {
+        eprintln!(
+            "warning: results store {} is on {fs}: SQLite's WAL mode on a network file system can corrupt the store or lock up; \
+             write it on node-local disk ($TMPDIR, /local) and copy it to shared storage when the sweep has exited (docs/cluster.md)",
+            path.display()
+        );
+    }
+}
+
 /// `path` with `suffix` appended to its file name (`r.db` -> `r.db-wal`).
 fn sibling(path: &Path, suffix: &str) -> PathBuf {
     let mut s = path.as_os_str().to_os_string();
@@ -486,6 +550,7 @@ impl Store {
                 return Err(Error::file(&path, "results store: not a regular file"));
             }
         }
+        warn_if_network_filesystem(&path);
         let conn = Connection::open(&path).map_err(|e| db_err(&path, "cannot open", e))?;
         let mut s = Store {
             path,

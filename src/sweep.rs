@@ -155,6 +155,9 @@ pub fn run_key(spec: &CheckpointSpec, protocol: Protocol, engine: &EngineOptions
         (_, Some(d)) => d.name().to_ascii_lowercase(),
         (_, None) => "auto".to_string(),
     };
+    // The backend, not the GPU slot: results do not depend on which of a node's devices ran them (each shard
+    // of an 8-GPU job is `cuda:0` under its own CUDA_VISIBLE_DEVICES anyway), so a shard restarted on another
+    // device resumes, and merged shards form one series in reports.
     let device = match engine.device {
         Device::Cpu => "cpu",
         Device::Cuda => "cuda",
@@ -772,7 +775,7 @@ impl Progress {
         let sweep_rate = (self.worked as f64 + frac) / self.started.elapsed().as_secs_f64().max(1e-9);
         let left = self.units.saturating_sub(self.settled) as f64 - frac;
         eprintln!(
-            "progress: {}/{} units complete; {what}: {}/{} tokens ({:.0}%), {:.0} tokens/s, ETA {}; sweep ETA {} (elapsed {})",
+            "progress: {}/{} units complete; {what}: {}/{} computed tokens ({:.0}%), {:.0} computed tokens/s, ETA {}; sweep ETA {} (elapsed {})",
             self.done,
             self.units,
             tokens.0,
@@ -1048,7 +1051,7 @@ fn score_checkpoint(
         params: engine.config().num_params() as u64,
         ..Default::default()
     };
-    progress.log(&format!("{name}: loaded in {:.1} s", timing.load_seconds));
+    progress.log(&format!("{name}: loaded in {:.1} s on {}", timing.load_seconds, engine.describe()));
     let r = score_loaded(&engine, f, name, key, todo, ts, opts, store, progress, counts, &mut timing);
     // The attempt's timings, whatever became of it (a failed scoring still spent them).
     if timing.tasks > 0 || r.is_err() {
@@ -1141,7 +1144,7 @@ fn score_loaded(
             };
             progress.settle(1, true, true);
             progress.log(&format!(
-                "{name} {}: {} ({} docs, {:.1} s, {:.0} tokens/s{note})",
+                "{name} {}: {} ({} docs, {:.1} s, {:.0} requested tokens/s{note})",
                 o.task,
                 metrics.join(" "),
                 o.n_docs,

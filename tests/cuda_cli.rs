@@ -87,3 +87,98 @@ fn score_on_cuda_matches_cpu() {
         cpu.len()
     ));
 }
+
+/// `--device` values: `cpu`, `cuda` (= `cuda:0`), `cuda:N`; anything else is refused with the accepted forms.
+#[test]
+fn device_flag_parses() {
+    use lmscore::engine::{Device, DeviceSpec};
+    let ok = |s: &str| s.parse::<DeviceSpec>().unwrap_or_else(|e| panic!("{s}: {e}"));
+    let spec = |kind, ordinal| DeviceSpec { kind, ordinal };
+    assert_eq!(ok("cpu"), spec(Device::Cpu, 0));
+    assert_eq!(ok("cuda"), spec(Device::Cuda, 0));
+    assert_eq!(ok("cuda:0"), ok("cuda"));
+    assert_eq!(ok("cuda:7"), spec(Device::Cuda, 7));
+    assert_eq!(ok("cuda:7").to_string(), "cuda:7");
+    assert_eq!(ok("cuda").to_string(), "cuda:0");
+    assert_eq!(ok("cpu").to_string(), "cpu");
+    for bad in [
+        "gpu",
+        "",
+        "CUDA",
+        "cuda:",
+        "cuda:x",
+        "cuda:-1",
+        "cuda:1.5",
+        "cuda: 1",
+        "cuda:0:1",
+        "cpu:0",
+        "cuda:99999999999999999999999",
+    ] {
+        let e = bad.parse::<DeviceSpec>().expect_err(bad);
+        assert!(e.contains("cuda:N") || e.contains("out of range") || e.contains("use cpu"), "{bad}: {e}");
+    }
+    assert!("cuda:x".parse::<DeviceSpec>().unwrap_err().contains("`x` is not a device number"));
+}
+
+/// A bad `--device` is a usage error from the command line, before any file is read.
+#[test]
+fn bad_device_flags_are_usage_errors() {
+    for bad in ["gpu", "cuda:x"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_lmscore"))
+            .args([
+                "loglikelihood",
+                "--device",
+                bad,
+                "--model",
+                "/nonexistent",
+                "--input",
+                "-",
+                "--output",
+                "-",
+            ])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {stderr}");
+        assert!(
+            stderr.contains(&format!("invalid value '{bad}' for '--device")) && stderr.contains("expected cpu, cuda or cuda:N"),
+            "{bad}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("/nonexistent"),
+            "{bad}: the model was looked at before the flag was checked: {stderr}"
+        );
+    }
+}
+
+/// `--device cuda:N` picks device N: `cuda:0` scores, and an ordinal past the devices present fails cleanly
+/// (the CUDA stand-in has one device) saying how many there are.
+#[test]
+fn cuda_ordinal_selects_the_device() {
+    if common::cuda_or_skip("cuda_ordinal_selects_the_device", DType::F32).is_none() {
+        return;
+    }
+    let count = lmscore::backend::cuda::device_count().unwrap();
+    let model = common::fixtures_dir().join("models/neox-seq");
+    let row = r#"{"id": "a", "context_ids": [1, 2, 3], "continuation_ids": [4, 5]}"#;
+    let (run, dir) = common::model_files::loglikelihood(&model, row, &["--device", "cuda:0", "--dtype", "f32"]);
+    assert!(run.ok, "--device cuda:0: {}", run.stderr);
+    let out = std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap();
+    assert!(out.contains("\"logprob\""), "{out}");
+    let (run, dir) = common::model_files::loglikelihood(&model, row, &["--device", &format!("cuda:{count}"), "--dtype", "f32"]);
+    let present = if count == 1 {
+        "1 CUDA device is present (cuda:0)".to_string()
+    } else {
+        format!("{count} CUDA devices are present")
+    };
+    assert!(
+        !run.ok && run.stderr.contains(&format!("--device cuda:{count}")) && run.stderr.contains(&present),
+        "--device cuda:{count}: {}",
+        run.stderr
+    );
+    assert!(!dir.path().join("out.jsonl").exists(), "no output on failure");
+    common::visible(&format!(
+        "cuda_ordinal_selects_the_device: cuda:0 scored, cuda:{count} refused ({count} present)"
+    ));
+}

@@ -468,3 +468,61 @@ fn per_document_values_and_timings_are_stored_reported_and_merged() {
     let r = Store::open_read_only(&b).unwrap();
     assert_eq!(r.timings().unwrap().len(), 1);
 }
+
+/// The `statfs` magic numbers of network and cluster file systems are named; local ones are not.
+#[test]
+fn network_filesystems_are_classified() {
+    use lmscore::store::classify_fs_type;
+    for (magic, name) in [
+        (0x6969u64, "NFS"),
+        (0x0BD0_0BD0, "Lustre"),
+        (0xFF53_4D42, "CIFS/SMB"),
+        (0xFE53_4D42, "SMB2"),
+        (0x4750_4653, "GPFS"),
+        (0x1983_0326, "BeeGFS"),
+        (0x00C3_6400, "CephFS"),
+        (0x0102_1997, "9p"),
+        (0x6573_5546, "FUSE (possibly network)"),
+    ] {
+        assert_eq!(classify_fs_type(magic), Some(name), "{magic:#x}");
+        // A signed 32-bit f_type (some targets) sign-extends to 64 bits: the low 32 bits decide.
+        assert_eq!(
+            classify_fs_type(magic as u32 as i32 as i64 as u64),
+            Some(name),
+            "{magic:#x} sign-extended"
+        );
+    }
+    // ext4, xfs, btrfs, tmpfs, overlayfs, zfs, procfs: local.
+    for magic in [0xEF53u64, 0x5846_5342, 0x9123_683E, 0x0102_1994, 0x794C_7630, 0x2FC1_2FC1, 0x9FA0] {
+        assert_eq!(classify_fs_type(magic), None, "{magic:#x}");
+    }
+}
+
+/// `fs_type` reads the same magic number `stat -f` does, and a local temporary directory is not flagged (so a
+/// sweep there prints no warning).
+#[test]
+fn local_directories_are_not_network_filesystems() {
+    use lmscore::store::{fs_type, network_filesystem};
+    let tmp = tempfile::tempdir().unwrap();
+    for dir in [tmp.path(), std::path::Path::new("/"), std::path::Path::new("/proc")] {
+        if cfg!(target_os = "linux") {
+            let got = fs_type(dir).unwrap_or_else(|| panic!("statfs {}", dir.display()));
+            if let Ok(o) = std::process::Command::new("stat").args(["-f", "-c", "%t"]).arg(dir).output() {
+                let want = u64::from_str_radix(String::from_utf8_lossy(&o.stdout).trim(), 16).unwrap();
+                assert_eq!(got, want, "{}: statfs f_type vs stat -f", dir.display());
+            }
+        }
+    }
+    assert_eq!(network_filesystem(std::path::Path::new("/proc")), None);
+    assert_eq!(
+        network_filesystem(tmp.path()),
+        None,
+        "{} (f_type {:x?}) is not local disk: run the tests with TMPDIR on a local file system",
+        tmp.path().display(),
+        fs_type(tmp.path())
+    );
+    assert_eq!(network_filesystem(&tmp.path().join("missing")), None, "statfs fails: no warning");
+    let db = tmp.path().join("local.db");
+    Store::open(&db).unwrap();
+    assert!(db.is_file());
+}

@@ -514,6 +514,109 @@ fn duplicate_checkpoints_and_missing_data_are_errors() {
     assert!(!out.status.success());
 }
 
+/// docs/cluster.md's Slurm recipe followed on one machine: N = 3 shards, each `sweep --shard i/3` into its own
+/// store in its own "node-local" directory, each store copied (as one file) to a "shared" directory, `merge`
+/// into one store, `report`. The merged store holds exactly what one unsharded sweep stores, and the two
+/// reports are the same files (only the report's own `date` differs), with no network-filesystem warning.
+#[test]
+fn slurm_recipe_on_one_machine() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (tiny, tiny_b) = (models().join("pythia-tiny"), models().join("pythia-tiny-b"));
+    // 4 checkpoints over 3 shards: shard 0 gets two (checkpoints 0 and 3), the others one each.
+    let cks = format!(
+        "pythia-14m@step1000={},pythia-14m@step2000={},pythia-70m@step1000={},pythia-70m@step2000={}",
+        tiny.display(),
+        tiny_b.display(),
+        tiny_b.display(),
+        tiny.display()
+    );
+    let path = |p: &str| tmp.path().join(p);
+    let s = |p: &Path| p.display().to_string();
+    let n = 3;
+    let shared = path("shared");
+    std::fs::create_dir(&shared).unwrap();
+    for i in 0..n {
+        let local = path(&format!("node{i}"));
+        std::fs::create_dir(&local).unwrap();
+        let db = local.join(format!("shard-{i}.db"));
+        let shard = format!("{i}/{n}");
+        let stderr = run_ok(lmscore(&sweep_args(&s(&db), &cks, &["--shard", &shard])));
+        assert!(stderr.contains(&format!("sweep (shard {i}/{n})")), "{stderr}");
+        assert!(!stderr.contains("warning: results store"), "a local store is not flagged: {stderr}");
+        // The sweep exited: the store is one self-contained file (no -wal / -shm beside it) to copy.
+        let left: Vec<String> = std::fs::read_dir(&local)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, [format!("shard-{i}.db")], "node{i} holds only the store");
+        std::fs::copy(&db, shared.join(format!("shard-{i}.db"))).unwrap();
+    }
+    let merged = path("results.db");
+    let mut merge = vec!["merge".to_string(), "--into".into(), s(&merged)];
+    merge.extend((0..n).map(|i| s(&shared.join(format!("shard-{i}.db")))));
+    let stderr = run_ok(lmscore(&merge.iter().map(String::as_str).collect::<Vec<_>>()));
+    assert!(
+        stderr.contains("shard-0.db: 4 tasks added") && stderr.contains("shard-1.db: 2 tasks added") && stderr.contains("shard-2.db: 2 tasks added"),
+        "{stderr}"
+    );
+
+    let whole = path("whole.db");
+    run_ok(lmscore(&sweep_args(&s(&whole), &cks, &[])));
+    let (dm, dw) = (dump(&merged), dump(&whole));
+    assert_eq!(dm.len(), 8, "4 checkpoints x 2 tasks");
+    assert_eq!(dm, dw, "merged shards == one unsharded sweep");
+    let per_doc = "SELECT count(*) FROM doc_results";
+    assert_eq!(count(&merged, per_doc), count(&whole, per_doc));
+    assert_eq!(count(&merged, "SELECT count(*) FROM timings"), 4, "one timing row per checkpoint");
+
+    let report = |db: &Path, out: &str| {
+        let o = lmscore(&["report", "--db", &s(db), "--out", &s(&path(out))]).output().unwrap();
+        assert!(o.status.success(), "report: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let (out_m, out_w) = (report(&merged, "report-merged"), report(&whole, "report-whole"));
+    // The printed report: identical but for the timing table's measured seconds and rates.
+    let untimed = |s: &str| s.lines().filter(|l| !l.contains("\tcpu\tf32\t")).map(str::to_owned).collect::<Vec<_>>();
+    assert_eq!(untimed(&out_m), untimed(&out_w));
+    let files = |dir: &Path| {
+        let mut v = vec![];
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    v.push(p.strip_prefix(dir).unwrap().to_path_buf());
+                }
+            }
+        }
+        v.sort();
+        v
+    };
+    let (rm, rw) = (path("report-merged"), path("report-whole"));
+    assert_eq!(files(&rm), files(&rw));
+    for f in files(&rm) {
+        let (a, b) = (std::fs::read(rm.join(&f)).unwrap(), std::fs::read(rw.join(&f)).unwrap());
+        if f.extension().is_some_and(|e| e == "json") {
+            // lm-eval's results document carries the time it was written.
+            let strip = |b: &[u8]| {
+                let mut v: serde_json::Value = serde_json::from_slice(b).unwrap();
+                v.as_object_mut().unwrap().remove("date");
+                v
+            };
+            assert_eq!(strip(&a), strip(&b), "{}", f.display());
+        } else {
+            assert!(a == b, "{} differs between the merged and the unsharded report", f.display());
+        }
+    }
+    for f in ["all_results.tsv", "trends.tsv", "figure1.png", "figure1.svg", "figure1.pdf"] {
+        assert!(files(&rm).contains(&PathBuf::from(f)), "{f} written");
+    }
+    let tsv = std::fs::read_to_string(rm.join("all_results.tsv")).unwrap();
+    assert_eq!(tsv.lines().count(), 1 + 8, "{tsv}");
+}
+
 /// What a user does after a sweep: `lmscore report --db` reads the store and writes the paper's table,
 /// per-run JSON and the figure, one row per (checkpoint, task).
 #[test]

@@ -15,7 +15,7 @@
 //! Output: `{"id", "logprob", "is_greedy", "n_tokens"}`; rolling rows also `"windows"`.
 
 use lmscore::checkpoint::Checkpoint;
-use lmscore::engine::{token_progress, Device, Engine, EngineOptions};
+use lmscore::engine::{token_progress, DeviceSpec, Engine, EngineOptions};
 use lmscore::error::{Error, Result, MAX_DATA_BYTES};
 use lmscore::output::{self, OutputTarget};
 use lmscore::plan::Request;
@@ -52,8 +52,10 @@ pub struct Args {
 /// Flags shared by every command that runs a model.
 #[derive(clap::Args, Debug, Clone)]
 pub struct EngineArgs {
-    #[arg(long, value_enum, default_value = "cpu")]
-    pub device: Device,
+    /// cpu, cuda (= cuda:0) or cuda:N: the N-th CUDA device this process sees, counted from 0 among those
+    /// CUDA_VISIBLE_DEVICES lists when it is set.
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
     /// Compute precision: f16, bf16 or f32 (default: the checkpoint's stored dtype; CPU is always f32).
     #[arg(long)]
     pub dtype: Option<String>,
@@ -93,7 +95,8 @@ impl EngineArgs {
             lmscore::engine::use_threads(n)?;
         }
         Ok(EngineOptions {
-            device: self.device,
+            device: self.device.kind,
+            cuda_ordinal: self.device.ordinal,
             dtype,
             max_batch_tokens: self.max_batch_tokens,
             max_length: self.max_length,

@@ -162,10 +162,7 @@ fn format_dry_run(d: &sweep::DryRun, opts: &SweepOptions) -> String {
     );
     s += &format!(
         "estimated scoring time on {}: {} ({:.3e} FLOP = 2 x parameters x tokens, at {:.2e} FLOP/s {}); downloads and loading come on top\n",
-        match opts.engine.device {
-            lmscore::engine::Device::Cpu => "cpu",
-            lmscore::engine::Device::Cuda => "cuda",
-        },
+        opts.engine.device_spec(),
         duration(d.seconds()),
         d.flops,
         d.flops_per_second,
