@@ -43,9 +43,35 @@ struct Runtime {
     // Warp rendezvous: op is one of the WarpOp values; returns this lane's result.
     unsigned (*warp)(int op, unsigned mask, unsigned value, unsigned b, unsigned c, const char* file, int line);
     [[noreturn]] void (*trap)(const char* file, int line, const char* what);
+    // Warp exchange, the rendezvous of the .sync.aligned tensor-core instructions (mma, ldmatrix): every lane
+    // of `mask` deposits `bytes` (<= kExchangeBytes) from `in`; once all of them are at the same instruction
+    // (`what`, file:line), each receives the 32 deposits at `out`, lane j's at out + j * bytes (zeros for
+    // lanes outside the mask). Checked like a shuffle: a lane elsewhere or exited is divergence.
+    void (*exchange)(unsigned mask, const void* in, void* out, unsigned bytes, const char* what, const char* file, int line);
+    // cvta.to.shared: the 32-bit shared-window address of generic pointer p (see kSmem* below).
+    unsigned (*smem_addr)(const void* p, const char* file, int line);
+    // The host address of the `bytes` bytes at shared-window address `addr`, which must lie inside the
+    // block's shared memory (static or dynamic) and be `align`-aligned: else a failure naming the kernel,
+    // the thread, `what` and file:line.
+    void* (*smem_ptr)(unsigned addr, unsigned bytes, unsigned align, const char* what, const char* file, int line);
+    // cp.async: queue a copy of `bytes` bytes from global `src` to shared-window address `dst`, of which the
+    // first `src_bytes` come from src and the rest are zeros; commit_group; wait_group `pending` (< 0:
+    // wait_all). The copies are done when a wait covers them (or when the thread exits).
+    void (*cp_async)(unsigned dst, const void* src, unsigned bytes, unsigned src_bytes, const char* what, const char* file, int line);
+    void (*cp_async_commit)();
+    void (*cp_async_wait)(int pending, const char* file, int line);
 };
 
-enum WarpOp { kShflIdx, kShflUp, kShflDown, kShflBfly, kBallot, kAny, kAll, kSyncWarp };
+enum WarpOp { kShflIdx, kShflUp, kShflDown, kShflBfly, kBallot, kAny, kAll, kSyncWarp, kExchange };
+constexpr unsigned kExchangeBytes = 64;
+
+// The stand-in's shared-window addresses (what cvta.to.shared gives and .shared operands take): the block's
+// dynamic shared memory at its offset in the worker's window [0, kSmemWindow), static __shared__ variables
+// (the module's thread-local block) at kSmemStatic + their offset in it; a generic address outside both
+// converts to kSmemNowhere, which no access accepts.
+constexpr unsigned kSmemWindow = 256 * 1024;
+constexpr unsigned kSmemStatic = 0x01000000u;
+constexpr unsigned kSmemNowhere = 0x80000000u;
 
 struct ParamInfo {
     unsigned size;        // sizeof the declared parameter type
@@ -90,7 +116,7 @@ static inline lms_simt::Thread* lms_self() {
 #define __host__
 #define __forceinline__ inline __attribute__((always_inline))
 #define __noinline__ __attribute__((noinline))
-#define __align__(n) alignas(n)
+#define __align__(n) __attribute__((aligned(n)))  // placed anywhere among the specifiers, as CUDA allows
 // Static __shared__ arrays: one copy per worker OS thread, and a block runs wholly on one worker.
 #define __shared__ static thread_local
 
@@ -186,14 +212,20 @@ static inline T lms_shfl(int op, unsigned mask, T v, unsigned b, unsigned c, con
 #define __shfl_xor_sync(mask, v, m, ...) lms_shfl(lms_simt::kShflBfly, mask, v, m, LMS_SEG(lms_width(__VA_ARGS__)) | 0x1f, __FILE__, __LINE__)
 static inline int lms_width() { return 32; }
 static inline int lms_width(int w) { return w; }
+// CUDA's generic -> shared address conversion (cvta.to.shared), as size_t like CUDA's own.
+static inline size_t __cvta_generic_to_shared(const void* p, const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+    return lms_rt->smem_addr(p, file, line);
+}
 #define __ballot_sync(mask, pred) lms_warp(lms_simt::kBallot, mask, (pred) ? 1u : 0u, 0, 0, __FILE__, __LINE__)
 #define __any_sync(mask, pred) (int)lms_warp(lms_simt::kAny, mask, (pred) ? 1u : 0u, 0, 0, __FILE__, __LINE__)
 #define __all_sync(mask, pred) (int)lms_warp(lms_simt::kAll, mask, (pred) ? 1u : 0u, 0, 0, __FILE__, __LINE__)
 
 // ------------------------------------------------------------------------------------------------------
 // Inline PTX. The front end turns `asm("op.a.b %0, %1;" : "=f"(x) : "h"(y))` into `lms_ptx::op_a_b(x, y)`
-// (outputs first, by reference, in the template's operand order) and refuses any instruction that has no
-// function here. Each one implements the PTX ISA's definition of that instruction exactly.
+// (outputs first, by reference, in the template's operand order; `{%0, %1}` as its elements, `[%0]` as the
+// address value, immediates as written) and refuses any instruction that has no function here. Each one
+// implements the PTX ISA's definition of that instruction exactly. Trailing `file` / `line` parameters
+// default to the asm statement's place (the call stands where the statement stood), for messages.
 namespace lms_ptx {
 
 // cvt.f32.f16: every f16 value (subnormals, inf, NaN payload) is exact in f32.
@@ -252,6 +284,169 @@ static inline void cvt_rn_f16_f32(unsigned short& d, float a) {
         result = 0;
     }
     d = (unsigned short)(sign | result);
+}
+
+// ---- Tensor cores: mma.sync, ldmatrix, cp.async -------------------------------------------------------
+// The warp-collective ones (.sync.aligned) meet through the runtime's warp exchange: each lane deposits
+// its operands, gets everyone's, and computes its own part of the result from them as the PTX ISA lays the
+// fragments out. Functions that are not instructions return a value (the front end lists only the `static
+// inline void` functions of this namespace as instructions).
+
+static inline float lms_f16_to_f32(unsigned short h) {
+    float f;
+    cvt_f32_f16(f, h);
+    return f;
+}
+static inline float lms_bf16_to_f32(unsigned short h) { return lms_bits<float>((unsigned)h << 16); }
+// Half `half` (0: bits 0-15, 1: bits 16-31) of a .b32 register holding two 16-bit elements.
+static inline unsigned short lms_half(unsigned reg, unsigned half) { return (unsigned short)(reg >> (16 * half)); }
+
+// mma.sync.aligned.m16n8k16.row.col.f32.{f16,bf16}.{f16,bf16}.f32: D = A * B + C for the warp, A 16x16, B
+// 16x8, C and D 16x8 f32. Fragments (PTX ISA, "Matrix Fragments for mma.m16n8k16 with floating point
+// type"), with groupID g = lane >> 2, threadID_in_group t = lane % 4, element a_i in half i % 2 of
+// register i / 2:
+//   A: a_i at row g for i in {0, 1, 4, 5}, else g + 8; column 2t + (i & 1), + 8 for i >= 4;
+//   B: b_i at row (k) 2t + (i & 1), + 8 for i >= 2; column g;
+//   C, D: c_i at row g for i < 2, else g + 8; column 2t + (i & 1).
+// So A[r][k] is in lane 4 (r % 8) + (k % 8) / 2, register r / 8 + 2 (k / 8), half k % 2; B[k][n] in lane
+// 4n + (k % 8) / 2, register k / 8, half k % 2.
+// Arithmetic: every product of two f16 (or bf16) values is exact in f32 (at most 22 significant bits; a
+// bf16 product can only leave f32's range); d = c + p_0 + p_1 + ... + p_15, summed in that order in f32
+// with round-to-nearest-even at each addition (no FMA: the module is built with -ffp-contract=off). The
+// GPU's order and internal precision of the accumulation are unspecified; this is one f32 order.
+struct LmsMmaOperands {
+    unsigned a[4], b[2];
+};
+template <bool Bf16>
+static inline int lms_mma_m16n8k16(float* d, const LmsMmaOperands& mine, const float* c, const char* what, const char* file,
+                                   int line) {
+    LmsMmaOperands all[32];
+    LMS_COMPILER_BARRIER();
+    lms_rt->exchange(0xffffffffu, &mine, all, sizeof mine, what, file, line);
+    LMS_COMPILER_BARRIER();
+    const unsigned lane = lms_self()->lane, g = lane >> 2, t = lane & 3;
+    for (unsigned i = 0; i < 4; ++i) {
+        const unsigned row = g + 8 * (i / 2), col = 2 * t + (i & 1);
+        float acc = c[i];
+        for (unsigned k = 0; k < 16; ++k) {
+            const unsigned short ah = lms_half(all[4 * (row % 8) + (k % 8) / 2].a[row / 8 + 2 * (k / 8)], k % 2);
+            const unsigned short bh = lms_half(all[4 * col + (k % 8) / 2].b[k / 8], k % 2);
+            const float av = Bf16 ? lms_bf16_to_f32(ah) : lms_f16_to_f32(ah);
+            const float bv = Bf16 ? lms_bf16_to_f32(bh) : lms_f16_to_f32(bh);
+            acc += av * bv;
+        }
+        d[i] = acc;
+    }
+    return 0;
+}
+static inline void mma_sync_aligned_m16n8k16_row_col_f32_f16_f16_f32(float& d0, float& d1, float& d2, float& d3, unsigned a0, unsigned a1,
+                                                                      unsigned a2, unsigned a3, unsigned b0, unsigned b1, float c0, float c1,
+                                                                      float c2, float c3, const char* file = __builtin_FILE(),
+                                                                      int line = __builtin_LINE()) {
+    float d[4];
+    const float c[4] = {c0, c1, c2, c3};
+    lms_mma_m16n8k16<false>(d, LmsMmaOperands{{a0, a1, a2, a3}, {b0, b1}}, c, "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32", file, line);
+    d0 = d[0], d1 = d[1], d2 = d[2], d3 = d[3];
+}
+static inline void mma_sync_aligned_m16n8k16_row_col_f32_bf16_bf16_f32(float& d0, float& d1, float& d2, float& d3, unsigned a0, unsigned a1,
+                                                                        unsigned a2, unsigned a3, unsigned b0, unsigned b1, float c0, float c1,
+                                                                        float c2, float c3, const char* file = __builtin_FILE(),
+                                                                        int line = __builtin_LINE()) {
+    float d[4];
+    const float c[4] = {c0, c1, c2, c3};
+    lms_mma_m16n8k16<true>(d, LmsMmaOperands{{a0, a1, a2, a3}, {b0, b1}}, c, "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32", file, line);
+    d0 = d[0], d1 = d[1], d2 = d[2], d3 = d[3];
+}
+
+// ldmatrix.sync.aligned.m8n8.{x1,x2,x4}{,.trans}.shared.b16: Num 8x8 matrices of 16-bit elements. Row j of
+// matrix i is the 16 bytes at the address lane 8i + j passes (16-byte aligned; the addresses of lanes >= 8
+// Num are not used). Lane l receives in r[i] row l / 4, elements 2 (l % 4) and 2 (l % 4) + 1 of matrix i
+// (low half first); with .trans, of its transpose: elements l / 4 of rows 2 (l % 4) and 2 (l % 4) + 1.
+// Each lane reads its row when it reaches the instruction (one legal order: ldmatrix orders no memory).
+template <unsigned Num, bool Trans>
+static inline int lms_ldmatrix(unsigned* r, unsigned addr, const char* what, const char* file, int line) {
+    const unsigned lane = lms_self()->lane;
+    unsigned short row[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    LMS_COMPILER_BARRIER();
+    if (lane < 8 * Num) memcpy(row, lms_rt->smem_ptr(addr, 16, 16, what, file, line), 16);
+    unsigned short rows[32][8];
+    lms_rt->exchange(0xffffffffu, row, rows, sizeof row, what, file, line);
+    LMS_COMPILER_BARRIER();
+    for (unsigned i = 0; i < Num; ++i) {
+        const unsigned short(*m)[8] = rows + 8 * i;
+        const unsigned q = lane / 4, e = 2 * (lane % 4);
+        const unsigned lo = Trans ? m[e][q] : m[q][e], hi = Trans ? m[e + 1][q] : m[q][e + 1];
+        r[i] = lo | hi << 16;
+    }
+    return 0;
+}
+static inline void ldmatrix_sync_aligned_m8n8_x1_shared_b16(unsigned& r0, unsigned addr, const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+    unsigned r[1];
+    lms_ldmatrix<1, false>(r, addr, "ldmatrix.sync.aligned.m8n8.x1.shared.b16", file, line);
+    r0 = r[0];
+}
+static inline void ldmatrix_sync_aligned_m8n8_x1_trans_shared_b16(unsigned& r0, unsigned addr, const char* file = __builtin_FILE(),
+                                                                   int line = __builtin_LINE()) {
+    unsigned r[1];
+    lms_ldmatrix<1, true>(r, addr, "ldmatrix.sync.aligned.m8n8.x1.trans.shared.b16", file, line);
+    r0 = r[0];
+}
+static inline void ldmatrix_sync_aligned_m8n8_x2_shared_b16(unsigned& r0, unsigned& r1, unsigned addr, const char* file = __builtin_FILE(),
+                                                             int line = __builtin_LINE()) {
+    unsigned r[2];
+    lms_ldmatrix<2, false>(r, addr, "ldmatrix.sync.aligned.m8n8.x2.shared.b16", file, line);
+    r0 = r[0], r1 = r[1];
+}
+static inline void ldmatrix_sync_aligned_m8n8_x2_trans_shared_b16(unsigned& r0, unsigned& r1, unsigned addr, const char* file = __builtin_FILE(),
+                                                                   int line = __builtin_LINE()) {
+    unsigned r[2];
+    lms_ldmatrix<2, true>(r, addr, "ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16", file, line);
+    r0 = r[0], r1 = r[1];
+}
+static inline void ldmatrix_sync_aligned_m8n8_x4_shared_b16(unsigned& r0, unsigned& r1, unsigned& r2, unsigned& r3, unsigned addr,
+                                                             const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+    unsigned r[4];
+    lms_ldmatrix<4, false>(r, addr, "ldmatrix.sync.aligned.m8n8.x4.shared.b16", file, line);
+    r0 = r[0], r1 = r[1], r2 = r[2], r3 = r[3];
+}
+static inline void ldmatrix_sync_aligned_m8n8_x4_trans_shared_b16(unsigned& r0, unsigned& r1, unsigned& r2, unsigned& r3, unsigned addr,
+                                                                   const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+    unsigned r[4];
+    lms_ldmatrix<4, true>(r, addr, "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16", file, line);
+    r0 = r[0], r1 = r[1], r2 = r[2], r3 = r[3];
+}
+
+// cp.async.cg.shared.global [dst], [src], cp-size{, src-size}: cp-size (16 for .cg) bytes to shared
+// memory, the first src-size of them (all when absent; at most cp-size) read from global memory at src,
+// the rest zeros; both addresses cp-size aligned. The copy is queued (the thread's pending cp.async
+// operations, in the group the next commit_group closes) and done by the wait_group / wait_all that
+// covers it, or at the thread's exit: one legal timing of an asynchronous copy, under which reading the
+// destination before the wait sees the bytes that were there before.
+static inline void cp_async_cg_shared_global(unsigned dst, const void* src, int cp_size, unsigned src_size = ~0u,
+                                             const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+    if (cp_size != 16) lms_rt->trap(file, line, "cp.async.cg with a cp-size other than 16");
+    LMS_COMPILER_BARRIER();
+    lms_rt->cp_async(dst, src, 16, src_size == ~0u ? 16u : src_size, "cp.async.cg.shared.global", file, line);
+    LMS_COMPILER_BARRIER();
+}
+// cp.async.commit_group: the thread's uncommitted cp.async operations become one group.
+static inline void cp_async_commit_group() {
+    LMS_COMPILER_BARRIER();
+    lms_rt->cp_async_commit();
+    LMS_COMPILER_BARRIER();
+}
+// cp.async.wait_group N: every committed group but the N most recent is complete (N an immediate >= 0).
+static inline void cp_async_wait_group(int n, const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+    if (n < 0) lms_rt->trap(file, line, "cp.async.wait_group with a negative count");
+    LMS_COMPILER_BARRIER();
+    lms_rt->cp_async_wait(n, file, line);
+    LMS_COMPILER_BARRIER();
+}
+// cp.async.wait_all: commit_group, then wait_group 0.
+static inline void cp_async_wait_all(const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+    LMS_COMPILER_BARRIER();
+    lms_rt->cp_async_wait(-1, file, line);
+    LMS_COMPILER_BARRIER();
 }
 
 }  // namespace lms_ptx

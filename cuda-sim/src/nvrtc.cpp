@@ -4,8 +4,11 @@
 //
 // The front end, before g++ sees the text:
 //   - every inline PTX statement `asm [volatile] ("op.x.y %0, %1;" : "=f"(a) : "h"(b))` becomes a call
-//     `lms_ptx::op_x_y(a, b)` (outputs first, by reference); an instruction with no such function in
-//     simt.h's lms_ptx namespace is a compile error naming the file, line and instruction;
+//     `lms_ptx::op_x_y(a, b)` (outputs first, by reference); a vector operand `{%0, %1}` passes each element
+//     in turn, an address operand `[%2]` the value itself, an immediate (`16`, or an "n" operand) as written;
+//     clobbers ("memory") are dropped (the functions with memory effects are compiler barriers); an
+//     instruction with no such function in simt.h's lms_ptx namespace is a compile error naming the file,
+//     line and instruction;
 //   - `extern __shared__ T name[];` becomes a pointer to the block's dynamic shared memory;
 //   - a preprocessing pass finds every `extern "C" __global__` function and its __launch_bounds__, and a
 //     registration table (name, argument unpacker, declared parameter sizes) is appended to the program.
@@ -192,7 +195,9 @@ std::string trim(const std::string& s) {
     return a == std::string::npos ? "" : s.substr(a, b - a + 1);
 }
 
-// Split at top-level `sep` (outside parentheses, brackets, braces and string literals); `::` is not a ':'.
+// Split at top-level `sep` (outside parentheses, brackets, braces and string literals). For ':' (the
+// sections of an asm statement) a top-level `::` is two separators, as in `asm("..." :: "r"(x))` or
+// `asm volatile("..." ::: "memory")`; a C++ `::` can only appear inside an operand's parentheses.
 std::vector<std::string> split_top(const std::string& s, char sep) {
     std::vector<std::string> parts;
     std::string cur;
@@ -208,11 +213,6 @@ std::vector<std::string> split_top(const std::string& s, char sep) {
         }
         if (c == '(' || c == '[' || c == '{') ++depth;
         if (c == ')' || c == ']' || c == '}') --depth;
-        if (sep == ':' && c == ':' && i + 1 < s.size() && s[i + 1] == ':') {
-            cur += "::";
-            ++i;
-            continue;
-        }
         if (c == sep && depth == 0) {
             parts.push_back(cur);
             cur.clear();

@@ -10,12 +10,18 @@
 //   - __syncthreads() is reached by every thread of the block at the same file:line; a thread that exits
 //     while others wait at a barrier, or a barrier reached after some thread exited, is an error;
 //   - no runnable thread left while some have not finished: a deadlock, reported with where each one waits;
+//   - the tensor-core instructions' warp exchange (mma, ldmatrix) is a rendezvous of all 32 lanes at the
+//     same instruction, checked like a shuffle; shared-window addresses (ldmatrix, cp.async) must lie in the
+//     block's static or dynamic shared memory and be aligned; cp.async sources must lie in a device
+//     allocation;
 //   - memory faults (guard pages around device allocations, dynamic shared memory and fiber stacks) are
 //     caught by a SIGSEGV/SIGBUS handler and reported with the address described by the driver and, where
 //     addr2line can tell, the kernel source line; SIGFPE (an integer division by zero) likewise.
 #include "exec.h"
+#include "sim.h"
 
 #include <dlfcn.h>
+#include <link.h>
 #include <signal.h>
 #include <setjmp.h>
 #include <sys/mman.h>
@@ -62,6 +68,7 @@ const char* op_name(int op) {
         case lms_simt::kAny: return "__any_sync";
         case lms_simt::kAll: return "__all_sync";
         case lms_simt::kSyncWarp: return "__syncwarp";
+        case lms_simt::kExchange: return "warp exchange";
     }
     return "warp operation";
 }
@@ -74,6 +81,17 @@ struct Fiber {
     unsigned mask = 0;
     unsigned value = 0, b = 0, c = 0;  // its warp-op operands
     unsigned result = 0;
+    const char* name = "";      // the warp op's name in messages (op_name, or the instruction of an exchange)
+    const void* xin = nullptr;  // an exchange's deposit and where the 32 deposits go
+    void* xout = nullptr;
+};
+
+// A cp.async copy not yet done: `bytes` bytes to dst, the first src_bytes from src, the rest zeros.
+struct CpAsync {
+    char* dst;
+    const char* src;
+    unsigned bytes, src_bytes;
+    unsigned group;  // the commit_group count of its thread when it was issued: the group it belongs to
 };
 
 // A warp operation some lanes have reached and others have not yet.
@@ -81,6 +99,8 @@ struct WarpGroup {
     int op = 0;
     unsigned mask = 0, arrived = 0;
     Site site;
+    const char* name = "";
+    unsigned bytes = 0;  // an exchange's deposit size
 };
 
 // The open warp operations of one warp: several at once when their masks are disjoint (two half-warps
@@ -110,12 +130,19 @@ struct Worker {
     unsigned n = 0;  // threads in the block
     std::vector<Fiber> fibers;
     std::vector<Warp> warps;
+    std::vector<unsigned char> gathered;  // the 32 deposits of the exchange being completed (one warp at a time)
     unsigned cur = 0;
     uint64_t runnable[kMaxThreads / 64] = {};
     unsigned at_barrier = 0, done = 0;
     Site barrier_site;
     uint64_t rng = 0;
     std::string error;
+    // cp.async: each thread's pending copies and how many groups it has committed.
+    std::vector<CpAsync> cp_pending[kMaxThreads];
+    unsigned cp_groups[kMaxThreads] = {};
+    // Static __shared__ memory: the module's thread-local block on this worker ([lo, hi); found on first
+    // use in a block, lo == 0 until then or when the module has none).
+    uintptr_t static_lo = 0, static_hi = 0;
 
     volatile sig_atomic_t in_kernel = 0;
     sigjmp_buf jmp;
@@ -136,6 +163,9 @@ struct Worker {
 };
 
 thread_local Worker* tl_worker = nullptr;
+
+// Whether the last failure of run_grid was a memory fault (see last_failure_was_fault).
+std::atomic<bool> g_last_was_fault{false};
 
 Worker& worker() {
     if (!tl_worker) tl_worker = new Worker();  // lives as long as its thread; the pool threads never exit
@@ -168,6 +198,7 @@ Worker::Worker() {
     sigaltstack(&ss, nullptr);
     fibers.resize(kMaxThreads);
     warps.resize(kMaxThreads / 32);
+    gathered.resize(32 * lms_simt::kExchangeBytes);
 }
 
 // ---- messages ---------------------------------------------------------------------------------------
@@ -188,7 +219,7 @@ std::string position(const Fiber& f) {
     switch (f.state) {
         case State::Runnable: return "running";
         case State::AtBarrier: return "at __syncthreads (" + where(f.site) + ")";
-        case State::AtWarp: return "at " + std::string(op_name(f.op)) + " (" + where(f.site) + ", mask " + hex(f.mask) + ")";
+        case State::AtWarp: return "at " + std::string(f.name) + " (" + where(f.site) + ", mask " + hex(f.mask) + ")";
         case State::Done: return "exited";
     }
     return "?";
@@ -278,15 +309,18 @@ int next_runnable(Worker& w) {
     return -1;
 }
 
+void cp_async_complete(Worker& w, unsigned t, unsigned groups);
+
 void fiber_main(void* arg) {
     Worker& w = *(Worker*)arg;
     w.launch->entry->invoke(w.launch->args);
+    cp_async_complete(w, w.cur, ~0u);  // copies still in flight land in shared memory nobody reads any more
     // The thread has exited: nobody may be waiting for it.
     Fiber& f = w.fibers[w.cur];
     const unsigned lane = w.cur % 32, warp = w.cur / 32;
     if (const WarpGroup* g = w.warps[warp].group_of(lane))
         LMS_FAIL(w, "thread " + std::to_string(w.cur) + " exited while lanes of its warp wait for it at " +
-                              op_name(g->op) + " (" + where(g->site) + ", mask " + hex(g->mask) + "); " + positions(w));
+                              g->name + " (" + where(g->site) + ", mask " + hex(g->mask) + "); " + positions(w));
     if (w.at_barrier)
         LMS_FAIL(w, "thread " + std::to_string(w.cur) + " exited while threads wait at __syncthreads (" +
                               where(w.barrier_site) + "): " + positions(w));
@@ -324,7 +358,7 @@ void rt_syncthreads(const char* file, int line) {
     const unsigned lane = w.cur % 32;
     if (const WarpGroup* g = w.warps[w.cur / 32].group_of(lane))
         LMS_FAIL(w, "thread " + std::to_string(w.cur) + " reached __syncthreads (" + where(site) +
-                              ") while lanes of its warp wait for it at " + op_name(g->op) + " (" + where(g->site) + "); " +
+                              ") while lanes of its warp wait for it at " + g->name + " (" + where(g->site) + "); " +
                               positions(w));
     if (w.done)
         LMS_FAIL(w, "thread " + std::to_string(w.cur) + " reached __syncthreads (" + where(site) +
@@ -369,6 +403,18 @@ int shfl_source(int op, unsigned lane, unsigned b, unsigned c) {
 // All lanes of group g have arrived: compute every lane's result.
 void complete(Worker& w, unsigned warp, const WarpGroup& g) {
     Fiber* lanes = &w.fibers[warp * 32];
+    if (g.op == lms_simt::kExchange) {  // gather the deposits once, then hand every lane all 32
+        unsigned char* all = w.gathered.data();
+        for (unsigned l = 0; l < 32; ++l) {
+            if (g.mask >> l & 1)
+                memcpy(all + l * g.bytes, lanes[l].xin, g.bytes);
+            else
+                memset(all + l * g.bytes, 0, g.bytes);
+        }
+        for (unsigned l = 0; l < 32; ++l)
+            if (g.mask >> l & 1) memcpy(lanes[l].xout, all, 32 * g.bytes);
+        return;
+    }
     unsigned vote = 0;
     for (unsigned l = 0; l < 32; ++l)
         if (g.mask >> l & 1 && lanes[l].value) vote |= 1u << l;
@@ -385,7 +431,7 @@ void complete(Worker& w, unsigned warp, const WarpGroup& g) {
                 if (!(g.mask >> j & 1)) {
                     w.cur = warp * 32 + l;
                     LMS_FAIL(w, "lane " + std::to_string(l) + " of warp " + std::to_string(warp) + " at " +
-                                          op_name(g.op) + " (" + where(g.site) + ") reads lane " + std::to_string(j) +
+                                          g.name + " (" + where(g.site) + ") reads lane " + std::to_string(j) +
                                           ", which is not in the mask " + hex(g.mask) + " (undefined in PTX shfl.sync)");
                 }
                 f.result = lanes[j].value;
@@ -394,38 +440,44 @@ void complete(Worker& w, unsigned warp, const WarpGroup& g) {
     }
 }
 
-unsigned rt_warp(int op, unsigned mask, unsigned value, unsigned b, unsigned c, const char* file, int line) {
-    Worker& w = current_worker();
+// Lane w.cur joins its warp's open operation (op, name, mask, bytes, site), or opens it, after checking that
+// this is no divergence; returns the group. The caller then records its operands and calls arrive().
+[[gnu::always_inline]] inline WarpGroup* join(Worker& w, int op, const char* name, unsigned mask, unsigned bytes, const Site& site) {
     const unsigned me = w.cur, lane = me % 32, warp = me / 32;
-    const Site site{file, line};
-    auto here = [&] { return std::string(op_name(op)) + " (" + where(site) + ", mask " + hex(mask) + ")"; };
+    auto here = [&] { return std::string(name) + " (" + where(site) + ", mask " + hex(mask) + ")"; };
     if (!(mask >> lane & 1))
         LMS_FAIL(w, "lane " + std::to_string(lane) + " of warp " + std::to_string(warp) + " calls " + here() +
                               " with a mask that does not include itself");
     const unsigned warp_lanes = std::min(32u, w.n - warp * 32);
     const unsigned exists = warp_lanes == 32 ? 0xffffffffu : (1u << warp_lanes) - 1;
-    if (mask & ~exists)
+    if (mask & ~exists) {
+        if (op == lms_simt::kExchange)
+            LMS_FAIL(w, "lane " + std::to_string(lane) + " of warp " + std::to_string(warp) + " executes " + here() +
+                                  ", which needs all 32 lanes of the warp (.sync.aligned), but the block's " + std::to_string(w.n) +
+                                  " threads give warp " + std::to_string(warp) + " only " + std::to_string(warp_lanes));
         LMS_FAIL(w, "lane " + std::to_string(lane) + " of warp " + std::to_string(warp) + " calls " + here() +
                               ": the mask names lanes past the block's " + std::to_string(w.n) + " threads");
+    }
     Warp& wp = w.warps[warp];
     WarpGroup* gp = wp.group_of(lane);
     if (gp) {
         const WarpGroup& g = *gp;
-        const bool same_site = g.site.line == line && (g.site.file == file || strcmp(g.site.file, file) == 0);
-        if (g.op != op || g.mask != mask || (!same_site && op != lms_simt::kSyncWarp))
+        const bool same_site = g.site.line == site.line && (g.site.file == site.file || strcmp(g.site.file, site.file) == 0);
+        const bool same_op = g.op == op && (op != lms_simt::kExchange || (g.bytes == bytes && strcmp(g.name, name) == 0));
+        if (!same_op || g.mask != mask || (!same_site && op != lms_simt::kSyncWarp))
             LMS_FAIL(w, "divergent warp " + std::to_string(warp) + ": lane " + std::to_string(lane) + " at " + here() +
-                                  " while lanes wait at " + op_name(g.op) + " (" + where(g.site) + ", mask " + hex(g.mask) +
+                                  " while lanes wait at " + g.name + " (" + where(g.site) + ", mask " + hex(g.mask) +
                                   "); " + positions(w));
     } else {
         for (unsigned i = 0; i < wp.count; ++i) {  // a new group must not claim lanes another one waits for
             const WarpGroup& o = wp.groups[i];
             if (o.mask & mask)
                 LMS_FAIL(w, "divergent warp " + std::to_string(warp) + ": lane " + std::to_string(lane) + " at " + here() +
-                                      ", whose mask overlaps lanes waiting at " + op_name(o.op) + " (" + where(o.site) +
+                                      ", whose mask overlaps lanes waiting at " + o.name + " (" + where(o.site) +
                                       ", mask " + hex(o.mask) + "); " + positions(w));
         }
         gp = &wp.groups[wp.count++];
-        *gp = WarpGroup{op, mask, 0, site};
+        *gp = WarpGroup{op, mask, 0, site, name, bytes};
         // Every other lane of the mask must be able to come: not at a barrier, not exited. (A lane that goes
         // to a barrier or exits later is caught there, by rt_syncthreads and fiber_main.)
         for (unsigned l = 0; l < 32; ++l) {
@@ -437,14 +489,19 @@ unsigned rt_warp(int op, unsigned mask, unsigned value, unsigned b, unsigned c, 
         }
     }
     Fiber& f = w.fibers[me];
-    f.value = value;
-    f.b = b;
-    f.c = c;
     f.op = op;
+    f.name = name;
     f.mask = mask;
     f.site = site;
+    return gp;
+}
+
+// Lane w.cur has arrived at group gp: the last lane in completes the operation and runs on; the others wait.
+[[gnu::always_inline]] inline void arrive(Worker& w, WarpGroup* gp) {
+    const unsigned me = w.cur, lane = me % 32, warp = me / 32, mask = gp->mask;
+    Warp& wp = w.warps[warp];
     gp->arrived |= 1u << lane;
-    if (gp->arrived == mask) {  // the last lane in completes the operation and runs on
+    if (gp->arrived == mask) {
         complete(w, warp, *gp);
         wp.close(gp);
         for (unsigned l = 0; l < 32; ++l) {
@@ -454,12 +511,186 @@ unsigned rt_warp(int op, unsigned mask, unsigned value, unsigned b, unsigned c, 
         }
         // A lane alone in its mask (a spin loop on __syncwarp(1u << lane)) lets the others run.
         if (mask == 1u << lane) yield(w);
-        return f.result;
+        return;
     }
-    f.state = State::AtWarp;
+    w.fibers[me].state = State::AtWarp;
     w.set_runnable(me, false);
     yield(w);
-    return w.fibers[me].result;
+}
+
+unsigned rt_warp(int op, unsigned mask, unsigned value, unsigned b, unsigned c, const char* file, int line) {
+    Worker& w = current_worker();
+    WarpGroup* gp = join(w, op, op_name(op), mask, 0, Site{file, line});
+    Fiber& f = w.fibers[w.cur];
+    f.value = value;
+    f.b = b;
+    f.c = c;
+    arrive(w, gp);
+    return w.fibers[w.cur].result;
+}
+
+void rt_exchange(unsigned mask, const void* in, void* out, unsigned bytes, const char* what, const char* file, int line) {
+    Worker& w = current_worker();
+    if (bytes > lms_simt::kExchangeBytes)
+        LMS_FAIL(w, "thread " + std::to_string(w.cur) + ": " + what + " (" + file + ":" + std::to_string(line) + ") exchanges " +
+                              std::to_string(bytes) + " bytes per lane, more than the stand-in's " +
+                              std::to_string(lms_simt::kExchangeBytes));
+    WarpGroup* gp = join(w, lms_simt::kExchange, what, mask, bytes, Site{file, line});
+    Fiber& f = w.fibers[w.cur];
+    f.xin = in;
+    f.xout = out;
+    arrive(w, gp);
+}
+
+// ---- shared-window addresses and cp.async ---------------------------------------------------------------
+
+struct TlsQuery {
+    uintptr_t pc;
+    uintptr_t lo = 0, hi = 0;
+};
+
+int find_tls(struct dl_phdr_info* info, size_t, void* data) {
+    TlsQuery& q = *(TlsQuery*)data;
+    bool holds_pc = false;
+    size_t tls_bytes = 0;
+    for (unsigned i = 0; i < info->dlpi_phnum; ++i) {
+        const ElfW(Phdr)& ph = info->dlpi_phdr[i];
+        const uintptr_t start = info->dlpi_addr + ph.p_vaddr;
+        if (ph.p_type == PT_LOAD && q.pc >= start && q.pc < start + ph.p_memsz) holds_pc = true;
+        if (ph.p_type == PT_TLS) tls_bytes = ph.p_memsz;
+    }
+    if (!holds_pc) return 0;
+    if (info->dlpi_tls_data && tls_bytes) {  // this OS thread's copy of the module's thread-local block
+        q.lo = (uintptr_t)info->dlpi_tls_data;
+        q.hi = q.lo + tls_bytes;
+    }
+    return 1;
+}
+
+// The static __shared__ variables of the running kernel's module on this worker: its thread-local block
+// (simt.h makes __shared__ `static thread_local`; nothing else in a module is thread-local).
+void static_shared(Worker& w, uintptr_t& lo, uintptr_t& hi) {
+    if (!w.static_lo) {
+        TlsQuery q{(uintptr_t)(void*)w.launch->entry->invoke};
+        dl_iterate_phdr(find_tls, &q);
+        w.static_lo = q.lo;
+        w.static_hi = q.hi;
+    }
+    lo = w.static_lo;
+    hi = w.static_hi;
+}
+
+uintptr_t window_base(const Worker& w) { return (uintptr_t)w.smem_end - lms_simt::kSmemWindow; }
+
+unsigned rt_smem_addr(const void* p, const char* file, int line) {
+    Worker& w = current_worker();
+    const uintptr_t a = (uintptr_t)p;
+    const uintptr_t dyn = (uintptr_t)w.smem;
+    if (a >= dyn && a <= dyn + w.launch->dyn_smem) return (unsigned)(a - window_base(w));
+    uintptr_t lo, hi;
+    static_shared(w, lo, hi);
+    if (lo && a >= lo && a <= hi) return lms_simt::kSmemStatic + (unsigned)(a - lo);
+    return lms_simt::kSmemNowhere;  // not shared memory: any access through it fails (undefined in PTX)
+}
+
+std::string hex_addr(uintptr_t v) {
+    char b[32];
+    snprintf(b, sizeof b, "0x%lx", (unsigned long)v);
+    return b;
+}
+
+// The host address of [addr, addr + bytes) of the block's shared memory, or "" in `why`.
+char* resolve_smem(Worker& w, unsigned addr, unsigned bytes, std::string& why) {
+    const uint64_t end = (uint64_t)addr + bytes;
+    const uintptr_t dyn = (uintptr_t)w.smem;
+    const uint64_t dyn_lo = dyn - window_base(w), dyn_hi = dyn_lo + w.launch->dyn_smem;
+    if (addr < lms_simt::kSmemStatic) {  // the dynamic window (and past its end)
+        if (addr >= dyn_lo && end <= dyn_hi) return (char*)(window_base(w) + addr);
+        why = addr >= dyn_lo ? "byte " + std::to_string(addr - dyn_lo) + " of the block's " + std::to_string(w.launch->dyn_smem) +
+                                   " bytes of dynamic shared memory (past its end)"
+                             : "before the start of the block's dynamic shared memory";
+        return nullptr;
+    }
+    uintptr_t lo, hi;
+    static_shared(w, lo, hi);
+    if (addr >= lms_simt::kSmemStatic && addr < lms_simt::kSmemNowhere && lo) {
+        const uint64_t off = addr - lms_simt::kSmemStatic;
+        if (end - lms_simt::kSmemStatic <= hi - lo) return (char*)(lo + off);
+        why = "byte " + std::to_string(off) + " of the module's " + std::to_string(hi - lo) + " bytes of static shared memory (past its end)";
+        return nullptr;
+    }
+    why = addr >= lms_simt::kSmemNowhere ? "an address converted from a generic address outside shared memory"
+                                         : "not in the block's shared memory";
+    return nullptr;
+}
+
+[[noreturn, gnu::noinline, gnu::cold]] void smem_fail(Worker& w, unsigned addr, unsigned bytes, const char* what, const char* file,
+                                                     int line, const std::string& why) {
+    g_last_was_fault = true;
+    fail_and_leave(w, "thread " + std::to_string(w.cur) + " " + fmt_dim(w.record(w.cur)->thread_idx) + ": " + what + " at " + file + ":" +
+                          std::to_string(line) + ": shared address " + hex_addr(addr) + " (" + std::to_string(bytes) + " bytes): " + why);
+}
+
+void* rt_smem_ptr(unsigned addr, unsigned bytes, unsigned align, const char* what, const char* file, int line) {
+    Worker& w = current_worker();
+    std::string why;
+    char* p = resolve_smem(w, addr, bytes, why);
+    if (!p) smem_fail(w, addr, bytes, what, file, line, why);
+    if (align > 1 && (uintptr_t)p % align)
+        smem_fail(w, addr, bytes, what, file, line, "not " + std::to_string(align) + "-byte aligned (misaligned address)");
+    return p;
+}
+
+void rt_cp_async(unsigned dst, const void* src, unsigned bytes, unsigned src_bytes, const char* what, const char* file, int line) {
+    Worker& w = current_worker();
+    char* d = (char*)rt_smem_ptr(dst, bytes, bytes, what, file, line);
+    auto fail = [&](const std::string& why) __attribute__((noinline, cold, noreturn)) {
+        g_last_was_fault = true;
+        fail_and_leave(w, "thread " + std::to_string(w.cur) + " " + fmt_dim(w.record(w.cur)->thread_idx) + ": " + what + " at " + file +
+                              ":" + std::to_string(line) + ": " + why);
+    };
+    if (src_bytes > bytes)
+        fail("src-size " + std::to_string(src_bytes) + " is larger than cp-size " + std::to_string(bytes) + " (undefined in PTX)");
+    if (src_bytes > 0) {
+        if ((uintptr_t)src % bytes)
+            fail("global source " + hex_addr((uintptr_t)src) + " is not " + std::to_string(bytes) + "-byte aligned (misaligned address)");
+        char why[512];
+        if (lms_sim_check_range(src, src_bytes, why, sizeof why)) fail(std::string("global source: ") + why);
+    }
+    w.cp_pending[w.cur].push_back(CpAsync{d, (const char*)src, bytes, src_bytes, w.cp_groups[w.cur]});
+}
+
+void rt_cp_async_commit() {
+    Worker& w = current_worker();
+    ++w.cp_groups[w.cur];
+}
+
+// Do thread t's pending copies of the groups before `groups` (~0u: all of them, committed or not), in order.
+void cp_async_complete(Worker& w, unsigned t, unsigned groups) {
+    std::vector<CpAsync>& q = w.cp_pending[t];
+    size_t kept = 0;
+    for (size_t i = 0; i < q.size(); ++i) {
+        const CpAsync& c = q[i];
+        if (groups != ~0u && c.group >= groups) {
+            q[kept++] = c;
+            continue;
+        }
+        memcpy(c.dst, c.src, c.src_bytes);
+        memset(c.dst + c.src_bytes, 0, c.bytes - c.src_bytes);
+    }
+    q.resize(kept);
+}
+
+void rt_cp_async_wait(int pending, const char* file, int line) {
+    Worker& w = current_worker();
+    const unsigned t = w.cur;
+    if (pending < 0) {  // wait_all: commit, then wait for everything
+        ++w.cp_groups[t];
+        cp_async_complete(w, t, ~0u);
+        return;
+    }
+    const unsigned n = (unsigned)pending;
+    if (w.cp_groups[t] > n) cp_async_complete(w, t, w.cp_groups[t] - n);
 }
 
 [[noreturn]] void rt_trap(const char* file, int line, const char* what) {
@@ -467,7 +698,8 @@ unsigned rt_warp(int op, unsigned mask, unsigned value, unsigned b, unsigned c, 
     LMS_FAIL(w, "thread " + std::to_string(w.cur) + " executed " + what + " at " + file + ":" + std::to_string(line));
 }
 
-const lms_simt::Runtime kRuntime = {rt_syncthreads, rt_warp, rt_trap};
+const lms_simt::Runtime kRuntime = {rt_syncthreads, rt_warp,     rt_trap,           rt_exchange,     rt_smem_addr,
+                                    rt_smem_ptr,    rt_cp_async, rt_cp_async_commit, rt_cp_async_wait};
 
 // ---- faults -------------------------------------------------------------------------------------------
 
@@ -518,8 +750,6 @@ std::string source_line(uintptr_t pc) {
     return slash == std::string::npos ? s : s.substr(slash + 1);
 }
 
-std::atomic<bool> g_last_was_fault{false};
-
 std::string describe_fault(Worker& w) {
     std::string what;
     const uintptr_t a = w.fault_addr;
@@ -559,6 +789,11 @@ std::string run_block(Worker& w, const Launch& L, Dim3 bidx, unsigned block_line
     w.rng = L.schedule.seed * 0x9e3779b97f4a7c15ull + block_linear + 1;
     std::fill(std::begin(w.runnable), std::end(w.runnable), 0);
     for (auto& wp : w.warps) wp.count = 0;
+    for (unsigned t = 0; t < w.n; ++t) {
+        w.cp_pending[t].clear();
+        w.cp_groups[t] = 0;
+    }
+    w.static_lo = w.static_hi = 0;
 
     // Dynamic shared memory: exactly the launch's size, ending at the guard page (rounded down to 16 bytes
     // for alignment; the <16 slack bytes are checked after the block), filled with NaN bytes.
