@@ -1,6 +1,9 @@
-//! Criterion benches of every CUDA op at Pythia shapes (70m, 1.4b, 12b; random weights, one packed batch of
-//! 2048 tokens, f16), and an end-to-end group: tokens per second scored by a 70m-shaped random model on a
-//! multiple-choice workload.
+//! Criterion benches of every CUDA op at Pythia shapes (70m, 1.4b, 2.8b (head dim 80), 12b; random weights,
+//! one packed batch of 2048 tokens, f16); attention on tensor cores against the f32 CUDA-core kernel on a
+//! causal sequence and on TruthfulQA-shaped trees; and end-to-end groups: 70m, 1.4b and 12b-shaped models
+//! with random weights generated on the device, scoring TruthfulQA-shaped requests (a shared 500-token
+//! context, 4-13 answers per question) in 8,192-token batches, each printing computed (context) tokens/s
+//! and the fraction of the FLOP limit (2 x parameters per computed token at the device's dense f16 peak).
 //!
 //! Throughput units: memory-bound ops report bytes (criterion prints GiB/s; compare with the DRAM peak
 //! printed at start, e.g. H100 SXM ~3.35 TB/s, H200 ~4.8 TB/s); GEMMs and attention report FLOPs as
@@ -22,11 +25,32 @@ use lmscore::score::run_plan;
 use std::time::Duration;
 
 /// (name, hidden, heads, d_ff, vocab) of the benchmarked Pythia sizes.
-const SIZES: [(&str, usize, usize, usize, usize); 3] = [
+const SIZES: [(&str, usize, usize, usize, usize); 4] = [
     ("70m", 512, 8, 2048, 50304),
     ("1.4b", 2048, 16, 8192, 50304),
+    ("2.8b", 2560, 32, 10240, 50304),
     ("12b", 5120, 40, 20480, 50688),
 ];
+
+/// Dense f16 tensor-core peak (TFLOP/s, f32 accumulation, no sparsity) of the GPU named `name`, from the
+/// vendors' data sheets; LMSCORE_PEAK_TFLOPS overrides it.
+fn dense_f16_peak_tflops(name: &str) -> Option<f64> {
+    if let Some(v) = std::env::var("LMSCORE_PEAK_TFLOPS").ok().and_then(|v| v.parse().ok()) {
+        return Some(v);
+    }
+    let n = name.to_ascii_uppercase();
+    [
+        ("H200", 989.4),
+        ("H100 PCIE", 756.0),
+        ("H100", 989.4),
+        ("A100", 312.0),
+        ("L40S", 362.0),
+        ("A10", 125.0),
+    ]
+    .iter()
+    .find(|(k, _)| n.contains(k))
+    .map(|&(_, v)| v)
+}
 /// Tokens in the packed batch.
 const T: usize = 2048;
 /// Scored rows per LM-head chunk (model::LOGIT_CHUNK_ROWS).
@@ -90,7 +114,71 @@ fn mc_layout() -> BatchLayout {
             row += 8;
         }
     }
-    let mut positions = vec![0u32; row as usize];
+    with_positions(segments, 0)
+}
+
+/// TruthfulQA's tree in one batch: `past` cached primer keys, then questions of 20-40 tokens, each followed
+/// by 4-13 answers of 2-16 tokens (their ancestors: the primer and the question), `rows` rows in all.
+fn truthfulqa_layout(past: u32, rows: u32) -> BatchLayout {
+    let mut segments = vec![];
+    let (mut row, mut q) = (0u32, 0u32);
+    while row < rows {
+        let q_len = (20 + (q * 7) % 21).min(rows - row);
+        segments.push(AttnSegment {
+            q_start: row,
+            q_len,
+            ancestors: vec![(0, past)],
+        });
+        let question = (past + row, q_len);
+        row += q_len;
+        for a in 0..4 + (q * 5) % 10 {
+            if row >= rows {
+                break;
+            }
+            let a_len = (2 + (q * 3 + a * 11) % 15).min(rows - row);
+            segments.push(AttnSegment {
+                q_start: row,
+                q_len: a_len,
+                ancestors: vec![(0, past), question],
+            });
+            row += a_len;
+        }
+        q += 1;
+    }
+    with_positions(segments, past as usize)
+}
+
+/// Median seconds of `f` over 5 runs (after one warm-up), then one line: achieved TFLOP/s for `flops` and
+/// the fraction of the device's dense f16 peak (criterion's Gelem/s is the same GFLOP/s figure).
+fn print_tflops(gpu: &CudaBackend, what: &str, flops: u64, mut f: impl FnMut()) {
+    f();
+    sync(gpu);
+    let mut secs: Vec<f64> = (0..5)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            f();
+            sync(gpu);
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    secs.sort_by(f64::total_cmp);
+    let tflops = flops as f64 / secs[2] / 1e12;
+    let peak = dense_f16_peak_tflops(gpu.device_name());
+    println!(
+        "{what}: {:.3} ms, {tflops:.1} TFLOP/s{}",
+        secs[2] * 1e3,
+        peak.map_or(" (dense f16 peak unknown: set LMSCORE_PEAK_TFLOPS)".into(), |p| format!(
+            " = {:.1}% of the dense f16 peak {p:.0}",
+            100.0 * tflops / p
+        ))
+    );
+}
+
+/// A tree layout of `segments` over `past` cached keys: each row's position is its ancestors' length plus its
+/// offset in its segment.
+fn with_positions(segments: Vec<AttnSegment>, past: usize) -> BatchLayout {
+    let rows: u32 = segments.iter().map(|s| s.q_len).sum();
+    let mut positions = vec![0u32; rows as usize];
     for s in &segments {
         let start: u32 = s.ancestors.iter().map(|a| a.1).sum();
         for i in 0..s.q_len {
@@ -100,7 +188,7 @@ fn mc_layout() -> BatchLayout {
     BatchLayout {
         positions,
         segments,
-        past_len: 0,
+        past_len: past,
     }
 }
 
@@ -241,18 +329,31 @@ fn bench_sizes(c: &mut Criterion, gpu: &CudaBackend) {
         for (name, l) in [
             ("causal 2048", layout_host.clone()),
             ("multiple choice (primer + 32 questions x 4)", mc_layout()),
+            ("TruthfulQA-shaped (400 cached, 8192 rows)", truthfulqa_layout(400, 8192)),
         ] {
             let t = l.tokens();
             let qkv = gpu.from_host(t, 3 * h, &values(t * 3 * h, 1.0, 13)).expect("qkv");
+            let past = (l.past_len > 0).then(|| gpu.from_host(l.past_len, 3 * h, &values(l.past_len * 3 * h, 1.0, 23)).expect("past"));
             let dl = gpu.prepare(&l, &[]).expect("prepare").0;
-            g.throughput(Throughput::Elements(attention_flops(&l, h)));
-            g.bench_function(BenchmarkId::new(name, format!("{t} rows, {heads}x{hd} (FLOP)")), |b| {
-                b.iter(|| {
-                    let o = gpu.attention(&qkv, None, &dl, shape).unwrap();
-                    sync(gpu);
-                    o
-                })
-            });
+            let flops = attention_flops(&l, h);
+            g.throughput(Throughput::Elements(flops));
+            for (kernel, tensor_cores) in [("tensor cores", true), ("f32 CUDA cores", false)] {
+                if gpu.use_tensor_core_attention(tensor_cores) != tensor_cores {
+                    continue; // pre-Ampere: no tensor-core kernel
+                }
+                let id = BenchmarkId::new(format!("{name}, {kernel}"), format!("{t} rows, {heads}x{hd} (FLOP)"));
+                g.bench_function(id, |b| {
+                    b.iter(|| {
+                        let o = gpu.attention(&qkv, past.as_ref(), &dl, shape).unwrap();
+                        sync(gpu);
+                        o
+                    })
+                });
+                print_tflops(gpu, &format!("attention/{size} {name}, {kernel}"), flops, || {
+                    gpu.attention(&qkv, past.as_ref(), &dl, shape).unwrap();
+                });
+            }
+            gpu.use_tensor_core_attention(true);
         }
         g.finish();
 
@@ -305,58 +406,62 @@ fn bench_sizes(c: &mut Criterion, gpu: &CudaBackend) {
     }
 }
 
-/// A 70m-shaped model (6 layers, h 512, 8 heads, V 50304) with random weights, in the backend's dtype.
-fn random_70m(gpu: &CudaBackend) -> Model<CudaBackend> {
+/// A Pythia-shaped model with random weights generated on the device (`CudaBackend::random`: no host
+/// generator, no upload; 12b in f16 is 24 GB), in the backend's dtype; 1-D parameters near 1 (LayerNorm
+/// weights) or near 0 (biases), 2-D weights of scale 0.02 as Pythia's initialisation.
+fn random_model(gpu: &CudaBackend, layers: usize, h: usize, heads: usize, ff: usize, vocab: usize) -> Model<CudaBackend> {
     let config = ModelConfig::from_json(&serde_json::json!({
-        "model_type": "gpt_neox", "hidden_size": 512, "num_hidden_layers": 6, "num_attention_heads": 8,
-        "intermediate_size": 2048, "vocab_size": 50304, "max_position_embeddings": 2048, "layer_norm_eps": 1e-5,
+        "model_type": "gpt_neox", "hidden_size": h, "num_hidden_layers": layers, "num_attention_heads": heads,
+        "intermediate_size": ff, "vocab_size": vocab, "max_position_embeddings": 2048, "layer_norm_eps": 1e-5,
         "rotary_pct": 0.25, "rotary_emb_base": 10000, "use_parallel_residual": true
     }))
-    .expect("70m config");
-    let (h, f, v) = (config.hidden_size, config.intermediate_size, config.vocab_size);
-    let mut seed = 100;
-    let mut w = |r: usize, c: usize| {
+    .expect("config");
+    // (rows, cols, offset, scale) -> values offset + [-scale, scale): 2-D weights in the compute dtype,
+    // 1-D parameters in f32 as the backend keeps them.
+    let mut seed = 0u64;
+    let mut next = |rows: usize, cols: usize, offset: f32, scale: f32| {
         seed += 1;
-        weight(gpu, r, c, seed)
+        let dtype = if rows == 1 { DType::F32 } else { gpu.dtype() };
+        gpu.random(rows, cols, dtype, seed << 40, offset, scale).expect("random weights")
     };
-    let layers = (0..config.num_layers)
-        .map(|i| Layer {
-            ln1_w: param(gpu, h, 1000 + i as u64),
-            ln1_b: param(gpu, h, 1100 + i as u64),
-            ln2_w: param(gpu, h, 1200 + i as u64),
-            ln2_b: param(gpu, h, 1300 + i as u64),
-            qkv_w: w(3 * h, h),
-            qkv_b: param(gpu, 3 * h, 1400 + i as u64),
-            dense_w: w(h, h),
-            dense_b: param(gpu, h, 1500 + i as u64),
-            fc1_w: w(f, h),
-            fc1_b: param(gpu, f, 1600 + i as u64),
-            fc2_w: w(h, f),
-            fc2_b: param(gpu, h, 1700 + i as u64),
+    let layers = (0..layers)
+        .map(|_| Layer {
+            ln1_w: next(1, h, 1.0, 0.1),
+            ln1_b: next(1, h, 0.0, 0.1),
+            ln2_w: next(1, h, 1.0, 0.1),
+            ln2_b: next(1, h, 0.0, 0.1),
+            qkv_w: next(3 * h, h, 0.0, 0.02),
+            qkv_b: next(1, 3 * h, 0.0, 0.1),
+            dense_w: next(h, h, 0.0, 0.02),
+            dense_b: next(1, h, 0.0, 0.1),
+            fc1_w: next(ff, h, 0.0, 0.02),
+            fc1_b: next(1, ff, 0.0, 0.1),
+            fc2_w: next(h, ff, 0.0, 0.02),
+            fc2_b: next(1, h, 0.0, 0.1),
         })
         .collect();
     Model {
-        embed_in: w(v, h),
+        embed_in: next(vocab, h, 0.0, 1.0),
         layers,
-        final_ln_w: param(gpu, h, 2000),
-        final_ln_b: param(gpu, h, 2001),
-        embed_out: w(v, h),
+        final_ln_w: next(1, h, 1.0, 0.1),
+        final_ln_b: next(1, h, 0.0, 0.1),
+        embed_out: next(vocab, h, 0.0, 0.02),
         config,
     }
 }
 
-/// 256 questions x 4 choices: a 64-token context each, 8-token choices, all under a 256-token primer
-/// (TruthfulQA-like sharing).
-fn mc_requests() -> Vec<Request> {
-    let primer: Vec<u32> = (0..256).map(|i| (i * 13 + 1) % 50000).collect();
+/// TruthfulQA-shaped requests: `questions` questions under one shared `shared`-token context, each of
+/// 20-40 tokens with 4-13 answers of 2-16 tokens.
+fn mc_requests(shared: u32, questions: u32) -> Vec<Request> {
+    let primer: Vec<u32> = (0..shared).map(|i| (i * 13 + 1) % 50000).collect();
     let mut reqs = vec![];
-    for q in 0..256u32 {
+    for q in 0..questions {
         let mut ctx = primer.clone();
-        ctx.extend((0..64).map(|i| (q * 101 + i * 7 + 3) % 50000));
-        for c in 0..4u32 {
+        ctx.extend((0..20 + (q * 7) % 21).map(|i| (q * 101 + i * 7 + 3) % 50000));
+        for c in 0..4 + (q * 5) % 10 {
             reqs.push(Request {
                 context: ctx.clone(),
-                continuation: (0..8).map(|i| (q * 17 + c * 5 + i + 11) % 50000).collect(),
+                continuation: (0..2 + (q * 3 + c * 11) % 15).map(|i| (q * 17 + c * 5 + i + 11) % 50000).collect(),
             });
         }
     }
@@ -364,22 +469,54 @@ fn mc_requests() -> Vec<Request> {
 }
 
 fn bench_end_to_end(c: &mut Criterion, gpu: &CudaBackend) {
-    let model = random_70m(gpu);
-    let reqs = mc_requests();
-    let naive: usize = reqs.iter().map(|r| r.context.len() + r.continuation.len()).sum();
-    let mut g = c.benchmark_group("end_to_end/70m-shaped");
-    g.throughput(Throughput::Elements(naive as u64));
-    for (name, sharing) in [("prefix sharing", true), ("no sharing", false)] {
-        let p = plan::build(&reqs, 2048, 8192, sharing).expect("plan");
-        g.bench_function(
-            BenchmarkId::new(
-                name,
-                format!("{} requests, {naive} requested tokens, {} computed", reqs.len(), p.computed_tokens),
-            ),
-            |b| b.iter(|| run_plan(gpu, &model, &p, |_| {}).unwrap()),
-        );
+    // (name, layers, hidden, heads, d_ff, vocab, questions): the questions fill a few 8,192-token batches.
+    for (name, layers, h, heads, ff, vocab, questions) in [
+        ("70m", 6, 512, 8, 2048, 50304, 817u32),
+        ("1.4b", 24, 2048, 16, 8192, 50304, 400),
+        ("12b", 36, 5120, 40, 20480, 50688, 100),
+    ] {
+        let model = random_model(gpu, layers, h, heads, ff, vocab);
+        let params = model.config.num_params() as f64;
+        let reqs = mc_requests(500, questions);
+        let naive: usize = reqs.iter().map(|r| r.context.len() + r.continuation.len()).sum();
+        let mut g = c.benchmark_group(format!("end_to_end/{name}-shaped"));
+        for (how, sharing) in [("prefix sharing", true), ("no sharing", false)] {
+            if !sharing && name != "70m" {
+                continue; // the unshared plan of the large models only repeats the same batches, longer
+            }
+            let p = plan::build(&reqs, 2048, 8192, sharing).expect("plan");
+            // Throughput in FLOPs of the FLOP limit (2 x params per computed token): criterion's Gelem/s.
+            let flops = 2.0 * params * p.computed_tokens as f64;
+            g.throughput(Throughput::Elements(flops as u64));
+            let id = BenchmarkId::new(
+                how,
+                format!(
+                    "{} requests, {naive} requested tokens, {} computed, {} batches",
+                    reqs.len(),
+                    p.computed_tokens,
+                    p.batches.len()
+                ),
+            );
+            g.bench_function(id, |b| b.iter(|| run_plan(gpu, &model, &p, |_| {}).unwrap()));
+            let t = std::time::Instant::now();
+            run_plan(gpu, &model, &p, |_| {}).unwrap();
+            let secs = t.elapsed().as_secs_f64();
+            let peak = dense_f16_peak_tflops(gpu.device_name());
+            println!(
+                "end_to_end/{name}-shaped {how}: {:.0} computed (context) tokens/s, {:.0} requested tokens/s, {:.1} TFLOP/s at \
+                 2 x {:.2e} params per token{}",
+                p.computed_tokens as f64 / secs,
+                naive as f64 / secs,
+                flops / secs / 1e12,
+                params,
+                peak.map_or(String::new(), |pk| format!(
+                    " = {:.1}% of the FLOP limit at {pk:.0} TFLOP/s",
+                    100.0 * flops / secs / 1e12 / pk
+                ))
+            );
+        }
+        g.finish();
     }
-    g.finish();
 }
 
 fn main() {
@@ -397,11 +534,12 @@ fn main() {
     let peak_gbs = attr(A::CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE) * 1e3 * 2.0 * attr(A::CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH) / 8.0 / 1e9;
     println!(
         "device: {} ({} SMs); theoretical DRAM peak {:.0} GB/s = {:.0} GiB/s (memory clock x bus width x 2); \
-         dense f16 tensor peak ~990 TFLOP/s on H100 SXM, ~756 on H100 PCIe",
+         dense f16 tensor peak {}",
         gpu.describe(),
         attr(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT),
         peak_gbs,
-        peak_gbs * 1e9 / (1u64 << 30) as f64
+        peak_gbs * 1e9 / (1u64 << 30) as f64,
+        dense_f16_peak_tflops(gpu.device_name()).map_or("unknown (set LMSCORE_PEAK_TFLOPS)".into(), |p| format!("{p:.0} TFLOP/s"))
     );
     let mut c = Criterion::default()
         .sample_size(20)

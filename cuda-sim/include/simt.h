@@ -317,6 +317,16 @@ static inline unsigned short lms_half(unsigned reg, unsigned half) { return (uns
 struct LmsMmaOperands {
     unsigned a[4], b[2];
 };
+// Every f16 value as f32 (cvt.f32.f16 of each bit pattern), built once: the software conversion per element
+// made mma the stand-in's hot spot.
+static inline const float* lms_f16_table() {
+    static const float* table = [] {
+        float* t = new float[65536];
+        for (unsigned h = 0; h < 65536; ++h) cvt_f32_f16(t[h], (unsigned short)h);
+        return t;
+    }();
+    return table;
+}
 template <bool Bf16>
 static inline int lms_mma_m16n8k16(float* d, const LmsMmaOperands& mine, const float* c, const char* what, const char* file,
                                    int line) {
@@ -325,16 +335,20 @@ static inline int lms_mma_m16n8k16(float* d, const LmsMmaOperands& mine, const f
     lms_rt->exchange(0xffffffffu, &mine, all, sizeof mine, what, file, line);
     LMS_COMPILER_BARRIER();
     const unsigned lane = lms_self()->lane, g = lane >> 2, t = lane & 3;
-    for (unsigned i = 0; i < 4; ++i) {
-        const unsigned row = g + 8 * (i / 2), col = 2 * t + (i & 1);
-        float acc = c[i];
-        for (unsigned k = 0; k < 16; ++k) {
-            const unsigned short ah = lms_half(all[4 * (row % 8) + (k % 8) / 2].a[row / 8 + 2 * (k / 8)], k % 2);
-            const unsigned short bh = lms_half(all[4 * col + (k % 8) / 2].b[k / 8], k % 2);
-            const float av = Bf16 ? lms_bf16_to_f32(ah) : lms_f16_to_f32(ah);
-            const float bv = Bf16 ? lms_bf16_to_f32(bh) : lms_f16_to_f32(bh);
-            acc += av * bv;
+    const float* f16 = lms_f16_table();
+    auto value = [&](unsigned short h) { return Bf16 ? lms_bf16_to_f32(h) : f16[h]; };
+    // This lane's two rows of A (g, g + 8) and two columns of B (2t, 2t + 1), converted once.
+    float av[2][16], bv[2][16];
+    for (unsigned k = 0; k < 16; ++k) {
+        for (unsigned r = 0; r < 2; ++r) {
+            const unsigned row = g + 8 * r;
+            av[r][k] = value(lms_half(all[4 * (row % 8) + (k % 8) / 2].a[row / 8 + 2 * (k / 8)], k % 2));
         }
+        for (unsigned n = 0; n < 2; ++n) bv[n][k] = value(lms_half(all[4 * (2 * t + n) + (k % 8) / 2].b[k / 8], k % 2));
+    }
+    for (unsigned i = 0; i < 4; ++i) {
+        float acc = c[i];
+        for (unsigned k = 0; k < 16; ++k) acc += av[i / 2][k] * bv[i & 1][k];
         d[i] = acc;
     }
     return 0;

@@ -10,6 +10,7 @@ import ctypes
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -87,12 +88,11 @@ class LMScoreLM(LM):
         # The binary's --model: a directory, or a Hub id with its revision (ORG/NAME@REV).
         self.model_spec = self.pretrained if self.revision is None else f"{self.pretrained}@{self.revision}"
         dev = str(device or "cpu")
-        if dev not in ("cpu", "cuda", "cuda:0"):
-            raise LMScoreError(f"device={dev}: lmscore runs on cpu or cuda (the first GPU)")
-        dev = dev.split(":")[0]
+        if not re.fullmatch(r"cpu|cuda(:[0-9]+)?", dev):
+            raise LMScoreError(f"device={dev}: lmscore runs on cpu, cuda or cuda:N (the N-th visible GPU, from 0)")
         # lm-eval passes device=cuda:0 when --device is not given; like its HF backend, fall back to the CPU
         # where there is no CUDA driver.
-        if dev == "cuda" and not cuda_driver_present():
+        if dev.startswith("cuda") and not cuda_driver_present():
             eval_logger.warning("device=%s but no CUDA driver (libcuda.so.1) is present: scoring on the CPU", device)
             dev = "cpu"
         self.flags = ["--device", dev]

@@ -347,10 +347,7 @@ pub fn run(args: Args) -> Result<()> {
             None => dtype_name(ckpt.stored_dtype()?),
         },
     };
-    let device = match opts.device {
-        Device::Cpu => "cpu",
-        Device::Cuda => "cuda",
-    };
+    let device = opts.device_spec().to_string();
     if let Some(dir) = &args.log_samples {
         let date_id = lm_eval::date_id(started);
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;

@@ -12,6 +12,12 @@ pub const ATTN_TILE_K: usize = 32;
 pub const ATTN_THREADS: u32 = 128;
 /// Largest head dim the attention kernel handles (8 output dims per lane).
 pub const ATTN_MAX_HEAD_DIM: usize = 256;
+/// Query rows per tensor-core attention block; must equal ATC_BM in kernels/attention_tc.cu (4 warps x 16).
+pub const ATTN_TC_TILE_Q: usize = 64;
+/// Keys per tensor-core key tile; must equal ATC_BN in kernels/attention_tc.cu.
+pub const ATTN_TC_TILE_K: usize = 64;
+/// Head dims the tensor-core attention kernel is compiled for (every Pythia size).
+pub const ATTN_TC_HEAD_DIMS: [usize; 5] = [32, 64, 80, 128, 256];
 
 /// The attention kernel's work tables for one packed batch (see the comment atop kernels/attention.cu).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -28,6 +34,66 @@ impl AttnTables {
     pub fn num_tiles(&self) -> usize {
         self.tiles.len() / 4
     }
+
+    /// Segment `s`'s ancestor ranges, as (start, len) pairs laid flat.
+    fn ancestors(&self, s: usize) -> &[u32] {
+        &self.ranges[2 * self.seg_off[s] as usize..2 * self.seg_off[s + 1] as usize]
+    }
+}
+
+/// The tensor-core attention kernel's query tiles (see kernels/attention_tc.cu).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TcTiles {
+    /// 4 u32 per tile: (first batch row, rows <= 64, first batch row of the tile's own keys, a segment whose
+    /// ancestor ranges every row of the tile shares).
+    pub tiles: Vec<u32>,
+    /// [T] the first batch row of each row's segment.
+    pub row_seg: Vec<u32>,
+}
+
+impl TcTiles {
+    pub fn num_tiles(&self) -> usize {
+        self.tiles.len() / 4
+    }
+}
+
+/// Cut `layout` (already checked by `attention_tables`, whose `tables` these are) into tiles of up to 64
+/// consecutive rows that share one ancestor list: runs of adjacent sibling segments (the answers under one
+/// question) are packed together, so short segments do not each leave a tile mostly empty.
+pub fn tc_tiles(layout: &BatchLayout, tables: &AttnTables) -> TcTiles {
+    let mut row_seg = vec![0u32; layout.tokens()];
+    let mut order: Vec<usize> = (0..layout.segments.len()).filter(|&s| layout.segments[s].q_len > 0).collect();
+    order.sort_by_key(|&s| layout.segments[s].q_start);
+    for &s in &order {
+        let seg = &layout.segments[s];
+        row_seg[seg.q_start as usize..(seg.q_start + seg.q_len) as usize].fill(seg.q_start);
+    }
+    let mut tiles = vec![];
+    let mut i = 0;
+    while i < order.len() {
+        // A run of adjacent segments with the same ancestors: rows [start, end).
+        let first = order[i];
+        let start = layout.segments[first].q_start;
+        let mut end = start + layout.segments[first].q_len;
+        let mut j = i + 1;
+        while j < order.len() && layout.segments[order[j]].q_start == end && tables.ancestors(order[j]) == tables.ancestors(first) {
+            end += layout.segments[order[j]].q_len;
+            j += 1;
+        }
+        let mut row = start;
+        while row < end {
+            let rows = (ATTN_TC_TILE_Q as u32).min(end - row);
+            tiles.extend([row, rows, row_seg[row as usize], first as u32]);
+            row += rows;
+        }
+        i = j;
+    }
+    TcTiles { tiles, row_seg }
+}
+
+/// Dynamic shared memory of one tensor-core attention block: Q [64][hd+8] + K, V [2][64][hd+8] of 2 bytes.
+pub fn attention_tc_smem_bytes(hd: usize) -> usize {
+    2 * (ATTN_TC_TILE_Q + 4 * ATTN_TC_TILE_K) * (hd + 8)
 }
 
 /// Check `layout` (every row in exactly one segment, ancestor ranges inside the key space, one position per
@@ -151,6 +217,46 @@ mod tests {
         assert_eq!(&t.tiles[16..], &[43, 16, 43, 2, 59, 1, 43, 2]);
         assert_eq!(t.seg_off, vec![0, 1, 3, 5]);
         assert_eq!(t.ranges, vec![0, 5, 0, 5, 5, 40, 0, 5, 5, 40]);
+    }
+
+    #[test]
+    fn siblings_share_tensor_core_tiles() {
+        // A 70-row root, a 5-row question under it, four 3-row answers under the question, then a second
+        // question (same ancestors as the first, but not adjacent to it) with one 100-row answer.
+        let root: &[(u32, u32)] = &[];
+        let q: &[(u32, u32)] = &[(0, 70)];
+        let a1: &[(u32, u32)] = &[(0, 70), (70, 5)];
+        let a2: &[(u32, u32)] = &[(0, 70), (87, 4)];
+        let l = layout(
+            0,
+            &[
+                (0, 70, root),
+                (70, 5, q),
+                (75, 3, a1),
+                (78, 3, a1),
+                (81, 3, a1),
+                (84, 3, a1),
+                (87, 4, q),
+                (91, 100, a2),
+            ],
+        );
+        let t = attention_tables(&l).unwrap();
+        let tc = tc_tiles(&l, &t);
+        assert_eq!(
+            tc.tiles,
+            vec![
+                0, 64, 0, 0, // the root, cut at 64 rows
+                64, 6, 0, 0, //
+                70, 5, 70, 1, // the first question alone (the next segment's ancestors differ)
+                75, 12, 75, 2, // its four answers in one tile, own keys from the first answer's start
+                87, 4, 87, 6, // the second question
+                91, 64, 91, 7, // its long answer, cut at 64 rows
+                155, 36, 91, 7,
+            ]
+        );
+        assert_eq!(&tc.row_seg[74..80], &[70, 75, 75, 75, 78, 78]);
+        assert_eq!(tc.row_seg.len(), 191);
+        assert!(attention_tc_smem_bytes(256) <= 227 * 1024 && attention_tc_smem_bytes(64) <= 48 * 1024);
     }
 
     #[test]

@@ -93,11 +93,19 @@ pub fn entry_points() -> Vec<(&'static str, String)> {
         for dpl in [1, 2, 3, 4, 8] {
             v.push(("attention", format!("attention_{}_d{dpl}", suffix(a))));
         }
+        if a != DType::F32 {
+            for hd in layout::ATTN_TC_HEAD_DIMS {
+                v.push(("attention_tc", format!("attention_tc_{}_hd{hd}", suffix(a))));
+            }
+        }
         for b in types {
             for op in ["layernorm", "bias_gelu", "residual_add", "cast", "broadcast_rows"] {
                 v.push((op, format!("{op}_{}_{}", suffix(a), suffix(b))));
             }
         }
+    }
+    for a in types {
+        v.push(("random_fill", format!("random_fill_{}", suffix(a))));
     }
     for f in ["gather_rows_u16", "gather_rows_u32"] {
         v.push(("gather_rows", f.to_string()));
@@ -182,6 +190,10 @@ pub struct CudaLayout {
     tiles: CudaIndex,
     seg_off: CudaIndex,
     ranges: CudaIndex,
+    /// The tensor-core kernel's 64-row tiles and each row's segment start (layout::tc_tiles).
+    num_tc_tiles: usize,
+    tc_tiles: CudaIndex,
+    row_seg: CudaIndex,
 }
 
 /// A batch's target scores on the device: [n] log-probabilities (f32 bits), then [n] greedy flags, so
@@ -212,6 +224,9 @@ pub struct CudaBackend {
     /// previous copy out of it before it is written again).
     staging: Mutex<Option<PinnedHostSlice<u32>>>,
     counters: activity::Counters,
+    /// f16 / bf16 attention at the head dims it is compiled for runs on tensor cores (attention_tc.cu);
+    /// off: the f32 CUDA-core kernel (attention.cu) for every dtype (tests and benches compare the two).
+    tensor_core_attention: std::sync::atomic::AtomicBool,
 }
 
 impl CudaBackend {
@@ -252,7 +267,10 @@ impl CudaBackend {
         keep_pool_memory(&ctx);
 
         // Compile (or fetch from the disk cache) every op file in parallel, then load the cubins.
-        let names = kernels::op_names();
+        // mma.sync.m16n8k16 with bf16 needs sm_80: older GPUs run the f32 CUDA-core attention only.
+        let tensor_cores = compute_capability.0 >= 8;
+        let mut names = kernels::op_names();
+        names.retain(|&n| n != "attention_tc" || tensor_cores);
         let cubins: Vec<Result<Vec<u8>>> = std::thread::scope(|s| {
             let handles: Vec<_> = names
                 .iter()
@@ -288,7 +306,16 @@ impl CudaBackend {
             smem_raised: Mutex::new(HashSet::new()),
             staging: Mutex::new(None),
             counters: activity::Counters::new(driver_is_stand_in()),
+            tensor_core_attention: std::sync::atomic::AtomicBool::new(tensor_cores),
         })
+    }
+
+    /// Run f16 / bf16 attention on tensor cores where a variant exists (the default on sm_80 and later),
+    /// or always on the f32 CUDA-core kernel. Returns whether tensor cores are now used.
+    pub fn use_tensor_core_attention(&self, on: bool) -> bool {
+        let on = on && self.compute_capability.0 >= 8;
+        self.tensor_core_attention.store(on, std::sync::atomic::Ordering::Relaxed);
+        on
     }
 
     /// The compute dtype (GEMM inputs, attention inputs and outputs).
@@ -322,6 +349,26 @@ impl CudaBackend {
             self.stream
                 .memcpy_htod(&encode(values, dtype), &mut out.buf)
                 .map_err(|e| Error::Cuda(format!("from_host: {e}")))?;
+        }
+        Ok(out)
+    }
+
+    /// A [rows, cols] tensor of `dtype` filled on the device with `random_value(seed, i, offset, scale)` for
+    /// element i (kernels/random_fill.cu): model-sized random weights for benches, with no host generator
+    /// and no upload.
+    pub fn random(&self, rows: usize, cols: usize, dtype: DType, seed: u64, offset: f32, scale: f32) -> Result<CudaTensor> {
+        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+            return Err(Error::invalid(format!("random: dtype {} is not f32, f16 or bf16", dtype.name())));
+        }
+        let mut out = self.alloc("random", rows, cols, dtype)?;
+        let n = out.numel() as u64;
+        if n > 0 {
+            let name = format!("random_fill_{}", suffix(dtype));
+            let f = self.func("random_fill", &name)?;
+            let (grid, block) = layout::grid_1d(n);
+            let mut l = self.stream.launch_builder(&f);
+            l.arg(&mut out.buf).arg(&n).arg(&seed).arg(&offset).arg(&scale);
+            self.launch("random", &name, &mut l, cfg(grid, block, 0))?;
         }
         Ok(out)
     }
@@ -624,6 +671,18 @@ fn keep_pool_memory(ctx: &CudaContext) {
     }
 }
 
+/// Element `i` of `CudaBackend::random(.., seed, offset, scale)` before its rounding to the tensor's dtype:
+/// offset + scale * (2u - 1), u the top 24 bits of splitmix64(seed + i) over 2^24 (the CPU twin of
+/// kernels/random_fill.cu, with the same single-rounding fma).
+pub fn random_value(seed: u64, i: u64, offset: f32, scale: f32) -> f32 {
+    let mut x = seed.wrapping_add(i).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^= x >> 31;
+    let u = (x >> 40) as u32 as f32 * (1.0 / 16_777_216.0);
+    scale.mul_add(2.0 * u - 1.0, offset)
+}
+
 /// Host f32 values encoded as `dt` little-endian bytes.
 fn encode(values: &[f32], dt: DType) -> Vec<u8> {
     match dt {
@@ -734,7 +793,8 @@ impl Backend for CudaBackend {
 
     fn prepare(&self, l: &BatchLayout, tables: &[&[u32]]) -> Result<(CudaLayout, Vec<CudaIndex>)> {
         let attn = layout::attention_tables(l)?;
-        let mut all: Vec<&[u32]> = vec![&l.positions, &attn.tiles, &attn.seg_off, &attn.ranges];
+        let tc = layout::tc_tiles(l, &attn);
+        let mut all: Vec<&[u32]> = vec![&l.positions, &attn.tiles, &attn.seg_off, &attn.ranges, &tc.tiles, &tc.row_seg];
         all.extend_from_slice(tables);
         let mut uploaded = self.upload_tables("prepare", &all)?.into_iter();
         let mut next = || uploaded.next().expect("one index per table");
@@ -746,6 +806,9 @@ impl Backend for CudaBackend {
             tiles: next(),
             seg_off: next(),
             ranges: next(),
+            num_tc_tiles: tc.num_tiles(),
+            tc_tiles: next(),
+            row_seg: next(),
         };
         Ok((layout, uploaded.collect()))
     }
@@ -972,31 +1035,50 @@ impl Backend for CudaBackend {
         if layout.num_tiles == 0 || s.heads == 0 {
             return Ok(out);
         }
-        let dpl = layout::attention_dims_per_lane(s.head_dim)?;
-        let name = format!("attention_{}_d{dpl}", suffix(qkv.dtype));
-        let f = self.func("attention", &name)?;
-        let smem = layout::attention_smem_bytes(s.head_dim);
-        self.ensure_smem(&f, &name, smem)?;
         if s.heads > 65535 {
             return Err(Error::invalid(format!("attention: {} heads exceed the grid limit 65535", s.heads)));
         }
         let scale = 1.0 / (s.head_dim as f32).sqrt();
-        let (past_len, heads, hd) = (p as u32, s.heads as i32, s.head_dim as i32);
         let past_buf = past.as_deref().map(|t| &t.buf).unwrap_or(&qkv.buf);
-        let (tiles, seg_off, ranges) = (layout.tiles.view(), layout.seg_off.view(), layout.ranges.view());
+        let past_len = p as u32;
+        let (seg_off, ranges) = (layout.seg_off.view(), layout.ranges.view());
+        let tensor_cores = self.tensor_core_attention.load(std::sync::atomic::Ordering::Relaxed)
+            && matches!(qkv.dtype, DType::F16 | DType::BF16)
+            && layout::ATTN_TC_HEAD_DIMS.contains(&s.head_dim);
+        // (module, kernel, shared memory, query tiles): the tensor-core kernel's 64-row tiles, or the f32 kernel's.
+        let (module, name, smem, tiles, num_tiles) = if tensor_cores {
+            let name = format!("attention_tc_{}_hd{}", suffix(qkv.dtype), s.head_dim);
+            (
+                "attention_tc",
+                name,
+                layout::attention_tc_smem_bytes(s.head_dim),
+                &layout.tc_tiles,
+                layout.num_tc_tiles,
+            )
+        } else {
+            let name = format!("attention_{}_d{}", suffix(qkv.dtype), layout::attention_dims_per_lane(s.head_dim)?);
+            (
+                "attention",
+                name,
+                layout::attention_smem_bytes(s.head_dim),
+                &layout.tiles,
+                layout.num_tiles,
+            )
+        };
+        let f = self.func(module, &name)?;
+        self.ensure_smem(&f, &name, smem)?;
+        let (heads, hd) = (s.heads as i32, s.head_dim as i32);
+        let (tiles, row_seg) = (tiles.view(), layout.row_seg.view());
         let mut l = self.stream.launch_builder(&f);
-        l.arg(&qkv.buf)
-            .arg(past_buf)
-            .arg(&mut out.buf)
-            .arg(&tiles)
-            .arg(&seg_off)
-            .arg(&ranges)
-            .arg(&past_len)
-            .arg(&heads)
-            .arg(&hd)
-            .arg(&scale);
+        l.arg(&qkv.buf).arg(past_buf).arg(&mut out.buf).arg(&tiles).arg(&seg_off).arg(&ranges);
+        if tensor_cores {
+            l.arg(&row_seg).arg(&past_len).arg(&heads); // head dim: a template parameter
+        } else {
+            l.arg(&past_len).arg(&heads).arg(&hd);
+        }
+        l.arg(&scale);
         let launch = LaunchConfig {
-            grid_dim: (layout.num_tiles as u32, s.heads as u32, 1),
+            grid_dim: (num_tiles as u32, s.heads as u32, 1),
             block_dim: (layout::ATTN_THREADS, 1, 1),
             shared_mem_bytes: smem as u32,
         };
