@@ -7,42 +7,16 @@ mod common;
 
 use lmscore::checkpoint::DType;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
+/// `lmscore score --device DEVICE --dtype f32` on the fixture tasks: (per-request log lines, metrics per task).
 fn score(device: &str, out: &Path) -> (Vec<Value>, Value) {
     let log = out.join(format!("{device}.jsonl"));
     let json = out.join(format!("{device}.json"));
-    let run = std::process::Command::new(env!("CARGO_BIN_EXE_lmscore"))
-        .current_dir(root())
-        .args([
-            "score",
-            "--model",
-            "tests/fixtures/models/pythia-tiny",
-            "--tasks",
-            "memo_trap,neqa,truthfulqa_mc1,truthfulqa_mc2",
-        ])
-        .args(["--device", device, "--dtype", "f32", "--offline"])
-        .arg("--log-requests")
-        .arg(&log)
-        .arg("--output-json")
-        .arg(&json)
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "lmscore score --device {device} failed:\n{}\n{}",
-        String::from_utf8_lossy(&run.stdout),
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let rows = std::fs::read_to_string(&log)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let model = "tests/fixtures/models/pythia-tiny";
+    let rows = common::score::logged_requests(model, "memo_trap,neqa,truthfulqa_mc1,truthfulqa_mc2", device, &log, |cmd| {
+        cmd.args(["--dtype", "f32"]).arg("--output-json").arg(&json);
+    });
     let results: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     (rows, results["results"].clone())
 }

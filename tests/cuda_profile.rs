@@ -13,53 +13,24 @@ mod common;
 
 use lmscore::checkpoint::DType;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use std::path::Path;
 
 /// `lmscore score` on `model` with `extra` flags; returns (per-request log lines, profile document).
 fn score(model: &str, tasks: &str, device: &str, extra: &[&str], sync_each: bool, out: &Path, tag: &str) -> (Vec<Value>, Option<Value>) {
     let log = out.join(format!("{tag}.jsonl"));
     let prof = out.join(format!("{tag}.profile.json"));
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_lmscore"));
-    cmd.current_dir(root())
-        .args([
-            "score",
-            "--model",
-            model,
-            "--tasks",
-            tasks,
-            "--device",
-            device,
-            "--offline",
-            "--limit",
-            "6",
-        ])
-        .arg("--log-requests")
-        .arg(&log);
     let profiled = !extra.contains(&"--no-profile");
-    if profiled {
-        cmd.arg("--profile").arg(&prof);
-    }
-    cmd.args(extra.iter().filter(|a| **a != "--no-profile"));
-    cmd.env_remove("LMSCORE_CUDA_SYNC");
-    if sync_each {
-        cmd.env("LMSCORE_CUDA_SYNC", "1");
-    }
-    let run = cmd.output().unwrap();
-    assert!(
-        run.status.success(),
-        "lmscore score {tag} failed:\n{}\n{}",
-        String::from_utf8_lossy(&run.stdout),
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let rows = std::fs::read_to_string(&log)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let rows = common::score::logged_requests(model, tasks, device, &log, |cmd| {
+        cmd.args(["--limit", "6"]);
+        if profiled {
+            cmd.arg("--profile").arg(&prof);
+        }
+        cmd.args(extra.iter().filter(|a| **a != "--no-profile"));
+        cmd.env_remove("LMSCORE_CUDA_SYNC");
+        if sync_each {
+            cmd.env("LMSCORE_CUDA_SYNC", "1");
+        }
+    });
     let profile = profiled.then(|| serde_json::from_str(&std::fs::read_to_string(&prof).unwrap()).unwrap());
     (rows, profile)
 }

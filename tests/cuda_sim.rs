@@ -38,135 +38,16 @@
 
 mod common;
 
+// `cfg`: every launch below names its grid and block in full, so the short name keeps them on one line.
+use common::sim::{compile, describe, expect_err, launch, launch_config as cfg, Sim, ALL_SCHEDULES};
 use cudarc::driver::sys::{CUfunction_attribute_enum, CUresult};
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, DriverError, LaunchConfig, PushKernelArg};
-use cudarc::nvrtc::{result as nvrtc, sys as nvrtc_sys, Ptx};
+use cudarc::driver::{CudaContext, CudaFunction, DriverError, PushKernelArg};
+use cudarc::nvrtc::Ptx;
 use half::f16;
-use std::ffi::{c_char, c_int, CStr, CString};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-// ---- The stand-in, its test hooks, and helpers ----
-
-/// Serialises the tests: schedules and the sticky fault are process-wide.
-static LOCK: Mutex<()> = Mutex::new(());
-
-/// The context, the default stream, and the stand-in's test hooks (exported by its libcuda.so.1).
-struct Sim {
-    ctx: Arc<CudaContext>,
-    stream: Arc<CudaStream>,
-    reset_fault: unsafe extern "C" fn(),
-    set_schedules: unsafe extern "C" fn(*const c_char) -> c_int,
-    last_error: unsafe extern "C" fn() -> *const c_char,
-    _lib: libloading::Library,
-    _lock: MutexGuard<'static, ()>,
-}
-
-impl Sim {
-    /// None (after printing SKIPPED) when the stand-in is not on the library path.
-    fn new(test: &str) -> Option<Sim> {
-        let lock = LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if !common::stand_in_or_skip(&format!("cuda_sim::{test}")) {
-            return None;
-        }
-        let ctx = CudaContext::new(0).expect("CudaContext::new(0) on the stand-in");
-        let stream = ctx.default_stream();
-        // SAFETY: the stand-in's libcuda.so.1 (the one cudarc loaded: same soname); the hooks' C signatures are
-        // those of cuda-sim/src/driver.cpp.
-        unsafe {
-            let lib = libloading::Library::new("libcuda.so.1").expect("dlopen libcuda.so.1 (the stand-in)");
-            let reset_fault = *lib
-                .get::<unsafe extern "C" fn()>(b"lms_sim_reset_fault")
-                .expect("hook lms_sim_reset_fault");
-            let set_schedules = *lib
-                .get::<unsafe extern "C" fn(*const c_char) -> c_int>(b"lms_sim_set_schedules")
-                .expect("hook lms_sim_set_schedules");
-            let last_error = *lib
-                .get::<unsafe extern "C" fn() -> *const c_char>(b"lms_sim_last_error")
-                .expect("hook lms_sim_last_error");
-            let sim = Sim {
-                ctx,
-                stream,
-                reset_fault,
-                set_schedules,
-                last_error,
-                _lib: lib,
-                _lock: lock,
-            };
-            sim.recover();
-            sim.schedules("forward");
-            Some(sim)
-        }
-    }
-
-    /// Every later launch in the process runs under these schedules ("forward,greedy": both, outputs compared).
-    fn schedules(&self, spec: &str) {
-        let c = CString::new(spec).unwrap();
-        // SAFETY: a NUL-terminated string that outlives the call.
-        assert_eq!(unsafe { (self.set_schedules)(c.as_ptr()) }, 0, "lms_sim_set_schedules({spec:?})");
-    }
-
-    /// Clears the sticky fault of a deliberate failure, and what cudarc's drops recorded meanwhile.
-    fn recover(&self) {
-        // SAFETY: no arguments; the hook only clears the driver's sticky state.
-        unsafe { (self.reset_fault)() };
-        let _ = self.ctx.check_err();
-    }
-
-    /// The stand-in's description of the last failure on this thread.
-    fn last_error(&self) -> String {
-        // SAFETY: the hook returns a NUL-terminated thread-local string, valid until the next failure.
-        unsafe { CStr::from_ptr((self.last_error)()) }.to_string_lossy().into_owned()
-    }
-
-    fn module(&self, src: &str) -> Arc<CudaModule> {
-        let cubin = compile(src).unwrap_or_else(|log| panic!("compiling a test kernel failed:\n{log}"));
-        self.ctx.load_module(Ptx::from_binary(cubin)).expect("load_module")
-    }
-}
-
-impl Drop for Sim {
-    fn drop(&mut self) {
-        self.recover();
-        self.schedules("forward");
-    }
-}
-
-/// Compiles `src` with the (stand-in) NVRTC for sm_90 as program "t.cu": the cubin, or the log.
-fn compile(src: &str) -> Result<Vec<u8>, String> {
-    let c_src = CString::new(src).unwrap();
-    let name = CString::new("t.cu").unwrap();
-    let prog = nvrtc::create_program(&c_src, Some(&name)).map_err(|e| format!("nvrtcCreateProgram: {e:?}"))?;
-    // SAFETY: a live program; c_src and name outlive it; the CUBIN buffer is sized by nvrtcGetCUBINSize.
-    unsafe {
-        let status = nvrtc::compile_program(prog, &["--gpu-architecture=sm_90"]);
-        let log = nvrtc::get_program_log(prog).map(|raw| c_chars(&raw)).unwrap_or_default();
-        let out = match status {
-            Err(e) => Err(format!("{e:?}\n{log}")),
-            Ok(()) => {
-                let mut size = 0usize;
-                nvrtc_sys::nvrtcGetCUBINSize(prog, &mut size)
-                    .result()
-                    .map_err(|e| format!("nvrtcGetCUBINSize: {e:?}"))
-                    .and_then(|()| {
-                        let mut bin = vec![0u8; size];
-                        nvrtc_sys::nvrtcGetCUBIN(prog, bin.as_mut_ptr() as *mut c_char)
-                            .result()
-                            .map(|()| bin)
-                            .map_err(|e| format!("nvrtcGetCUBIN: {e:?}"))
-                    })
-            }
-        };
-        let _ = nvrtc::destroy_program(prog);
-        out
-    }
-}
-
-fn c_chars(raw: &[c_char]) -> String {
-    let bytes: Vec<u8> = raw.iter().map(|&c| c as u8).take_while(|&b| b != 0).collect();
-    String::from_utf8_lossy(&bytes).into_owned()
-}
+// ---- Helpers (the stand-in's harness is common/sim.rs) ----
 
 /// The t.cu line number of the one source line containing `marker` (line 0 of the text is `#line 1 "t.cu"`).
 fn line_of(src: &str, marker: &str) -> usize {
@@ -174,50 +55,6 @@ fn line_of(src: &str, marker: &str) -> usize {
     assert_eq!(hits.len(), 1, "marker {marker} must be on exactly one line");
     assert!(src.starts_with("#line 1 \"t.cu\"\n"));
     hits[0]
-}
-
-fn cfg(grid: (u32, u32, u32), block: (u32, u32, u32), smem: u32) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: grid,
-        block_dim: block,
-        shared_mem_bytes: smem,
-    }
-}
-
-/// Launches `f` with the arguments (each a reference, as cudarc's `arg` takes them).
-macro_rules! launch {
-    ($sim:expr, $f:expr, $cfg:expr $(, $arg:expr)* $(,)?) => {{
-        let mut builder = $sim.stream.launch_builder(&$f);
-        $(builder.arg($arg);)*
-        // SAFETY: the test kernels' parameter lists are the arguments given; deliberate faults are caught
-        // by the stand-in.
-        unsafe { builder.launch($cfg) }.map(|_| ())
-    }};
-}
-
-/// The error's code and its cuGetErrorString text (which carries the stand-in's `[cuda-sim: ...]`
-/// description), unescaped.
-fn describe(e: &DriverError) -> String {
-    let text = e
-        .error_string()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|_| "<no error string>".into());
-    format!("{:?}: {text}", e.0)
-}
-
-/// Asserts that `r` failed with `code` and that the message (cuGetErrorString, with the stand-in's
-/// description) contains every one of `parts`; returns the message.
-fn expect_err<T>(what: &str, r: Result<T, DriverError>, code: CUresult, parts: &[&str]) -> String {
-    let e = match r {
-        Ok(_) => panic!("{what}: succeeded, expected {code:?} mentioning {parts:?}"),
-        Err(e) => e,
-    };
-    let msg = describe(&e);
-    assert_eq!(e.0, code, "{what}: wrong error code; message: {msg}");
-    for p in parts {
-        assert!(msg.contains(p), "{what}: the message lacks {p:?}:\n{msg}");
-    }
-    msg
 }
 
 /// Aborts the process (with a message) if not dropped within `secs`: a hang must fail, not stall CI.
@@ -234,8 +71,6 @@ fn watchdog(what: &str, secs: u64) -> Watchdog {
     });
     Watchdog(tx)
 }
-
-const ALL_SCHEDULES: [&str; 4] = ["forward", "reverse", "greedy", "shuffle:7"];
 
 // ---- 1. Barriers: block reductions at every block shape ----
 
@@ -830,9 +665,7 @@ fn kernel_failures_are_sticky_until_reset() {
     sim.recover();
     assert_eq!(sim.stream.clone_dtoh(&out).unwrap().len(), 32);
     // The schedule hook refuses what CUDA_SIM_SCHEDULES would refuse.
-    let bogus = CString::new("forward,sideways").unwrap();
-    // SAFETY: a NUL-terminated string that outlives the call.
-    assert_ne!(unsafe { (sim.set_schedules)(bogus.as_ptr()) }, 0, "an unknown schedule must be refused");
+    assert_ne!(sim.try_schedules("forward,sideways"), 0, "an unknown schedule must be refused");
 }
 
 // ---- 7. Shared memory ----

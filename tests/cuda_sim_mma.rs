@@ -33,133 +33,21 @@
 
 mod common;
 
+use common::sim::{describe, expect_err, launch, launch_config, Sim, ALL_SCHEDULES, EVERY_SCHEDULE_AT_ONCE};
 use common::Rng;
 use cudarc::driver::sys::CUresult;
-use cudarc::driver::{CudaContext, CudaModule, CudaStream, DriverError, LaunchConfig, PushKernelArg};
-use cudarc::nvrtc::{result as nvrtc, sys as nvrtc_sys, Ptx};
+use cudarc::driver::{LaunchConfig, PushKernelArg};
 use half::{bf16, f16};
 use lmscore::backend::cuda::kernels;
-use std::ffi::{c_char, c_int, CString};
-use std::sync::{Arc, Mutex, MutexGuard};
 
-// ---- The stand-in, its test hooks, and helpers ----
+// ---- Helpers (the stand-in's harness is common/sim.rs) ----
 
-/// Serialises the tests: schedules and the sticky fault are process-wide.
-static LOCK: Mutex<()> = Mutex::new(());
-
-const ALL_SCHEDULES: [&str; 4] = ["forward", "reverse", "greedy", "shuffle:7"];
-const EVERY_SCHEDULE_AT_ONCE: &str = "forward,reverse,greedy,shuffle:7";
-
-struct Sim {
-    stream: Arc<CudaStream>,
-    ctx: Arc<CudaContext>,
-    reset_fault: unsafe extern "C" fn(),
-    set_schedules: unsafe extern "C" fn(*const c_char) -> c_int,
-    _lib: libloading::Library,
-    _lock: MutexGuard<'static, ()>,
-}
-
-impl Sim {
-    /// None (after printing SKIPPED) when the stand-in is not on the library path.
-    fn new(test: &str) -> Option<Sim> {
-        let lock = LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if !common::stand_in_or_skip(&format!("cuda_sim_mma::{test}")) {
-            return None;
-        }
-        let ctx = CudaContext::new(0).expect("CudaContext::new(0) on the stand-in");
-        let stream = ctx.default_stream();
-        // SAFETY: the stand-in's libcuda.so.1 (the one cudarc loaded: same soname); the hooks' C signatures are
-        // those of cuda-sim/src/driver.cpp.
-        unsafe {
-            let lib = libloading::Library::new("libcuda.so.1").expect("dlopen libcuda.so.1 (the stand-in)");
-            let reset_fault = *lib
-                .get::<unsafe extern "C" fn()>(b"lms_sim_reset_fault")
-                .expect("hook lms_sim_reset_fault");
-            let set_schedules = *lib
-                .get::<unsafe extern "C" fn(*const c_char) -> c_int>(b"lms_sim_set_schedules")
-                .expect("hook lms_sim_set_schedules");
-            let sim = Sim {
-                stream,
-                ctx,
-                reset_fault,
-                set_schedules,
-                _lib: lib,
-                _lock: lock,
-            };
-            sim.recover();
-            sim.schedules("forward");
-            Some(sim)
-        }
-    }
-
-    /// Every later launch in the process runs under these schedules ("forward,greedy": both, outputs compared).
-    fn schedules(&self, spec: &str) {
-        let c = CString::new(spec).unwrap();
-        // SAFETY: a NUL-terminated string that outlives the call.
-        assert_eq!(unsafe { (self.set_schedules)(c.as_ptr()) }, 0, "lms_sim_set_schedules({spec:?})");
-    }
-
-    /// Clears the sticky fault of a deliberate failure, and what cudarc's drops recorded meanwhile.
-    fn recover(&self) {
-        // SAFETY: no arguments; the hook only clears the driver's sticky state.
-        unsafe { (self.reset_fault)() };
-        let _ = self.ctx.check_err();
-    }
-
-    /// `body` (which starts with `#line 1 "t.cu"`) compiled with the prelude, as the backend compiles an op file.
-    fn module(&self, body: &str) -> Arc<CudaModule> {
-        let cubin = compile(&program(body)).unwrap_or_else(|log| panic!("compiling a test kernel failed:\n{log}"));
-        self.ctx.load_module(Ptx::from_binary(cubin)).expect("load_module")
-    }
-}
-
-impl Drop for Sim {
-    fn drop(&mut self) {
-        self.recover();
-        self.schedules("forward");
-    }
-}
-
-/// The NVRTC program for a test kernel file: kernels/common.cu, then the file (as kernels::program_source).
+/// The NVRTC program for a test kernel file: kernels/common.cu, then the file, as the backend compiles an op
+/// file (kernels::program_source).
 fn program(body: &str) -> String {
     assert!(body.starts_with("#line 1 \"t.cu\"\n"));
     let prelude = kernels::source(kernels::PRELUDE).expect("kernels/common.cu is embedded");
     format!("#line 1 \"{}.cu\"\n{prelude}\n{body}", kernels::PRELUDE)
-}
-
-/// Compiles a whole program with the (stand-in) NVRTC for sm_90 as "t.cu": the cubin, or the log.
-fn compile(src: &str) -> Result<Vec<u8>, String> {
-    let c_src = CString::new(src).unwrap();
-    let name = CString::new("t.cu").unwrap();
-    let prog = nvrtc::create_program(&c_src, Some(&name)).map_err(|e| format!("nvrtcCreateProgram: {e:?}"))?;
-    // SAFETY: a live program; c_src and name outlive it; the CUBIN buffer is sized by nvrtcGetCUBINSize.
-    unsafe {
-        let status = nvrtc::compile_program(prog, &["--gpu-architecture=sm_90"]);
-        let log = nvrtc::get_program_log(prog).map(|raw| c_chars(&raw)).unwrap_or_default();
-        let out = match status {
-            Err(e) => Err(format!("{e:?}\n{log}")),
-            Ok(()) => {
-                let mut size = 0usize;
-                nvrtc_sys::nvrtcGetCUBINSize(prog, &mut size)
-                    .result()
-                    .map_err(|e| format!("nvrtcGetCUBINSize: {e:?}"))
-                    .and_then(|()| {
-                        let mut bin = vec![0u8; size];
-                        nvrtc_sys::nvrtcGetCUBIN(prog, bin.as_mut_ptr() as *mut c_char)
-                            .result()
-                            .map(|()| bin)
-                            .map_err(|e| format!("nvrtcGetCUBIN: {e:?}"))
-                    })
-            }
-        };
-        let _ = nvrtc::destroy_program(prog);
-        out
-    }
-}
-
-fn c_chars(raw: &[c_char]) -> String {
-    let bytes: Vec<u8> = raw.iter().map(|&c| c as u8).take_while(|&b| b != 0).collect();
-    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 /// "common.cu:N", N the line of kernels/common.cu holding the one asm statement of `instruction`.
@@ -176,46 +64,9 @@ fn common_line(instruction: &str) -> String {
     format!("common.cu:{}", hits[0])
 }
 
+/// The mma cases launch one-dimensional grids of one-dimensional blocks.
 fn cfg(grid: u32, block: u32, smem: u32) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (grid, 1, 1),
-        block_dim: (block, 1, 1),
-        shared_mem_bytes: smem,
-    }
-}
-
-/// Launches `f` with the arguments (each a reference, as cudarc's `arg` takes them).
-macro_rules! launch {
-    ($sim:expr, $f:expr, $cfg:expr $(, $arg:expr)* $(,)?) => {{
-        let mut builder = $sim.stream.launch_builder(&$f);
-        $(builder.arg($arg);)*
-        // SAFETY: the test kernels' parameter lists are the arguments given; deliberate faults are caught
-        // by the stand-in.
-        unsafe { builder.launch($cfg) }.map(|_| ())
-    }};
-}
-
-/// The error's code and its cuGetErrorString text (which carries the stand-in's `[cuda-sim: ...]` description).
-fn describe(e: &DriverError) -> String {
-    let text = e
-        .error_string()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|_| "<no error string>".into());
-    format!("{:?}: {text}", e.0)
-}
-
-/// Asserts that `r` failed with `code` and that the message contains every one of `parts`.
-fn expect_err<T>(what: &str, r: Result<T, DriverError>, code: CUresult, parts: &[&str]) -> String {
-    let e = match r {
-        Ok(_) => panic!("{what}: succeeded, expected {code:?} mentioning {parts:?}"),
-        Err(e) => e,
-    };
-    let msg = describe(&e);
-    assert_eq!(e.0, code, "{what}: wrong error code; message: {msg}");
-    for p in parts {
-        assert!(msg.contains(p), "{what}: the message lacks {p:?}:\n{msg}");
-    }
-    msg
+    launch_config((grid, 1, 1), (block, 1, 1), smem)
 }
 
 // ---- The reference: the PTX ISA's m16n8k16 fragments and a plain matrix product ----
@@ -359,7 +210,7 @@ fn mma_f16_and_bf16_match_a_matrix_product() {
     let Some(sim) = Sim::new("mma_f16_and_bf16_match_a_matrix_product") else {
         return;
     };
-    let m = sim.module(MMA_SRC);
+    let m = sim.module(&program(MMA_SRC));
     // 3 blocks of 2 warps: 6 independent problems.
     let (blocks, threads) = (3u32, 64u32);
     let problems = (blocks * threads / 32) as usize;
@@ -440,7 +291,7 @@ fn ldmatrix_delivers_the_ptx_fragments() {
     let Some(sim) = Sim::new("ldmatrix_delivers_the_ptx_fragments") else {
         return;
     };
-    let m = sim.module(LDMATRIX_SRC);
+    let m = sim.module(&program(LDMATRIX_SRC));
     let f = m.load_function("ldm").unwrap();
     // A 32 x 16 tile of distinct 16-bit values; every 8x8 matrix is 8 consecutive rows of one 8-column half.
     let tile: Vec<u16> = (0..512u32).map(|e| ((e * 37 + 11) & 0xffff) as u16).collect();
@@ -528,7 +379,7 @@ fn ldmatrix_feeds_mma_as_the_fragment_tables_say() {
     let Some(sim) = Sim::new("ldmatrix_feeds_mma_as_the_fragment_tables_say") else {
         return;
     };
-    let m = sim.module(LDMATRIX_MMA_SRC);
+    let m = sim.module(&program(LDMATRIX_MMA_SRC));
     let f = m.load_function("ldm_mma").unwrap();
     let mut rng = Rng::new(4);
     let a = random_bits(&mut rng, Elem::F16, 256, 3.0);
@@ -581,7 +432,7 @@ fn cp_async_copies_and_zero_fills_when_a_wait_covers_them() {
     let Some(sim) = Sim::new("cp_async_copies_and_zero_fills_when_a_wait_covers_them") else {
         return;
     };
-    let m = sim.module(CP_ASYNC_SRC);
+    let m = sim.module(&program(CP_ASYNC_SRC));
     let f = m.load_function("cpa").unwrap();
     let (n, n_valid) = (64usize, 40i32);
     let mut rng = Rng::new(5);
@@ -677,7 +528,7 @@ fn misuse_is_an_error_naming_the_instruction_and_line() {
     let Some(sim) = Sim::new("misuse_is_an_error_naming_the_instruction_and_line") else {
         return;
     };
-    let m = sim.module(FAIL_SRC);
+    let m = sim.module(&program(FAIL_SRC));
     let mma_f16 = "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32";
     let mma_bf16 = "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32";
     let ldm_x4 = "ldmatrix.sync.aligned.m8n8.x4.shared.b16";

@@ -1,5 +1,7 @@
 //! Skip / require logic shared by the CUDA test files (`tests/kernels_compile.rs`, `tests/cuda_parity.rs`),
-//! and a seeded RNG.
+//! and a seeded RNG. Submodules: `model_files` (fixture checkpoints edited, and `lmscore loglikelihood` on
+//! them), `score` (`lmscore score` on the fixture models) and `sim` (the harness that drives the CUDA
+//! stand-in directly).
 //!
 //! Without NVRTC or a GPU these tests print a visible `SKIPPED: ...` line and pass, so `cargo test` stays
 //! green on CPU-only machines. CI and GPU runs turn the skip into a failure:
@@ -8,6 +10,8 @@
 #![allow(dead_code)]
 
 pub mod model_files;
+pub mod score;
+pub mod sim;
 
 use lmscore::backend::cuda::{self, CudaBackend};
 use lmscore::checkpoint::DType;
