@@ -310,19 +310,27 @@ fn bench_sizes(c: &mut Criterion, gpu: &CudaBackend) {
         });
         g.finish();
 
-        let mut g = c.benchmark_group(format!("rotary/{size}"));
-        let mut qkv = gpu.from_host(T, 3 * h, &values(T * 3 * h, 1.0, 12)).expect("qkv");
-        // Read + write of the rotated dims of q and k.
-        g.throughput(Throughput::Bytes((T * heads * 2 * shape.rotary_ndims) as u64 * 2 * e));
-        g.bench_function(
-            BenchmarkId::from_parameter(format!("{T} rows, {heads}x{hd}, rot {}", shape.rotary_ndims)),
-            |b| {
-                b.iter(|| {
-                    gpu.rotary(&mut qkv, &layout, shape).unwrap();
-                    sync(gpu)
-                })
-            },
-        );
+        // The attention's input projection as the forward pass ran it before (bias pre-filled into an f32
+        // buffer, GEMM with beta = 1, a cast; then an in-place rotary pass, not timed here, so "before" is a
+        // lower bound) and as it runs it now (GEMM into f32, one epilogue adding the bias, rotating, rounding).
+        let mut g = c.benchmark_group(format!("qkv_projection/{size}"));
+        let (qkv_w, qkv_b) = (weight(gpu, 3 * h, h, 12), param(gpu, 3 * h, 14));
+        g.throughput(Throughput::Elements(2 * (T * 3 * h * h) as u64));
+        let id = |name| BenchmarkId::new(name, format!("{T}x{h} x {}x{h}^T, rot {} (FLOP)", 3 * h, shape.rotary_ndims));
+        g.bench_function(id("before: bias pre-fill + GEMM + cast"), |b| {
+            b.iter(|| {
+                let y = gpu.linear(&x16, &qkv_w, Some(&qkv_b)).unwrap();
+                sync(gpu);
+                y
+            })
+        });
+        g.bench_function(id("now: GEMM + qkv_rotary epilogue"), |b| {
+            b.iter(|| {
+                let y = gpu.qkv_rotary(&x16, &qkv_w, &qkv_b, &layout, shape).unwrap();
+                sync(gpu);
+                y
+            })
+        });
         g.finish();
 
         let mut g = c.benchmark_group(format!("attention/{size}"));

@@ -334,8 +334,7 @@ pub fn forward_inspected<B: Backend>(
         } else {
             (b.layernorm(&x, &layer.ln1_w, &layer.ln1_b, eps)?, None)
         };
-        let mut qkv = b.linear(&a_in, &layer.qkv_w, Some(&layer.qkv_b))?; // [T, 3h]
-        b.rotary(&mut qkv, layout, shape)?; // q, k rotated in place
+        let qkv = b.qkv_rotary(&a_in, &layer.qkv_w, &layer.qkv_b, layout, shape)?; // [T, 3h], q and k rotated
         let past = cache.layers[l].take(); // [P, 3h]
         let attn = b.attention(&qkv, past.as_ref(), layout, shape)?; // [T, h]
         cache.layers[l] = update_cache(b, past, &qkv, batch.cache.as_ref())?;

@@ -342,9 +342,31 @@ fn bias_is_added_once_in_f32() {
         assert_eq!(
             got,
             vec![1.0],
-            "{}: x.w + b rounded once is 1, rounding the bias first gives {}",
+            "linear, {}: x.w + b rounded once is 1, rounding the bias first gives {}",
             dt_name(dt),
             1.0 + u
+        );
+        // The same through qkv_rotary: one head of 2 dims, both rotating, at position 0 (cos 1, sin 0), so
+        // each of q, k and v is x.w + b.
+        let (wg, _) = weight(&gpu, "qkv_w", 6, 1, &[-u / 4.0; 6]);
+        let (bg, _) = param(&gpu, "qkv_b", &[1.0 + 0.75 * u; 6]);
+        let layout = BatchLayout {
+            positions: vec![0],
+            segments: vec![seg(0, 1, &[])],
+            past_len: 0,
+        };
+        let shape = AttnShape {
+            heads: 1,
+            head_dim: 2,
+            rotary_ndims: 2,
+            rotary_base: 10000.0,
+        };
+        let qkv = gpu.qkv_rotary(&xg, &wg, &bg, &gpu.prepare(&layout, &[]).unwrap().0, shape).unwrap();
+        assert_eq!(
+            gpu.to_host(&qkv).unwrap(),
+            vec![1.0; 6],
+            "qkv_rotary, {}: x.w + b rounded once",
+            dt_name(dt)
         );
     }
 }
@@ -383,17 +405,23 @@ fn bias_gelu_and_residual_add_match_cpu() {
 }
 
 #[test]
-fn rotary_matches_cpu() {
+fn qkv_rotary_matches_cpu() {
     let _schedules = schedules(ALL_SCHEDULES);
-    for gpu in backends("rotary_matches_cpu") {
+    for gpu in backends("qkv_rotary_matches_cpu") {
         let dt = gpu.dtype();
-        for (i, &(heads, hd, rot, t)) in [
-            (2usize, 32usize, 8usize, 5usize),
-            (3, 64, 16, 33),
-            (2, 80, 20, 17),
-            (1, 128, 32, 1),
-            (2, 256, 64, 9),
-            (2, 8, 2, 40),
+        let c = match dt {
+            DType::F16 => 1e-3,
+            DType::BF16 => 8e-3,
+            _ => 2e-5,
+        };
+        for (i, &(heads, hd, rot, t, k)) in [
+            (2usize, 32usize, 8usize, 5usize, 48usize),
+            (3, 64, 16, 33, 100),
+            (2, 80, 20, 17, 160),
+            (1, 128, 32, 1, 64),
+            (2, 256, 64, 9, 96),
+            (2, 8, 2, 40, 16),
+            (1, 8, 8, 3, 8), // every dim of q and k rotates
         ]
         .iter()
         .enumerate()
@@ -420,13 +448,36 @@ fn rotary_matches_cpu() {
                 rotary_ndims: rot,
                 rotary_base: 10000.0,
             };
-            let (mut qg, mut qc) = act(&gpu, t, 3 * heads * hd, &rng.vec(t * 3 * heads * hd, 2.0), dt);
-            gpu.rotary(&mut qg, &gpu.prepare(&layout, &[]).unwrap().0, shape).unwrap();
-            Cpu.rotary(&mut qc, &layout, shape).unwrap();
-            let got = gpu.to_host(&qg).unwrap();
-            // + 2e-4: angles up to 2047 rad, where one ulp of inv_freq (powf) moves the angle by ~1e-4.
-            let desc = format!("{t} rows, {heads} heads, hd {hd}, rotary {rot}, {}", dt_name(dt));
-            assert_close("rotary", seed, &desc, &got, &qc.data, |i| (eps(dt) + 2e-4) * (1.0 + qc.data[i].abs()));
+            let n = 3 * heads * hd;
+            let (xg, xc) = act(&gpu, t, k, &rng.vec(t * k, 1.0), dt);
+            let (wg, wc) = weight(&gpu, "qkv_w", n, k, &rng.vec(n * k, 0.2));
+            let (bg, bc) = param(&gpu, "qkv_b", &rng.vec(n, 2.0));
+            let got = gpu
+                .to_host(&gpu.qkv_rotary(&xg, &wg, &bg, &gpu.prepare(&layout, &[]).unwrap().0, shape).unwrap())
+                .unwrap();
+            let want = Cpu.qkv_rotary(&xc, &wc, &bc, &layout, shape).unwrap().data;
+            let unrotated = Cpu.linear(&xc, &wc, Some(&bc)).unwrap().data;
+            // Each output is a rotation of (at most) two GEMM outputs: their GEMM error bounds (sum_k |x w| + |b|,
+            // as in linear_and_lm_head_match_cpu) add, and + 2e-4 of their magnitudes for the angle (up to 2047
+            // rad, where one ulp of inv_freq (powf) moves it by ~1e-4).
+            let scale = |o: usize| -> f32 {
+                let (r, j) = (o / n, o % n);
+                let dot: f32 = (0..k).map(|kk| (xc.data[r * k + kk] * wc.data[j * k + kk]).abs()).sum();
+                dot + bc.data[j].abs()
+            };
+            let partner = |o: usize| -> Option<usize> {
+                let (in_head, half) = (o % n % (3 * hd), rot / 2);
+                let i = in_head % hd;
+                (in_head < 2 * hd && i < rot).then(|| if i < half { o + half } else { o - half })
+            };
+            let tol: Vec<f32> = (0..t * n)
+                .map(|o| match partner(o) {
+                    Some(p) => c * (scale(o) + scale(p)) + 2e-4 * (unrotated[o].abs() + unrotated[p].abs()) + 1e-6,
+                    None => c * scale(o) + 1e-6,
+                })
+                .collect();
+            let desc = format!("{t} rows, [{k}] x [{n}, {k}]^T, {heads} heads, hd {hd}, rotary {rot}, {}", dt_name(dt));
+            assert_close("qkv_rotary", seed, &desc, &got, &want, |o| tol[o]);
         }
     }
 }
@@ -1148,10 +1199,8 @@ impl Backend for Rounding {
         x.data = round(self.0, &x.data);
         Ok(())
     }
-    fn rotary(&self, qkv: &mut CpuTensor, l: &BatchLayout, s: AttnShape) -> lmscore::Result<()> {
-        Cpu.rotary(qkv, l, s)?;
-        qkv.data = round(self.0, &qkv.data);
-        Ok(())
+    fn qkv_rotary(&self, x: &CpuTensor, w: &CpuTensor, b: &CpuTensor, l: &BatchLayout, s: AttnShape) -> lmscore::Result<CpuTensor> {
+        Ok(self.r(Cpu.qkv_rotary(x, w, b, l, s)?))
     }
     fn attention(&self, qkv: &CpuTensor, past: Option<&CpuTensor>, l: &BatchLayout, s: AttnShape) -> lmscore::Result<CpuTensor> {
         Ok(self.r(Cpu.attention(qkv, past, l, s)?))

@@ -172,9 +172,10 @@ pub trait Backend {
     fn linear(&self, x: &Self::Tensor, w: &Self::Tensor, b: Option<&Self::Tensor>) -> Result<Self::Tensor>;
     /// x [T, c] += b [1, c], then exact (erf) GELU, in place.
     fn bias_gelu(&self, x: &mut Self::Tensor, b: &Self::Tensor) -> Result<()>;
-    /// qkv [T, 3h] (per head: q | k | v, hd each): rotate the first rotary_ndims dims of every q and k head
-    /// by the row's position, in place.
-    fn rotary(&self, qkv: &mut Self::Tensor, layout: &Self::Layout, shape: AttnShape) -> Result<()>;
+    /// The attention's input projection: x [T, h], w [3h, h], b [1, 3h] -> qkv [T, 3h] (per head: q | k | v,
+    /// hd each) = x w^T + b with the first rotary_ndims dims of every q and k head rotated by the row's
+    /// position (NeoX rotate-half), all in f32 and rounded once to the compute dtype.
+    fn qkv_rotary(&self, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, layout: &Self::Layout, shape: AttnShape) -> Result<Self::Tensor>;
     /// qkv [T, 3h], past [P, 3h] (cached qkv rows of earlier batches) -> softmax(q k^T / sqrt(hd)) v: [T, h]
     fn attention(&self, qkv: &Self::Tensor, past: Option<&Self::Tensor>, layout: &Self::Layout, shape: AttnShape) -> Result<Self::Tensor>;
     /// x [T, h] += a [T, h] + b [T, h] (GPT-NeoX parallel residual). `b` may be absent.

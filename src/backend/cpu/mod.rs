@@ -423,9 +423,21 @@ impl Backend for Cpu {
         Ok(())
     }
 
-    fn rotary(&self, qkv: &mut CpuTensor, layout: &BatchLayout, s: AttnShape) -> Result<()> {
-        let _timed = scope(Op::Rotary);
+    fn qkv_rotary(&self, x: &CpuTensor, w: &CpuTensor, b: &CpuTensor, layout: &BatchLayout, s: AttnShape) -> Result<CpuTensor> {
         let (hd, r) = (s.head_dim, s.rotary_ndims);
+        if w.rows != 3 * s.heads * hd || x.rows != layout.tokens() || r > hd || r % 2 != 0 {
+            return Err(Error::invalid(format!(
+                "qkv_rotary: [{}, {}] x [{}, {}]^T for {} batch rows, {} heads of {hd} dims, {r} rotary dims (expected 3 x heads x hd outputs, an even rotary count <= hd)",
+                x.rows,
+                x.cols,
+                w.rows,
+                w.cols,
+                layout.tokens(),
+                s.heads
+            )));
+        }
+        let mut qkv = self.linear(x, w, Some(b))?;
+        let _timed = scope(Op::Rotary);
         let half = r / 2;
         let inv_freq = rotary_inv_freq(r, s.rotary_base);
         let cols = qkv.cols;
@@ -443,7 +455,7 @@ impl Backend for Cpu {
                 }
             }
         });
-        Ok(())
+        Ok(qkv)
     }
 
     fn attention(&self, qkv: &CpuTensor, past: Option<&CpuTensor>, layout: &BatchLayout, s: AttnShape) -> Result<CpuTensor> {

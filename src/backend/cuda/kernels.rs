@@ -309,13 +309,13 @@ mod tests {
     #[test]
     fn every_op_file_is_embedded_with_the_prelude() {
         let names = op_names();
-        for op in ["attention", "embedding", "layernorm", "logsoftmax_gather", "rotary"] {
+        for op in ["attention", "embedding", "layernorm", "logsoftmax_gather", "qkv_rotary"] {
             assert!(names.contains(&op), "kernels/{op}.cu missing from {names:?}");
         }
         assert!(!names.contains(&PRELUDE));
-        let src = program_source("rotary").unwrap();
+        let src = program_source("qkv_rotary").unwrap();
         assert!(src.starts_with("#line 1 \"common.cu\""));
-        assert!(src.contains("#line 1 \"rotary.cu\""));
+        assert!(src.contains("#line 1 \"qkv_rotary.cu\""));
     }
 
     #[test]

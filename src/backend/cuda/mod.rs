@@ -88,7 +88,7 @@ pub fn entry_points() -> Vec<(&'static str, String)> {
     let mut v: Vec<(&'static str, String)> = vec![];
     for a in types {
         v.push(("embedding", format!("embedding_{}", suffix(a))));
-        v.push(("rotary", format!("rotary_{}", suffix(a))));
+        v.push(("qkv_rotary", format!("qkv_rotary_{}", suffix(a))));
         v.push(("parallel_norms", format!("parallel_norms_{}", suffix(a))));
         for dpl in [1, 2, 3, 4, 8] {
             v.push(("attention", format!("attention_{}_d{dpl}", suffix(a))));
@@ -793,7 +793,13 @@ impl Backend for CudaBackend {
 
     fn prepare(&self, l: &BatchLayout, tables: &[&[u32]]) -> Result<(CudaLayout, Vec<CudaIndex>)> {
         let attn = layout::attention_tables(l)?;
-        let tc = layout::tc_tiles(l, &attn);
+        // The tensor-core kernel's tiles only where it runs: f16 / bf16 with tensor-core attention on.
+        let tensor_cores = self.tensor_core_attention.load(std::sync::atomic::Ordering::Relaxed) && matches!(self.dtype, DType::F16 | DType::BF16);
+        let tc = if tensor_cores {
+            layout::tc_tiles(l, &attn)
+        } else {
+            layout::TcTiles::default()
+        };
         let mut all: Vec<&[u32]> = vec![&l.positions, &attn.tiles, &attn.seg_off, &attn.ranges, &tc.tiles, &tc.row_seg];
         all.extend_from_slice(tables);
         let mut uploaded = self.upload_tables("prepare", &all)?.into_iter();
@@ -979,35 +985,50 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
-    fn rotary(&self, qkv: &mut CudaTensor, layout: &CudaLayout, s: AttnShape) -> Result<()> {
-        Self::check_float("rotary", qkv)?;
-        check_qkv("rotary", qkv, layout, s)?;
-        if s.rotary_ndims > s.head_dim {
+    fn qkv_rotary(&self, x: &CudaTensor, w: &CudaTensor, b: &CudaTensor, layout: &CudaLayout, s: AttnShape) -> Result<CudaTensor> {
+        let op = "qkv_rotary";
+        Self::check_float(op, w)?;
+        if x.cols != w.cols || b.numel() != w.rows {
             return Err(Error::invalid(format!(
-                "rotary: {} rotary dims exceed the head dim {}",
+                "{op}: input [{}, {}], weight [{}, {}], bias of {} values",
+                x.rows,
+                x.cols,
+                w.rows,
+                w.cols,
+                b.numel()
+            )));
+        }
+        if s.rotary_ndims > s.head_dim || s.rotary_ndims % 2 != 0 {
+            return Err(Error::invalid(format!(
+                "{op}: {} rotary dims for a head dim of {} (expected an even number <= the head dim)",
                 s.rotary_ndims, s.head_dim
             )));
         }
-        let half = s.rotary_ndims / 2;
-        let items = (qkv.rows * s.heads * 2 * half) as u64;
-        if items == 0 {
-            return Ok(());
+        let x = self.as_dtype(op, x, w.dtype)?;
+        let bias = self.as_dtype(op, b, DType::F32)?;
+        // The GEMM's f32 accumulator, no bias: qkv_rotary.cu adds it, rotates and rounds once.
+        let mut acc = self.alloc(op, x.rows, w.rows, DType::F32)?; // [T, 3h] f32
+        check_qkv(op, &acc, layout, s)?;
+        self.gemm(op, &x, w, &mut acc, 0.0)?;
+        let mut qkv = self.alloc(op, x.rows, w.rows, w.dtype)?;
+        if x.rows == 0 || w.rows == 0 {
+            return Ok(qkv);
         }
-        let name = format!("rotary_{}", suffix(qkv.dtype));
-        let f = self.func("rotary", &name)?;
-        let (grid, block) = layout::grid_1d(items);
+        let name = format!("qkv_rotary_{}", suffix(w.dtype));
+        let f = self.func(op, &name)?;
         let (heads, hd, rot) = (s.heads as i32, s.head_dim as i32, s.rotary_ndims as i32);
         let positions = layout.positions.view();
         let mut l = self.stream.launch_builder(&f);
-        l.arg(&mut qkv.buf)
+        l.arg(&acc.buf)
+            .arg(&bias.buf)
             .arg(&positions)
-            .arg(&items)
+            .arg(&mut qkv.buf)
             .arg(&heads)
             .arg(&hd)
             .arg(&rot)
             .arg(&s.rotary_base);
-        self.launch("rotary", &name, &mut l, cfg(grid, block, 0))?;
-        Ok(())
+        self.launch(op, &name, &mut l, cfg(x.rows as u32, 256, 0))?;
+        Ok(qkv)
     }
 
     fn attention(&self, qkv: &CudaTensor, past: Option<&CudaTensor>, layout: &CudaLayout, s: AttnShape) -> Result<CudaTensor> {
@@ -1045,6 +1066,12 @@ impl Backend for CudaBackend {
         let tensor_cores = self.tensor_core_attention.load(std::sync::atomic::Ordering::Relaxed)
             && matches!(qkv.dtype, DType::F16 | DType::BF16)
             && layout::ATTN_TC_HEAD_DIMS.contains(&s.head_dim);
+        if tensor_cores && layout.num_tc_tiles == 0 {
+            return Err(Error::invalid(format!(
+                "attention: the batch layout was prepared without tensor-core tiles (tensor-core attention was off, or the backend's dtype is {}): prepare it again",
+                self.dtype.name()
+            )));
+        }
         // (module, kernel, shared memory, query tiles): the tensor-core kernel's 64-row tiles, or the f32 kernel's.
         let (module, name, smem, tiles, num_tiles) = if tensor_cores {
             let name = format!("attention_tc_{}_hd{}", suffix(qkv.dtype), s.head_dim);
