@@ -80,8 +80,11 @@ pub fn check_targets(targets: &[u32], n: usize, at: usize) -> Result<usize> {
 pub struct Activity {
     pub h2d_copies: u64,
     pub d2h_copies: u64,
-    /// Host waits for the device (stream synchronisations).
+    /// Host waits for the device (stream synchronisations) that scoring itself makes.
     pub synchronizations: u64,
+    /// Waits made only to pin a device fault on its op (LMSCORE_CUDA_SYNC=1: one after every launch), counted
+    /// apart so that `synchronizations` says what scoring needs whichever way a run was started.
+    pub debug_synchronizations: u64,
     /// Kernel launches and cuBLAS calls (each counted once).
     pub kernel_launches: u64,
     /// Per op name: (launches, seconds). Seconds only while op timing is on.
@@ -104,6 +107,7 @@ impl Activity {
             h2d_copies: self.h2d_copies - earlier.h2d_copies,
             d2h_copies: self.d2h_copies - earlier.d2h_copies,
             synchronizations: self.synchronizations - earlier.synchronizations,
+            debug_synchronizations: self.debug_synchronizations - earlier.debug_synchronizations,
             kernel_launches: self.kernel_launches - earlier.kernel_launches,
             ops,
             clock: self.clock,

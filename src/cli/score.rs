@@ -218,11 +218,13 @@ fn profile_json(engine: &Engine, outcomes: &[lmscore::tasks::TaskOutcome]) -> se
             "h2d_copies": a.h2d_copies,
             "d2h_copies": a.d2h_copies,
             "synchronizations": a.synchronizations,
+            "debug_synchronizations": a.debug_synchronizations,
             "kernel_launches": a.kernel_launches,
             "per_batch": {
                 "h2d_copies": per_batch(a.h2d_copies),
                 "d2h_copies": per_batch(a.d2h_copies),
                 "synchronizations": per_batch(a.synchronizations),
+                "debug_synchronizations": per_batch(a.debug_synchronizations),
                 "kernel_launches": per_batch(a.kernel_launches),
             },
             "ops": ops,

@@ -51,6 +51,10 @@ impl Counters {
     pub fn synchronized(&self) {
         self.state().totals.synchronizations += 1;
     }
+    /// A synchronisation after a launch under LMSCORE_CUDA_SYNC=1 (see `Activity::debug_synchronizations`).
+    pub fn debug_synchronized(&self) {
+        self.state().totals.debug_synchronizations += 1;
+    }
 
     /// Before a launch: a recorded start event when timing is on.
     pub fn before_launch(&self, stream: &Arc<CudaStream>) -> Timed {

@@ -492,7 +492,7 @@ impl CudaBackend {
     /// Under LMSCORE_CUDA_SYNC=1, wait for `what` (of op `op`) to finish and report a device error as its own.
     fn checkpoint(&self, op: &str, what: &str) -> Result<()> {
         if self.sync_each_launch {
-            self.counters.synchronized();
+            self.counters.debug_synchronized();
             self.stream
                 .synchronize()
                 .map_err(|e| Error::Cuda(format!("{op}: {what} failed on the device: {e}")))?;
