@@ -10,7 +10,8 @@
 //! "elements" (criterion's Gelem/s = GFLOP/s; dense f16 tensor-core peak ~990 TFLOP/s on H100 SXM);
 //! the end-to-end group reports requested tokens ("elements") per second.
 //!
-//! Without a CUDA device the bench prints a skip message and exits 0. Build without running:
+//! `cargo test` runs it in criterion's test mode on tiny shapes (see `Shapes`). Without a CUDA device it
+//! prints a skip message and exits 0 (1 under LMSCORE_REQUIRE_CUDA=1). Build without running:
 //! `cargo bench --no-run`; run on a GPU host: `cargo bench --bench kernels` (or the copied binary with
 //! `--bench`, see docs/gpu.md).
 
@@ -24,13 +25,67 @@ use lmscore::plan::{self, Request};
 use lmscore::score::run_plan;
 use std::time::Duration;
 
-/// (name, hidden, heads, d_ff, vocab) of the benchmarked Pythia sizes.
-const SIZES: [(&str, usize, usize, usize, usize); 4] = [
-    ("70m", 512, 8, 2048, 50304),
-    ("1.4b", 2048, 16, 8192, 50304),
-    ("2.8b", 2560, 32, 10240, 50304),
-    ("12b", 5120, 40, 20480, 50688),
-];
+/// (name, hidden, heads, d_ff, vocab) of a benchmarked size.
+type Size = (&'static str, usize, usize, usize, usize);
+/// (name, layers, hidden, heads, d_ff, vocab, questions) of an end-to-end model.
+type EndToEnd = (&'static str, usize, usize, usize, usize, usize, u32);
+
+/// What is benched: Pythia's shapes under `--bench` (`cargo bench`), or tiny ones (head dims 32 and 80)
+/// without it (`cargo test` runs this bench in criterion's test mode: each bench once) or with
+/// LMSCORE_BENCH_SMOKE=1: seconds on the CPU stand-in, so a bench that fails does so in CI, before a
+/// GPU's time is spent on it.
+struct Shapes {
+    sizes: Vec<Size>,
+    /// Tokens in the packed batch of the per-op benches.
+    tokens: usize,
+    /// Scored rows per LM-head chunk (model::LOGIT_CHUNK_ROWS).
+    chunk_rows: usize,
+    /// mc_layout's (primer tokens, questions).
+    mc: (u32, u32),
+    /// truthfulqa_layout's (cached keys, rows).
+    truthfulqa: (u32, u32),
+    end_to_end: Vec<EndToEnd>,
+    /// The end-to-end requests' shared context and batch budget.
+    shared_context: u32,
+    batch_tokens: usize,
+}
+
+impl Shapes {
+    fn pick() -> Shapes {
+        let measuring = std::env::args().any(|a| a == "--bench");
+        if !measuring || std::env::var("LMSCORE_BENCH_SMOKE").is_ok_and(|v| v == "1") {
+            return Shapes {
+                sizes: vec![("smoke-hd32", 64, 2, 256, 1000), ("smoke-hd80", 160, 2, 640, 1000)],
+                tokens: 96,
+                chunk_rows: 32,
+                mc: (40, 3),
+                truthfulqa: (24, 160),
+                end_to_end: vec![("smoke", 2, 128, 2, 512, 1000, 6)],
+                shared_context: 30,
+                batch_tokens: 256,
+            };
+        }
+        Shapes {
+            sizes: vec![
+                ("70m", 512, 8, 2048, 50304),
+                ("1.4b", 2048, 16, 8192, 50304),
+                ("2.8b", 2560, 32, 10240, 50304),
+                ("12b", 5120, 40, 20480, 50688),
+            ],
+            tokens: 2048,
+            chunk_rows: 512,
+            mc: (512, 32),
+            truthfulqa: (400, 8192),
+            end_to_end: vec![
+                ("70m", 6, 512, 8, 2048, 50304, 817),
+                ("1.4b", 24, 2048, 16, 8192, 50304, 400),
+                ("12b", 36, 5120, 40, 20480, 50688, 100),
+            ],
+            shared_context: 500,
+            batch_tokens: 8192,
+        }
+    }
+}
 
 /// Dense f16 tensor-core peak (TFLOP/s, f32 accumulation, no sparsity) of the GPU named `name`, from the
 /// vendors' data sheets; LMSCORE_PEAK_TFLOPS overrides it.
@@ -51,11 +106,6 @@ fn dense_f16_peak_tflops(name: &str) -> Option<f64> {
     .find(|(k, _)| n.contains(k))
     .map(|&(_, v)| v)
 }
-/// Tokens in the packed batch.
-const T: usize = 2048;
-/// Scored rows per LM-head chunk (model::LOGIT_CHUNK_ROWS).
-const R: usize = 512;
-
 /// Cheap deterministic values in [-a, a) (an LCG: generating 100M+ weights must not dominate the bench).
 fn values(n: usize, a: f32, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -88,20 +138,20 @@ fn one_segment(t: usize) -> BatchLayout {
     }
 }
 
-/// A multiple-choice batch: 32 questions, each a 48-token context under a shared 512-token primer with
-/// 4 choices of 8 tokens (the tree attention's real shape).
-fn mc_layout() -> BatchLayout {
+/// A multiple-choice batch: `questions` questions, each a 48-token context under a shared `primer`-token
+/// primer with 4 choices of 8 tokens (the tree attention's real shape).
+fn mc_layout(primer: u32, questions: u32) -> BatchLayout {
     let mut segments = vec![AttnSegment {
         q_start: 0,
-        q_len: 512,
+        q_len: primer,
         ancestors: vec![],
     }];
-    let mut row = 512u32;
-    for _ in 0..32 {
+    let mut row = primer;
+    for _ in 0..questions {
         segments.push(AttnSegment {
             q_start: row,
             q_len: 48,
-            ancestors: vec![(0, 512)],
+            ancestors: vec![(0, primer)],
         });
         let ctx = row;
         row += 48;
@@ -109,7 +159,7 @@ fn mc_layout() -> BatchLayout {
             segments.push(AttnSegment {
                 q_start: row,
                 q_len: 8,
-                ancestors: vec![(0, 512), (ctx, 48)],
+                ancestors: vec![(0, primer), (ctx, 48)],
             });
             row += 8;
         }
@@ -208,8 +258,9 @@ fn sync(gpu: &CudaBackend) {
     gpu.synchronize().expect("synchronize");
 }
 
-fn bench_sizes(c: &mut Criterion, gpu: &CudaBackend) {
-    for &(size, h, heads, ff, vocab) in &SIZES {
+fn bench_sizes(c: &mut Criterion, gpu: &CudaBackend, shapes: &Shapes) {
+    let (tokens, chunk) = (shapes.tokens, shapes.chunk_rows);
+    for &(size, h, heads, ff, vocab) in &shapes.sizes {
         let hd = h / heads;
         let shape = AttnShape {
             heads,
@@ -217,16 +268,16 @@ fn bench_sizes(c: &mut Criterion, gpu: &CudaBackend) {
             rotary_ndims: hd / 4,
             rotary_base: 10000.0,
         };
-        let layout_host = one_segment(T);
+        let layout_host = one_segment(tokens);
         let layout: CudaLayout = gpu.prepare(&layout_host, &[]).expect("prepare").0;
-        let x32 = gpu.from_host_as(T, h, &values(T * h, 1.0, 1), DType::F32).expect("x");
-        let x16 = gpu.from_host(T, h, &values(T * h, 1.0, 2)).expect("x");
+        let x32 = gpu.from_host_as(tokens, h, &values(tokens * h, 1.0, 1), DType::F32).expect("x");
+        let x16 = gpu.from_host(tokens, h, &values(tokens * h, 1.0, 2)).expect("x");
         let (ln_w, ln_b) = (param(gpu, h, 3), param(gpu, h, 4));
         let e = gpu.dtype().size() as u64;
 
         let mut g = c.benchmark_group(format!("layernorm/{size}"));
-        g.throughput(Throughput::Bytes((T * h) as u64 * (4 + e)));
-        g.bench_function(BenchmarkId::new("f32->f16", format!("{T}x{h}")), |b| {
+        g.throughput(Throughput::Bytes((tokens * h) as u64 * (4 + e)));
+        g.bench_function(BenchmarkId::new("f32->f16", format!("{tokens}x{h}")), |b| {
             b.iter(|| {
                 let y = gpu.layernorm(&x32, &ln_w, &ln_b, 1e-5).unwrap();
                 sync(gpu);
@@ -239,9 +290,9 @@ fn bench_sizes(c: &mut Criterion, gpu: &CudaBackend) {
         for (name, n, k) in [("qkv", 3 * h, h), ("fc1", ff, h), ("fc2", h, ff)] {
             let w = weight(gpu, n, k, 5);
             let bias = param(gpu, n, 6);
-            let x = gpu.from_host(T, k, &values(T * k, 1.0, 7)).expect("x");
-            g.throughput(Throughput::Elements(2 * (T * n * k) as u64));
-            g.bench_function(BenchmarkId::new(name, format!("{T}x{k} x {n}x{k}^T (FLOP)")), |b| {
+            let x = gpu.from_host(tokens, k, &values(tokens * k, 1.0, 7)).expect("x");
+            g.throughput(Throughput::Elements(2 * (tokens * n * k) as u64));
+            g.bench_function(BenchmarkId::new(name, format!("{tokens}x{k} x {n}x{k}^T (FLOP)")), |b| {
                 b.iter(|| {
                     let y = gpu.linear(&x, &w, Some(&bias)).unwrap();
                     sync(gpu);
@@ -252,10 +303,10 @@ fn bench_sizes(c: &mut Criterion, gpu: &CudaBackend) {
         g.finish();
 
         let mut g = c.benchmark_group(format!("bias_gelu/{size}"));
-        let mut hidden = gpu.from_host(T, ff, &values(T * ff, 2.0, 8)).expect("hidden");
+        let mut hidden = gpu.from_host(tokens, ff, &values(tokens * ff, 2.0, 8)).expect("hidden");
         let b1 = param(gpu, ff, 9);
-        g.throughput(Throughput::Bytes((T * ff) as u64 * 2 * e));
-        g.bench_function(BenchmarkId::from_parameter(format!("{T}x{ff}")), |b| {
+        g.throughput(Throughput::Bytes((tokens * ff) as u64 * 2 * e));
+        g.bench_function(BenchmarkId::from_parameter(format!("{tokens}x{ff}")), |b| {
             b.iter(|| {
                 gpu.bias_gelu(&mut hidden, &b1).unwrap();
                 sync(gpu)
@@ -264,10 +315,10 @@ fn bench_sizes(c: &mut Criterion, gpu: &CudaBackend) {
         g.finish();
 
         let mut g = c.benchmark_group(format!("residual_add/{size}"));
-        let mut x = gpu.from_host_as(T, h, &values(T * h, 1.0, 10), DType::F32).expect("x");
-        let a = gpu.from_host(T, h, &values(T * h, 1e-3, 11)).expect("a");
-        g.throughput(Throughput::Bytes((T * h) as u64 * (8 + 2 * e)));
-        g.bench_function(BenchmarkId::from_parameter(format!("{T}x{h}")), |b| {
+        let mut x = gpu.from_host_as(tokens, h, &values(tokens * h, 1.0, 10), DType::F32).expect("x");
+        let a = gpu.from_host(tokens, h, &values(tokens * h, 1e-3, 11)).expect("a");
+        g.throughput(Throughput::Bytes((tokens * h) as u64 * (8 + 2 * e)));
+        g.bench_function(BenchmarkId::from_parameter(format!("{tokens}x{h}")), |b| {
             b.iter(|| {
                 gpu.residual_add(&mut x, &a, Some(&x16)).unwrap();
                 sync(gpu)
@@ -282,11 +333,11 @@ fn bench_sizes(c: &mut Criterion, gpu: &CudaBackend) {
         let mut g = c.benchmark_group(format!("parallel_residual/{size}"));
         let (dense_w, fc2_w) = (weight(gpu, h, h, 16), weight(gpu, h, ff, 17));
         let (dense_b, fc2_b) = (param(gpu, h, 18), param(gpu, h, 19));
-        let attn = gpu.from_host(T, h, &values(T * h, 1.0, 20)).expect("attn");
-        let gelu = gpu.from_host(T, ff, &values(T * ff, 1.0, 21)).expect("gelu");
-        let mut resid = gpu.from_host_as(T, h, &values(T * h, 1.0, 22), DType::F32).expect("x");
-        g.throughput(Throughput::Elements(2 * (T * h * (h + ff)) as u64));
-        g.bench_function(BenchmarkId::new("separate passes", format!("{T}x{h}, d_ff {ff}")), |b| {
+        let attn = gpu.from_host(tokens, h, &values(tokens * h, 1.0, 20)).expect("attn");
+        let gelu = gpu.from_host(tokens, ff, &values(tokens * ff, 1.0, 21)).expect("gelu");
+        let mut resid = gpu.from_host_as(tokens, h, &values(tokens * h, 1.0, 22), DType::F32).expect("x");
+        g.throughput(Throughput::Elements(2 * (tokens * h * (h + ff)) as u64));
+        g.bench_function(BenchmarkId::new("separate passes", format!("{tokens}x{h}, d_ff {ff}")), |b| {
             b.iter(|| {
                 let a_in = gpu.layernorm(&resid, &ln_w, &ln_b, 1e-5).unwrap();
                 let m_in = gpu.layernorm(&resid, &ln_w, &ln_b, 1e-5).unwrap();
@@ -297,17 +348,20 @@ fn bench_sizes(c: &mut Criterion, gpu: &CudaBackend) {
                 (a_in, m_in)
             })
         });
-        g.bench_function(BenchmarkId::new("fused (parallel_norms + beta=1)", format!("{T}x{h}, d_ff {ff}")), |b| {
-            b.iter(|| {
-                let norms = gpu
-                    .parallel_norms(&mut resid, (&ln_w, &ln_b), (&ln_w, &ln_b), 1e-5, (&dense_b, &fc2_b))
-                    .unwrap();
-                gpu.linear_accumulate(&mut resid, &attn, &dense_w).unwrap();
-                gpu.linear_accumulate(&mut resid, &gelu, &fc2_w).unwrap();
-                sync(gpu);
-                norms
-            })
-        });
+        g.bench_function(
+            BenchmarkId::new("fused (parallel_norms + beta=1)", format!("{tokens}x{h}, d_ff {ff}")),
+            |b| {
+                b.iter(|| {
+                    let norms = gpu
+                        .parallel_norms(&mut resid, (&ln_w, &ln_b), (&ln_w, &ln_b), 1e-5, (&dense_b, &fc2_b))
+                        .unwrap();
+                    gpu.linear_accumulate(&mut resid, &attn, &dense_w).unwrap();
+                    gpu.linear_accumulate(&mut resid, &gelu, &fc2_w).unwrap();
+                    sync(gpu);
+                    norms
+                })
+            },
+        );
         g.finish();
 
         // The attention's input projection as the forward pass ran it before (bias pre-filled into an f32
@@ -315,8 +369,8 @@ fn bench_sizes(c: &mut Criterion, gpu: &CudaBackend) {
         // lower bound) and as it runs it now (GEMM into f32, one epilogue adding the bias, rotating, rounding).
         let mut g = c.benchmark_group(format!("qkv_projection/{size}"));
         let (qkv_w, qkv_b) = (weight(gpu, 3 * h, h, 12), param(gpu, 3 * h, 14));
-        g.throughput(Throughput::Elements(2 * (T * 3 * h * h) as u64));
-        let id = |name| BenchmarkId::new(name, format!("{T}x{h} x {}x{h}^T, rot {} (FLOP)", 3 * h, shape.rotary_ndims));
+        g.throughput(Throughput::Elements(2 * (tokens * 3 * h * h) as u64));
+        let id = |name| BenchmarkId::new(name, format!("{tokens}x{h} x {}x{h}^T, rot {} (FLOP)", 3 * h, shape.rotary_ndims));
         g.bench_function(id("before: bias pre-fill + GEMM + cast"), |b| {
             b.iter(|| {
                 let y = gpu.linear(&x16, &qkv_w, Some(&qkv_b)).unwrap();
@@ -335,9 +389,15 @@ fn bench_sizes(c: &mut Criterion, gpu: &CudaBackend) {
 
         let mut g = c.benchmark_group(format!("attention/{size}"));
         for (name, l) in [
-            ("causal 2048", layout_host.clone()),
-            ("multiple choice (primer + 32 questions x 4)", mc_layout()),
-            ("TruthfulQA-shaped (400 cached, 8192 rows)", truthfulqa_layout(400, 8192)),
+            (&*format!("causal {tokens}"), layout_host.clone()),
+            (
+                &*format!("multiple choice (primer {} + {} questions x 4)", shapes.mc.0, shapes.mc.1),
+                mc_layout(shapes.mc.0, shapes.mc.1),
+            ),
+            (
+                &*format!("TruthfulQA-shaped ({} cached, {} rows)", shapes.truthfulqa.0, shapes.truthfulqa.1),
+                truthfulqa_layout(shapes.truthfulqa.0, shapes.truthfulqa.1),
+            ),
         ] {
             let t = l.tokens();
             let qkv = gpu.from_host(t, 3 * h, &values(t * 3 * h, 1.0, 13)).expect("qkv");
@@ -366,11 +426,11 @@ fn bench_sizes(c: &mut Criterion, gpu: &CudaBackend) {
         g.finish();
 
         let table = weight(gpu, vocab, h, 14);
-        let ids: Vec<u32> = (0..T as u32).map(|i| (i * 7919) % vocab as u32).collect();
+        let ids: Vec<u32> = (0..tokens as u32).map(|i| (i * 7919) % vocab as u32).collect();
         let ids = gpu.index(&ids).expect("ids");
         let mut g = c.benchmark_group(format!("embedding/{size}"));
-        g.throughput(Throughput::Bytes((T * h) as u64 * (e + 4)));
-        g.bench_function(BenchmarkId::from_parameter(format!("{T} ids x {h}")), |b| {
+        g.throughput(Throughput::Bytes((tokens * h) as u64 * (e + 4)));
+        g.bench_function(BenchmarkId::from_parameter(format!("{tokens} ids x {h}")), |b| {
             b.iter(|| {
                 let y = gpu.embedding(&table, &ids).unwrap();
                 sync(gpu);
@@ -379,10 +439,10 @@ fn bench_sizes(c: &mut Criterion, gpu: &CudaBackend) {
         });
         g.finish();
 
-        let rows = gpu.index(&(0..R as u32).map(|i| i * 3).collect::<Vec<_>>()).expect("rows");
+        let rows = gpu.index(&(0..chunk as u32).map(|i| i * 3).collect::<Vec<_>>()).expect("rows");
         let mut g = c.benchmark_group(format!("gather_rows/{size}"));
-        g.throughput(Throughput::Bytes((R * h) as u64 * 8));
-        g.bench_function(BenchmarkId::from_parameter(format!("{R} of {T}x{h} f32")), |b| {
+        g.throughput(Throughput::Bytes((chunk * h) as u64 * 8));
+        g.bench_function(BenchmarkId::from_parameter(format!("{chunk} of {tokens}x{h} f32")), |b| {
             b.iter(|| {
                 let y = gpu.gather_rows(&x32, &rows).unwrap();
                 sync(gpu);
@@ -391,10 +451,10 @@ fn bench_sizes(c: &mut Criterion, gpu: &CudaBackend) {
         });
         g.finish();
 
-        let xr = gpu.from_host(R, h, &values(R * h, 1.0, 15)).expect("x");
+        let xr = gpu.from_host(chunk, h, &values(chunk * h, 1.0, 15)).expect("x");
         let mut g = c.benchmark_group(format!("lm_head/{size}"));
-        g.throughput(Throughput::Elements(2 * (R * vocab * h) as u64));
-        g.bench_function(BenchmarkId::from_parameter(format!("{R}x{h} x {vocab}x{h}^T -> f32 (FLOP)")), |b| {
+        g.throughput(Throughput::Elements(2 * (chunk * vocab * h) as u64));
+        g.bench_function(BenchmarkId::from_parameter(format!("{chunk}x{h} x {vocab}x{h}^T -> f32 (FLOP)")), |b| {
             b.iter(|| {
                 let y = gpu.lm_head(&xr, &table).unwrap();
                 sync(gpu);
@@ -404,12 +464,13 @@ fn bench_sizes(c: &mut Criterion, gpu: &CudaBackend) {
         g.finish();
 
         let logits = gpu.lm_head(&xr, &table).expect("logits");
-        let targets: Vec<(u32, u32)> = (0..R as u32).flat_map(|r| [(r, (r * 31) % vocab as u32), (r, 7)]).collect();
+        let targets: Vec<(u32, u32)> = (0..chunk as u32).flat_map(|r| [(r, (r * 31) % vocab as u32), (r, 7)]).collect();
         let mut g = c.benchmark_group(format!("logsoftmax_gather/{size}"));
-        g.throughput(Throughput::Bytes((R * vocab) as u64 * 4));
-        g.bench_function(BenchmarkId::from_parameter(format!("{R}x{vocab} f32, {} targets", targets.len())), |b| {
-            b.iter(|| gpu.logsoftmax_gather_host(&logits, &targets).unwrap())
-        });
+        g.throughput(Throughput::Bytes((chunk * vocab) as u64 * 4));
+        g.bench_function(
+            BenchmarkId::from_parameter(format!("{chunk}x{vocab} f32, {} targets", targets.len())),
+            |b| b.iter(|| gpu.logsoftmax_gather_host(&logits, &targets).unwrap()),
+        );
         g.finish();
     }
 }
@@ -460,39 +521,35 @@ fn random_model(gpu: &CudaBackend, layers: usize, h: usize, heads: usize, ff: us
 
 /// TruthfulQA-shaped requests: `questions` questions under one shared `shared`-token context, each of
 /// 20-40 tokens with 4-13 answers of 2-16 tokens.
-fn mc_requests(shared: u32, questions: u32) -> Vec<Request> {
-    let primer: Vec<u32> = (0..shared).map(|i| (i * 13 + 1) % 50000).collect();
+fn mc_requests(shared: u32, questions: u32, vocab: u32) -> Vec<Request> {
+    let primer: Vec<u32> = (0..shared).map(|i| (i * 13 + 1) % vocab).collect();
     let mut reqs = vec![];
     for q in 0..questions {
         let mut ctx = primer.clone();
-        ctx.extend((0..20 + (q * 7) % 21).map(|i| (q * 101 + i * 7 + 3) % 50000));
+        ctx.extend((0..20 + (q * 7) % 21).map(|i| (q * 101 + i * 7 + 3) % vocab));
         for c in 0..4 + (q * 5) % 10 {
             reqs.push(Request {
                 context: ctx.clone(),
-                continuation: (0..2 + (q * 3 + c * 11) % 15).map(|i| (q * 17 + c * 5 + i + 11) % 50000).collect(),
+                continuation: (0..2 + (q * 3 + c * 11) % 15).map(|i| (q * 17 + c * 5 + i + 11) % vocab).collect(),
             });
         }
     }
     reqs
 }
 
-fn bench_end_to_end(c: &mut Criterion, gpu: &CudaBackend) {
-    // (name, layers, hidden, heads, d_ff, vocab, questions): the questions fill a few 8,192-token batches.
-    for (name, layers, h, heads, ff, vocab, questions) in [
-        ("70m", 6, 512, 8, 2048, 50304, 817u32),
-        ("1.4b", 24, 2048, 16, 8192, 50304, 400),
-        ("12b", 36, 5120, 40, 20480, 50688, 100),
-    ] {
+fn bench_end_to_end(c: &mut Criterion, gpu: &CudaBackend, shapes: &Shapes) {
+    // The questions fill a few batches of `batch_tokens`.
+    for &(name, layers, h, heads, ff, vocab, questions) in &shapes.end_to_end {
         let model = random_model(gpu, layers, h, heads, ff, vocab);
         let params = model.config.num_params() as f64;
-        let reqs = mc_requests(500, questions);
+        let reqs = mc_requests(shapes.shared_context, questions, vocab as u32);
         let naive: usize = reqs.iter().map(|r| r.context.len() + r.continuation.len()).sum();
         let mut g = c.benchmark_group(format!("end_to_end/{name}-shaped"));
         for (how, sharing) in [("prefix sharing", true), ("no sharing", false)] {
-            if !sharing && name != "70m" {
+            if !sharing && !(name == "70m" || name == "smoke") {
                 continue; // the unshared plan of the large models only repeats the same batches, longer
             }
-            let p = plan::build(&reqs, 2048, 8192, sharing).expect("plan");
+            let p = plan::build(&reqs, 2048, shapes.batch_tokens, sharing).expect("plan");
             // Throughput in FLOPs of the FLOP limit (2 x params per computed token): criterion's Gelem/s.
             let flops = 2.0 * params * p.computed_tokens as f64;
             g.throughput(Throughput::Elements(flops as u64));
@@ -530,11 +587,18 @@ fn bench_end_to_end(c: &mut Criterion, gpu: &CudaBackend) {
 fn main() {
     let gpu = match lmscore::backend::cuda::check_available().and_then(|_| CudaBackend::new(0, DType::F16)) {
         Ok(g) => g,
+        Err(e) if std::env::var("LMSCORE_REQUIRE_CUDA").is_ok_and(|v| v == "1") => {
+            eprintln!("FAILED: no CUDA device ({e}) and LMSCORE_REQUIRE_CUDA=1");
+            std::process::exit(1);
+        }
         Err(e) => {
             println!("SKIPPED: no CUDA device ({e}): the kernel benches need a GPU");
             return;
         }
     };
+    if lmscore::backend::cuda::kernels::nvrtc_is_stand_in() {
+        println!("NOTE: the CUDA stand-in (cuda-sim): every time below is a CPU's, no figure is a GPU's");
+    }
     let ctx = gpu.context();
     let attr = |a| ctx.attribute(a).unwrap_or(0) as f64;
     use cudarc::driver::sys::CUdevice_attribute as A;
@@ -554,7 +618,8 @@ fn main() {
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
         .configure_from_args();
-    bench_sizes(&mut c, &gpu);
-    bench_end_to_end(&mut c, &gpu);
+    let shapes = Shapes::pick();
+    bench_sizes(&mut c, &gpu, &shapes);
+    bench_end_to_end(&mut c, &gpu, &shapes);
     c.final_summary();
 }
