@@ -43,20 +43,25 @@ impl<B: Backend> Model<B> {
         let get = |name: &str, shape: &[usize]| -> Result<B::Tensor> { backend.upload(&ckpt.tensor_with_shape(name, shape)?) };
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
-            let p = format!("gpt_neox.layers.{i}");
+            let tensors = layer_params(h, f)
+                .iter()
+                .map(|(name, shape)| get(&format!("gpt_neox.layers.{i}.{name}"), shape))
+                .collect::<Result<Vec<_>>>()?;
+            let mut tensors = tensors.into_iter();
+            let mut next = || tensors.next().expect("one tensor per layer_params entry");
             layers.push(Layer {
-                ln1_w: get(&format!("{p}.input_layernorm.weight"), &[h])?,
-                ln1_b: get(&format!("{p}.input_layernorm.bias"), &[h])?,
-                ln2_w: get(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
-                ln2_b: get(&format!("{p}.post_attention_layernorm.bias"), &[h])?,
-                qkv_w: get(&format!("{p}.attention.query_key_value.weight"), &[3 * h, h])?,
-                qkv_b: get(&format!("{p}.attention.query_key_value.bias"), &[3 * h])?,
-                dense_w: get(&format!("{p}.attention.dense.weight"), &[h, h])?,
-                dense_b: get(&format!("{p}.attention.dense.bias"), &[h])?,
-                fc1_w: get(&format!("{p}.mlp.dense_h_to_4h.weight"), &[f, h])?,
-                fc1_b: get(&format!("{p}.mlp.dense_h_to_4h.bias"), &[f])?,
-                fc2_w: get(&format!("{p}.mlp.dense_4h_to_h.weight"), &[h, f])?,
-                fc2_b: get(&format!("{p}.mlp.dense_4h_to_h.bias"), &[h])?,
+                ln1_w: next(),
+                ln1_b: next(),
+                ln2_w: next(),
+                ln2_b: next(),
+                qkv_w: next(),
+                qkv_b: next(),
+                dense_w: next(),
+                dense_b: next(),
+                fc1_w: next(),
+                fc1_b: next(),
+                fc2_w: next(),
+                fc2_b: next(),
             });
         }
         Ok(Model {
@@ -91,7 +96,7 @@ fn check_tensor_names(ckpt: &Checkpoint) -> Result<&'static str> {
                 match index.parse::<usize>() {
                     Ok(i) if index == i.to_string() => {
                         layers_present = layers_present.max(i.saturating_add(1));
-                        i < layers && (LAYER_PARAMS.contains(&param) || LEGACY_BUFFERS.contains(&param))
+                        i < layers && (layer_params(0, 0).iter().any(|(p, _)| *p == param) || LEGACY_BUFFERS.contains(&param))
                     }
                     _ => false,
                 }
@@ -138,20 +143,24 @@ fn check_tensor_names(ckpt: &Checkpoint) -> Result<&'static str> {
     }
 }
 
-const LAYER_PARAMS: [&str; 12] = [
-    "input_layernorm.weight",
-    "input_layernorm.bias",
-    "post_attention_layernorm.weight",
-    "post_attention_layernorm.bias",
-    "attention.query_key_value.weight",
-    "attention.query_key_value.bias",
-    "attention.dense.weight",
-    "attention.dense.bias",
-    "mlp.dense_h_to_4h.weight",
-    "mlp.dense_h_to_4h.bias",
-    "mlp.dense_4h_to_h.weight",
-    "mlp.dense_4h_to_h.bias",
-];
+/// Every tensor of a layer, in `Layer`'s field order: its name under `gpt_neox.layers.{i}.` and its shape for
+/// hidden size h and MLP width f.
+fn layer_params(h: usize, f: usize) -> [(&'static str, Vec<usize>); 12] {
+    [
+        ("input_layernorm.weight", vec![h]),
+        ("input_layernorm.bias", vec![h]),
+        ("post_attention_layernorm.weight", vec![h]),
+        ("post_attention_layernorm.bias", vec![h]),
+        ("attention.query_key_value.weight", vec![3 * h, h]),
+        ("attention.query_key_value.bias", vec![3 * h]),
+        ("attention.dense.weight", vec![h, h]),
+        ("attention.dense.bias", vec![h]),
+        ("mlp.dense_h_to_4h.weight", vec![f, h]),
+        ("mlp.dense_h_to_4h.bias", vec![f]),
+        ("mlp.dense_4h_to_h.weight", vec![h, f]),
+        ("mlp.dense_4h_to_h.bias", vec![h]),
+    ]
+}
 
 const GLOBAL_PARAMS: [&str; 3] = [
     "gpt_neox.embed_in.weight",

@@ -26,7 +26,7 @@
 //! map), and its files' sizes and modification times are checked before it is loaded and again after: a
 //! checkpoint rewritten meanwhile is a failure of that checkpoint, and the sweep goes on.
 
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, FileStamp};
 use crate::engine::{Device, Engine, EngineOptions};
 use crate::error::{Error, Result};
 use crate::hub::{self, CheckpointSpec, HubOptions, Source};
@@ -37,7 +37,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::BTreeSet;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// The preset of "Emergent inabilities?" (2023): 8 Pythia sizes x 8 checkpoints x 12 tasks.
 pub const PRESET_EMERGENT_INABILITIES: &str = "emergent-inabilities";
@@ -261,10 +261,10 @@ fn digest_of(spec: &CheckpointSpec, dir: &Path, files: &[PathBuf], tokenizer: Op
 }
 
 /// Size and modification time of a file (None: gone).
-type Stamp = Option<(u64, Option<SystemTime>)>;
+type Stamp = Option<FileStamp>;
 
 fn stamp(path: &Path) -> Stamp {
-    std::fs::metadata(path).ok().map(|m| (m.len(), m.modified().ok()))
+    std::fs::metadata(path).ok().map(|m| FileStamp::from(&m))
 }
 
 /// A checkpoint fetched by the background thread: where it is, its digest, and its files as they were then.
@@ -284,7 +284,7 @@ impl Fetched {
         for (path, was) in &self.files {
             let now = stamp(path);
             if now != *was {
-                let size = |s: &Stamp| s.map_or("gone".to_string(), |(n, _)| format!("{n} bytes"));
+                let size = |s: &Stamp| s.map_or("gone".to_string(), |s| format!("{} bytes", s.len));
                 return Err(Error::file(
                     path,
                     format!(

@@ -38,15 +38,30 @@ struct Shard {
     /// Kept open to re-check its size before each read: reading a mapped page past the end of a file that
     /// was truncated after mapping raises SIGBUS, which nothing can catch.
     file: std::fs::File,
-    /// (length, modification time) when mapped.
-    stamp: (u64, Option<std::time::SystemTime>),
+    /// When mapped.
+    stamp: FileStamp,
     map: memmap2::Mmap,
     tensors: HashMap<String, pickle::TensorEntry>,
 }
 
-/// A file's (length, modification time): what changes when it is rewritten or truncated.
-fn file_stamp(file: &std::fs::File, path: &Path) -> Result<(u64, Option<std::time::SystemTime>)> {
-    file.metadata().map(|m| (m.len(), m.modified().ok())).map_err(|e| Error::io(path, e))
+/// A file's length and modification time: what changes when it is rewritten or truncated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileStamp {
+    pub len: u64,
+    pub modified: Option<std::time::SystemTime>,
+}
+
+impl From<&std::fs::Metadata> for FileStamp {
+    fn from(m: &std::fs::Metadata) -> Self {
+        FileStamp {
+            len: m.len(),
+            modified: m.modified().ok(),
+        }
+    }
+}
+
+fn file_stamp(file: &std::fs::File, path: &Path) -> Result<FileStamp> {
+    file.metadata().map(|m| FileStamp::from(&m)).map_err(|e| Error::io(path, e))
 }
 
 impl Shard {
@@ -59,7 +74,7 @@ impl Shard {
                 &self.path,
                 format!(
                     "changed on disk while lmscore was reading it (was {} bytes, now {}): was it rewritten or re-downloaded?",
-                    self.stamp.0, now.0
+                    self.stamp.len, now.len
                 ),
             ));
         }
