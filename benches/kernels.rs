@@ -18,7 +18,7 @@
 use criterion::{BenchmarkId, Criterion, Throughput};
 use lmscore::backend::cuda::{CudaBackend, CudaLayout, CudaTensor};
 use lmscore::backend::{AttnSegment, AttnShape, Backend, BatchLayout};
-use lmscore::checkpoint::{DType, HostTensor};
+use lmscore::checkpoint::DType;
 use lmscore::config::ModelConfig;
 use lmscore::model::{Layer, Model};
 use lmscore::plan::{self, Request};
@@ -106,24 +106,22 @@ fn dense_f16_peak_tflops(name: &str) -> Option<f64> {
     .find(|(k, _)| n.contains(k))
     .map(|&(_, v)| v)
 }
-/// Cheap deterministic values in [-a, a) (an LCG: generating 100M+ weights must not dominate the bench).
-fn values(n: usize, a: f32, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * a
-        })
-        .collect()
+/// A [rows, cols] activation in [-a, a), generated on the device in `dtype` (its own seed stream, apart
+/// from the weights').
+fn activation(gpu: &CudaBackend, rows: usize, cols: usize, a: f32, seed: u64, dtype: DType) -> CudaTensor {
+    gpu.random(rows, cols, dtype, (seed << 40) | (1 << 63), 0.0, a)
+        .expect("random activation")
 }
 
+/// A [rows, cols] weight in [-0.02, 0.02) in the compute dtype, generated on the device (no host generator,
+/// no upload: the 12b shapes' weights are 100M+ values each, and this bench runs on short GPU leases).
 fn weight(gpu: &CudaBackend, rows: usize, cols: usize, seed: u64) -> CudaTensor {
-    gpu.upload(&HostTensor::from_f32("w", vec![rows, cols], &values(rows * cols, 0.02, seed)))
-        .expect("upload")
+    gpu.random(rows, cols, gpu.dtype(), seed << 40, 0.0, 0.02).expect("random weight")
 }
 
+/// A 1-D parameter [1, n] in [-1, 1), f32 as the backend keeps them.
 fn param(gpu: &CudaBackend, n: usize, seed: u64) -> CudaTensor {
-    gpu.upload(&HostTensor::from_f32("p", vec![n], &values(n, 1.0, seed))).expect("upload")
+    gpu.random(1, n, DType::F32, seed << 40, 0.0, 1.0).expect("random parameter")
 }
 
 fn one_segment(t: usize) -> BatchLayout {
@@ -270,8 +268,8 @@ fn bench_sizes(c: &mut Criterion, gpu: &CudaBackend, shapes: &Shapes) {
         };
         let layout_host = one_segment(tokens);
         let layout: CudaLayout = gpu.prepare(&layout_host, &[]).expect("prepare").0;
-        let x32 = gpu.from_host_as(tokens, h, &values(tokens * h, 1.0, 1), DType::F32).expect("x");
-        let x16 = gpu.from_host(tokens, h, &values(tokens * h, 1.0, 2)).expect("x");
+        let x32 = activation(gpu, tokens, h, 1.0, 1, DType::F32);
+        let x16 = activation(gpu, tokens, h, 1.0, 2, gpu.dtype());
         let (ln_w, ln_b) = (param(gpu, h, 3), param(gpu, h, 4));
         let e = gpu.dtype().size() as u64;
 
@@ -290,7 +288,7 @@ fn bench_sizes(c: &mut Criterion, gpu: &CudaBackend, shapes: &Shapes) {
         for (name, n, k) in [("qkv", 3 * h, h), ("fc1", ff, h), ("fc2", h, ff)] {
             let w = weight(gpu, n, k, 5);
             let bias = param(gpu, n, 6);
-            let x = gpu.from_host(tokens, k, &values(tokens * k, 1.0, 7)).expect("x");
+            let x = activation(gpu, tokens, k, 1.0, 7, gpu.dtype());
             g.throughput(Throughput::Elements(2 * (tokens * n * k) as u64));
             g.bench_function(BenchmarkId::new(name, format!("{tokens}x{k} x {n}x{k}^T (FLOP)")), |b| {
                 b.iter(|| {
@@ -303,7 +301,7 @@ fn bench_sizes(c: &mut Criterion, gpu: &CudaBackend, shapes: &Shapes) {
         g.finish();
 
         let mut g = c.benchmark_group(format!("bias_gelu/{size}"));
-        let mut hidden = gpu.from_host(tokens, ff, &values(tokens * ff, 2.0, 8)).expect("hidden");
+        let mut hidden = activation(gpu, tokens, ff, 2.0, 8, gpu.dtype());
         let b1 = param(gpu, ff, 9);
         g.throughput(Throughput::Bytes((tokens * ff) as u64 * 2 * e));
         g.bench_function(BenchmarkId::from_parameter(format!("{tokens}x{ff}")), |b| {
@@ -315,8 +313,8 @@ fn bench_sizes(c: &mut Criterion, gpu: &CudaBackend, shapes: &Shapes) {
         g.finish();
 
         let mut g = c.benchmark_group(format!("residual_add/{size}"));
-        let mut x = gpu.from_host_as(tokens, h, &values(tokens * h, 1.0, 10), DType::F32).expect("x");
-        let a = gpu.from_host(tokens, h, &values(tokens * h, 1e-3, 11)).expect("a");
+        let mut x = activation(gpu, tokens, h, 1.0, 10, DType::F32);
+        let a = activation(gpu, tokens, h, 1e-3, 11, gpu.dtype());
         g.throughput(Throughput::Bytes((tokens * h) as u64 * (8 + 2 * e)));
         g.bench_function(BenchmarkId::from_parameter(format!("{tokens}x{h}")), |b| {
             b.iter(|| {
@@ -333,9 +331,9 @@ fn bench_sizes(c: &mut Criterion, gpu: &CudaBackend, shapes: &Shapes) {
         let mut g = c.benchmark_group(format!("parallel_residual/{size}"));
         let (dense_w, fc2_w) = (weight(gpu, h, h, 16), weight(gpu, h, ff, 17));
         let (dense_b, fc2_b) = (param(gpu, h, 18), param(gpu, h, 19));
-        let attn = gpu.from_host(tokens, h, &values(tokens * h, 1.0, 20)).expect("attn");
-        let gelu = gpu.from_host(tokens, ff, &values(tokens * ff, 1.0, 21)).expect("gelu");
-        let mut resid = gpu.from_host_as(tokens, h, &values(tokens * h, 1.0, 22), DType::F32).expect("x");
+        let attn = activation(gpu, tokens, h, 1.0, 20, gpu.dtype());
+        let gelu = activation(gpu, tokens, ff, 1.0, 21, gpu.dtype());
+        let mut resid = activation(gpu, tokens, h, 1.0, 22, DType::F32);
         g.throughput(Throughput::Elements(2 * (tokens * h * (h + ff)) as u64));
         g.bench_function(BenchmarkId::new("separate passes", format!("{tokens}x{h}, d_ff {ff}")), |b| {
             b.iter(|| {
@@ -400,8 +398,8 @@ fn bench_sizes(c: &mut Criterion, gpu: &CudaBackend, shapes: &Shapes) {
             ),
         ] {
             let t = l.tokens();
-            let qkv = gpu.from_host(t, 3 * h, &values(t * 3 * h, 1.0, 13)).expect("qkv");
-            let past = (l.past_len > 0).then(|| gpu.from_host(l.past_len, 3 * h, &values(l.past_len * 3 * h, 1.0, 23)).expect("past"));
+            let qkv = activation(gpu, t, 3 * h, 1.0, 13, gpu.dtype());
+            let past = (l.past_len > 0).then(|| activation(gpu, l.past_len, 3 * h, 1.0, 23, gpu.dtype()));
             let dl = gpu.prepare(&l, &[]).expect("prepare").0;
             let flops = attention_flops(&l, h);
             g.throughput(Throughput::Elements(flops));
@@ -451,7 +449,7 @@ fn bench_sizes(c: &mut Criterion, gpu: &CudaBackend, shapes: &Shapes) {
         });
         g.finish();
 
-        let xr = gpu.from_host(chunk, h, &values(chunk * h, 1.0, 15)).expect("x");
+        let xr = activation(gpu, chunk, h, 1.0, 15, gpu.dtype());
         let mut g = c.benchmark_group(format!("lm_head/{size}"));
         g.throughput(Throughput::Elements(2 * (chunk * vocab * h) as u64));
         g.bench_function(BenchmarkId::from_parameter(format!("{chunk}x{h} x {vocab}x{h}^T -> f32 (FLOP)")), |b| {
