@@ -544,8 +544,10 @@ fn bench_end_to_end(c: &mut Criterion, gpu: &CudaBackend, shapes: &Shapes) {
         let naive: usize = reqs.iter().map(|r| r.context.len() + r.continuation.len()).sum();
         let mut g = c.benchmark_group(format!("end_to_end/{name}-shaped"));
         for (how, sharing) in [("prefix sharing", true), ("no sharing", false)] {
-            if !sharing && !(name == "70m" || name == "smoke") {
-                continue; // the unshared plan of the large models only repeats the same batches, longer
+            // The unshared plan of the large models only repeats the same batches, longer.
+            let small = matches!(name, "70m" | "smoke");
+            if !(sharing || small) {
+                continue;
             }
             let p = plan::build(&reqs, 2048, shapes.batch_tokens, sharing).expect("plan");
             // Throughput in FLOPs of the FLOP limit (2 x params per computed token): criterion's Gelem/s.
