@@ -34,7 +34,7 @@ pub struct Model<B: Backend> {
 impl<B: Backend> Model<B> {
     /// Upload every weight, checking each shape against config.json. Pythia's legacy buffers
     /// (`attention.bias`, `attention.masked_bias`, `attention.rotary_emb.inv_freq`) are never read:
-    /// inv_freq is recomputed in f32 by the rotary op.
+    /// inv_freq is recomputed in f32 by `qkv_rotary`.
     pub fn load(backend: &B, ckpt: &Checkpoint) -> Result<Self> {
         let c = &ckpt.config;
         let (h, f, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
