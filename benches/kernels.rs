@@ -10,7 +10,8 @@
 //! "elements" (criterion's Gelem/s = GFLOP/s; dense f16 tensor-core peak ~990 TFLOP/s on H100 SXM);
 //! the end-to-end group reports requested tokens ("elements") per second.
 //!
-//! `cargo test` runs it in criterion's test mode on tiny shapes (see `Shapes`). Without a CUDA device it
+//! `cargo test` runs it in criterion's test mode on tiny shapes (see `Shapes`). LMSCORE_BENCH_ONLY=a,b sets up
+//! and runs only the named groups (see `wanted`). Without a CUDA device it
 //! prints a skip message and exits 0 (1 under LMSCORE_REQUIRE_CUDA=1). Build without running:
 //! `cargo bench --no-run`; run on a GPU host: `cargo bench --bench kernels` (or the copied binary with
 //! `--bench`, see docs/gpu.md).
@@ -252,6 +253,33 @@ fn attention_flops(l: &BatchLayout, h: usize) -> u64 {
     4 * keys * h as u64
 }
 
+/// Whether bench group `name` runs: every group, or those LMSCORE_BENCH_ONLY names (a comma list such as
+/// `end_to_end,attention`). Unlike criterion's filter, a group left out here is not even set up, and its
+/// extra figures (the attention TFLOP/s lines, the end-to-end tokens/s) are not measured: what a short
+/// GPU lease wants (scripts/gpu-run.sh runs the groups in stages this way).
+fn wanted(name: &str) -> bool {
+    match std::env::var("LMSCORE_BENCH_ONLY") {
+        Ok(list) if !list.trim().is_empty() => list.split(',').any(|g| g.trim() == name),
+        _ => true,
+    }
+}
+
+/// Flags `cargo test -- ...` hands to every test binary that criterion does not take (it would stop
+/// with a usage error and fail the whole `cargo test`).
+const LIBTEST_ONLY_FLAGS: [&str; 11] = [
+    "--test-threads",
+    "--skip",
+    "--include-ignored",
+    "--report-time",
+    "--ensure-time",
+    "--shuffle",
+    "--shuffle-seed",
+    "--logfile",
+    "--force-run-in-process",
+    "--exclude-should-panic",
+    "-q",
+];
+
 fn sync(gpu: &CudaBackend) {
     gpu.synchronize().expect("synchronize");
 }
@@ -273,203 +301,226 @@ fn bench_sizes(c: &mut Criterion, gpu: &CudaBackend, shapes: &Shapes) {
         let (ln_w, ln_b) = (param(gpu, h, 3), param(gpu, h, 4));
         let e = gpu.dtype().size() as u64;
 
-        let mut g = c.benchmark_group(format!("layernorm/{size}"));
-        g.throughput(Throughput::Bytes((tokens * h) as u64 * (4 + e)));
-        g.bench_function(BenchmarkId::new("f32->f16", format!("{tokens}x{h}")), |b| {
-            b.iter(|| {
-                let y = gpu.layernorm(&x32, &ln_w, &ln_b, 1e-5).unwrap();
-                sync(gpu);
-                y
-            })
-        });
-        g.finish();
-
-        let mut g = c.benchmark_group(format!("linear/{size}"));
-        for (name, n, k) in [("qkv", 3 * h, h), ("fc1", ff, h), ("fc2", h, ff)] {
-            let w = weight(gpu, n, k, 5);
-            let bias = param(gpu, n, 6);
-            let x = activation(gpu, tokens, k, 1.0, 7, gpu.dtype());
-            g.throughput(Throughput::Elements(2 * (tokens * n * k) as u64));
-            g.bench_function(BenchmarkId::new(name, format!("{tokens}x{k} x {n}x{k}^T (FLOP)")), |b| {
+        if wanted("layernorm") {
+            let mut g = c.benchmark_group(format!("layernorm/{size}"));
+            g.throughput(Throughput::Bytes((tokens * h) as u64 * (4 + e)));
+            g.bench_function(BenchmarkId::new("f32->f16", format!("{tokens}x{h}")), |b| {
                 b.iter(|| {
-                    let y = gpu.linear(&x, &w, Some(&bias)).unwrap();
+                    let y = gpu.layernorm(&x32, &ln_w, &ln_b, 1e-5).unwrap();
                     sync(gpu);
                     y
                 })
             });
+            g.finish();
         }
-        g.finish();
 
-        let mut g = c.benchmark_group(format!("bias_gelu/{size}"));
-        let mut hidden = activation(gpu, tokens, ff, 2.0, 8, gpu.dtype());
-        let b1 = param(gpu, ff, 9);
-        g.throughput(Throughput::Bytes((tokens * ff) as u64 * 2 * e));
-        g.bench_function(BenchmarkId::from_parameter(format!("{tokens}x{ff}")), |b| {
-            b.iter(|| {
-                gpu.bias_gelu(&mut hidden, &b1).unwrap();
-                sync(gpu)
-            })
-        });
-        g.finish();
+        if wanted("linear") {
+            let mut g = c.benchmark_group(format!("linear/{size}"));
+            for (name, n, k) in [("qkv", 3 * h, h), ("fc1", ff, h), ("fc2", h, ff)] {
+                let w = weight(gpu, n, k, 5);
+                let bias = param(gpu, n, 6);
+                let x = activation(gpu, tokens, k, 1.0, 7, gpu.dtype());
+                g.throughput(Throughput::Elements(2 * (tokens * n * k) as u64));
+                g.bench_function(BenchmarkId::new(name, format!("{tokens}x{k} x {n}x{k}^T (FLOP)")), |b| {
+                    b.iter(|| {
+                        let y = gpu.linear(&x, &w, Some(&bias)).unwrap();
+                        sync(gpu);
+                        y
+                    })
+                });
+            }
+            g.finish();
+        }
 
-        let mut g = c.benchmark_group(format!("residual_add/{size}"));
-        let mut x = activation(gpu, tokens, h, 1.0, 10, DType::F32);
-        let a = activation(gpu, tokens, h, 1e-3, 11, gpu.dtype());
-        g.throughput(Throughput::Bytes((tokens * h) as u64 * (8 + 2 * e)));
-        g.bench_function(BenchmarkId::from_parameter(format!("{tokens}x{h}")), |b| {
-            b.iter(|| {
-                gpu.residual_add(&mut x, &a, Some(&x16)).unwrap();
-                sync(gpu)
-            })
-        });
-        g.finish();
+        if wanted("bias_gelu") {
+            let mut g = c.benchmark_group(format!("bias_gelu/{size}"));
+            let mut hidden = activation(gpu, tokens, ff, 2.0, 8, gpu.dtype());
+            let b1 = param(gpu, ff, 9);
+            g.throughput(Throughput::Bytes((tokens * ff) as u64 * 2 * e));
+            g.bench_function(BenchmarkId::from_parameter(format!("{tokens}x{ff}")), |b| {
+                b.iter(|| {
+                    gpu.bias_gelu(&mut hidden, &b1).unwrap();
+                    sync(gpu)
+                })
+            });
+            g.finish();
+        }
+
+        if wanted("residual_add") {
+            let mut g = c.benchmark_group(format!("residual_add/{size}"));
+            let mut x = activation(gpu, tokens, h, 1.0, 10, DType::F32);
+            let a = activation(gpu, tokens, h, 1e-3, 11, gpu.dtype());
+            g.throughput(Throughput::Bytes((tokens * h) as u64 * (8 + 2 * e)));
+            g.bench_function(BenchmarkId::from_parameter(format!("{tokens}x{h}")), |b| {
+                b.iter(|| {
+                    gpu.residual_add(&mut x, &a, Some(&x16)).unwrap();
+                    sync(gpu)
+                })
+            });
+            g.finish();
+        }
 
         // The parallel residual's passes around the two output projections, as the forward pass ran them
         // before (2 layernorms, 2 biased GEMMs each pre-filling and casting an f32 buffer, a residual add
         // reading both outputs) and as it runs them now (both layernorms and both biases in one read of x,
         // the GEMMs accumulating straight into it). Same GEMMs in both; FLOPs are the two GEMMs'.
-        let mut g = c.benchmark_group(format!("parallel_residual/{size}"));
-        let (dense_w, fc2_w) = (weight(gpu, h, h, 16), weight(gpu, h, ff, 17));
-        let (dense_b, fc2_b) = (param(gpu, h, 18), param(gpu, h, 19));
-        let attn = activation(gpu, tokens, h, 1.0, 20, gpu.dtype());
-        let gelu = activation(gpu, tokens, ff, 1.0, 21, gpu.dtype());
-        let mut resid = activation(gpu, tokens, h, 1.0, 22, DType::F32);
-        g.throughput(Throughput::Elements(2 * (tokens * h * (h + ff)) as u64));
-        g.bench_function(BenchmarkId::new("separate passes", format!("{tokens}x{h}, d_ff {ff}")), |b| {
-            b.iter(|| {
-                let a_in = gpu.layernorm(&resid, &ln_w, &ln_b, 1e-5).unwrap();
-                let m_in = gpu.layernorm(&resid, &ln_w, &ln_b, 1e-5).unwrap();
-                let a = gpu.linear(&attn, &dense_w, Some(&dense_b)).unwrap();
-                let m = gpu.linear(&gelu, &fc2_w, Some(&fc2_b)).unwrap();
-                gpu.residual_add(&mut resid, &a, Some(&m)).unwrap();
-                sync(gpu);
-                (a_in, m_in)
-            })
-        });
-        g.bench_function(
-            BenchmarkId::new("fused (parallel_norms + beta=1)", format!("{tokens}x{h}, d_ff {ff}")),
-            |b| {
+        if wanted("parallel_residual") {
+            let mut g = c.benchmark_group(format!("parallel_residual/{size}"));
+            let (dense_w, fc2_w) = (weight(gpu, h, h, 16), weight(gpu, h, ff, 17));
+            let (dense_b, fc2_b) = (param(gpu, h, 18), param(gpu, h, 19));
+            let attn = activation(gpu, tokens, h, 1.0, 20, gpu.dtype());
+            let gelu = activation(gpu, tokens, ff, 1.0, 21, gpu.dtype());
+            let mut resid = activation(gpu, tokens, h, 1.0, 22, DType::F32);
+            g.throughput(Throughput::Elements(2 * (tokens * h * (h + ff)) as u64));
+            g.bench_function(BenchmarkId::new("separate passes", format!("{tokens}x{h}, d_ff {ff}")), |b| {
                 b.iter(|| {
-                    let norms = gpu
-                        .parallel_norms(&mut resid, (&ln_w, &ln_b), (&ln_w, &ln_b), 1e-5, (&dense_b, &fc2_b))
-                        .unwrap();
-                    gpu.linear_accumulate(&mut resid, &attn, &dense_w).unwrap();
-                    gpu.linear_accumulate(&mut resid, &gelu, &fc2_w).unwrap();
+                    let a_in = gpu.layernorm(&resid, &ln_w, &ln_b, 1e-5).unwrap();
+                    let m_in = gpu.layernorm(&resid, &ln_w, &ln_b, 1e-5).unwrap();
+                    let a = gpu.linear(&attn, &dense_w, Some(&dense_b)).unwrap();
+                    let m = gpu.linear(&gelu, &fc2_w, Some(&fc2_b)).unwrap();
+                    gpu.residual_add(&mut resid, &a, Some(&m)).unwrap();
                     sync(gpu);
-                    norms
+                    (a_in, m_in)
                 })
-            },
-        );
-        g.finish();
+            });
+            g.bench_function(
+                BenchmarkId::new("fused (parallel_norms + beta=1)", format!("{tokens}x{h}, d_ff {ff}")),
+                |b| {
+                    b.iter(|| {
+                        let norms = gpu
+                            .parallel_norms(&mut resid, (&ln_w, &ln_b), (&ln_w, &ln_b), 1e-5, (&dense_b, &fc2_b))
+                            .unwrap();
+                        gpu.linear_accumulate(&mut resid, &attn, &dense_w).unwrap();
+                        gpu.linear_accumulate(&mut resid, &gelu, &fc2_w).unwrap();
+                        sync(gpu);
+                        norms
+                    })
+                },
+            );
+            g.finish();
+        }
 
         // The attention's input projection as the forward pass ran it before (bias pre-filled into an f32
         // buffer, GEMM with beta = 1, a cast; then an in-place rotary pass, not timed here, so "before" is a
         // lower bound) and as it runs it now (GEMM into f32, one epilogue adding the bias, rotating, rounding).
-        let mut g = c.benchmark_group(format!("qkv_projection/{size}"));
-        let (qkv_w, qkv_b) = (weight(gpu, 3 * h, h, 12), param(gpu, 3 * h, 14));
-        g.throughput(Throughput::Elements(2 * (tokens * 3 * h * h) as u64));
-        let id = |name| BenchmarkId::new(name, format!("{tokens}x{h} x {}x{h}^T, rot {} (FLOP)", 3 * h, shape.rotary_ndims));
-        g.bench_function(id("before: bias pre-fill + GEMM + cast"), |b| {
-            b.iter(|| {
-                let y = gpu.linear(&x16, &qkv_w, Some(&qkv_b)).unwrap();
-                sync(gpu);
-                y
-            })
-        });
-        g.bench_function(id("now: GEMM + qkv_rotary epilogue"), |b| {
-            b.iter(|| {
-                let y = gpu.qkv_rotary(&x16, &qkv_w, &qkv_b, &layout, shape).unwrap();
-                sync(gpu);
-                y
-            })
-        });
-        g.finish();
-
-        let mut g = c.benchmark_group(format!("attention/{size}"));
-        for (name, l) in [
-            (&*format!("causal {tokens}"), layout_host.clone()),
-            (
-                &*format!("multiple choice (primer {} + {} questions x 4)", shapes.mc.0, shapes.mc.1),
-                mc_layout(shapes.mc.0, shapes.mc.1),
-            ),
-            (
-                &*format!("TruthfulQA-shaped ({} cached, {} rows)", shapes.truthfulqa.0, shapes.truthfulqa.1),
-                truthfulqa_layout(shapes.truthfulqa.0, shapes.truthfulqa.1),
-            ),
-        ] {
-            let t = l.tokens();
-            let qkv = activation(gpu, t, 3 * h, 1.0, 13, gpu.dtype());
-            let past = (l.past_len > 0).then(|| activation(gpu, l.past_len, 3 * h, 1.0, 23, gpu.dtype()));
-            let dl = gpu.prepare(&l, &[]).expect("prepare").0;
-            let flops = attention_flops(&l, h);
-            g.throughput(Throughput::Elements(flops));
-            for (kernel, tensor_cores) in [("tensor cores", true), ("f32 CUDA cores", false)] {
-                if gpu.use_tensor_core_attention(tensor_cores) != tensor_cores {
-                    continue; // pre-Ampere: no tensor-core kernel
-                }
-                let id = BenchmarkId::new(format!("{name}, {kernel}"), format!("{t} rows, {heads}x{hd} (FLOP)"));
-                g.bench_function(id, |b| {
-                    b.iter(|| {
-                        let o = gpu.attention(&qkv, past.as_ref(), &dl, shape).unwrap();
-                        sync(gpu);
-                        o
-                    })
-                });
-                print_tflops(gpu, &format!("attention/{size} {name}, {kernel}"), flops, || {
-                    gpu.attention(&qkv, past.as_ref(), &dl, shape).unwrap();
-                });
-            }
-            gpu.use_tensor_core_attention(true);
+        if wanted("qkv_projection") {
+            let mut g = c.benchmark_group(format!("qkv_projection/{size}"));
+            let (qkv_w, qkv_b) = (weight(gpu, 3 * h, h, 12), param(gpu, 3 * h, 14));
+            g.throughput(Throughput::Elements(2 * (tokens * 3 * h * h) as u64));
+            let id = |name| BenchmarkId::new(name, format!("{tokens}x{h} x {}x{h}^T, rot {} (FLOP)", 3 * h, shape.rotary_ndims));
+            g.bench_function(id("before: bias pre-fill + GEMM + cast"), |b| {
+                b.iter(|| {
+                    let y = gpu.linear(&x16, &qkv_w, Some(&qkv_b)).unwrap();
+                    sync(gpu);
+                    y
+                })
+            });
+            g.bench_function(id("now: GEMM + qkv_rotary epilogue"), |b| {
+                b.iter(|| {
+                    let y = gpu.qkv_rotary(&x16, &qkv_w, &qkv_b, &layout, shape).unwrap();
+                    sync(gpu);
+                    y
+                })
+            });
+            g.finish();
         }
-        g.finish();
 
-        let table = weight(gpu, vocab, h, 14);
-        let ids: Vec<u32> = (0..tokens as u32).map(|i| (i * 7919) % vocab as u32).collect();
-        let ids = gpu.index(&ids).expect("ids");
-        let mut g = c.benchmark_group(format!("embedding/{size}"));
-        g.throughput(Throughput::Bytes((tokens * h) as u64 * (e + 4)));
-        g.bench_function(BenchmarkId::from_parameter(format!("{tokens} ids x {h}")), |b| {
-            b.iter(|| {
-                let y = gpu.embedding(&table, &ids).unwrap();
-                sync(gpu);
-                y
-            })
-        });
-        g.finish();
+        if wanted("attention") {
+            let mut g = c.benchmark_group(format!("attention/{size}"));
+            for (name, l) in [
+                (&*format!("causal {tokens}"), layout_host.clone()),
+                (
+                    &*format!("multiple choice (primer {} + {} questions x 4)", shapes.mc.0, shapes.mc.1),
+                    mc_layout(shapes.mc.0, shapes.mc.1),
+                ),
+                (
+                    &*format!("TruthfulQA-shaped ({} cached, {} rows)", shapes.truthfulqa.0, shapes.truthfulqa.1),
+                    truthfulqa_layout(shapes.truthfulqa.0, shapes.truthfulqa.1),
+                ),
+            ] {
+                let t = l.tokens();
+                let qkv = activation(gpu, t, 3 * h, 1.0, 13, gpu.dtype());
+                let past = (l.past_len > 0).then(|| activation(gpu, l.past_len, 3 * h, 1.0, 23, gpu.dtype()));
+                let dl = gpu.prepare(&l, &[]).expect("prepare").0;
+                let flops = attention_flops(&l, h);
+                g.throughput(Throughput::Elements(flops));
+                for (kernel, tensor_cores) in [("tensor cores", true), ("f32 CUDA cores", false)] {
+                    if gpu.use_tensor_core_attention(tensor_cores) != tensor_cores {
+                        continue; // pre-Ampere: no tensor-core kernel
+                    }
+                    let id = BenchmarkId::new(format!("{name}, {kernel}"), format!("{t} rows, {heads}x{hd} (FLOP)"));
+                    g.bench_function(id, |b| {
+                        b.iter(|| {
+                            let o = gpu.attention(&qkv, past.as_ref(), &dl, shape).unwrap();
+                            sync(gpu);
+                            o
+                        })
+                    });
+                    print_tflops(gpu, &format!("attention/{size} {name}, {kernel}"), flops, || {
+                        gpu.attention(&qkv, past.as_ref(), &dl, shape).unwrap();
+                    });
+                }
+                gpu.use_tensor_core_attention(true);
+            }
+            g.finish();
+        }
 
-        let rows = gpu.index(&(0..chunk as u32).map(|i| i * 3).collect::<Vec<_>>()).expect("rows");
-        let mut g = c.benchmark_group(format!("gather_rows/{size}"));
-        g.throughput(Throughput::Bytes((chunk * h) as u64 * 8));
-        g.bench_function(BenchmarkId::from_parameter(format!("{chunk} of {tokens}x{h} f32")), |b| {
-            b.iter(|| {
-                let y = gpu.gather_rows(&x32, &rows).unwrap();
-                sync(gpu);
-                y
-            })
-        });
-        g.finish();
-
+        // Shared by the embedding, lm_head and logsoftmax_gather groups.
+        let table = weight(gpu, vocab, h, 24);
         let xr = activation(gpu, chunk, h, 1.0, 15, gpu.dtype());
-        let mut g = c.benchmark_group(format!("lm_head/{size}"));
-        g.throughput(Throughput::Elements(2 * (chunk * vocab * h) as u64));
-        g.bench_function(BenchmarkId::from_parameter(format!("{chunk}x{h} x {vocab}x{h}^T -> f32 (FLOP)")), |b| {
-            b.iter(|| {
-                let y = gpu.lm_head(&xr, &table).unwrap();
-                sync(gpu);
-                y
-            })
-        });
-        g.finish();
+        if wanted("embedding") {
+            let mut g = c.benchmark_group(format!("embedding/{size}"));
+            let ids: Vec<u32> = (0..tokens as u32).map(|i| (i * 7919) % vocab as u32).collect();
+            let ids = gpu.index(&ids).expect("ids");
+            g.throughput(Throughput::Bytes((tokens * h) as u64 * (e + 4)));
+            g.bench_function(BenchmarkId::from_parameter(format!("{tokens} ids x {h}")), |b| {
+                b.iter(|| {
+                    let y = gpu.embedding(&table, &ids).unwrap();
+                    sync(gpu);
+                    y
+                })
+            });
+            g.finish();
+        }
 
-        let logits = gpu.lm_head(&xr, &table).expect("logits");
-        let targets: Vec<(u32, u32)> = (0..chunk as u32).flat_map(|r| [(r, (r * 31) % vocab as u32), (r, 7)]).collect();
-        let mut g = c.benchmark_group(format!("logsoftmax_gather/{size}"));
-        g.throughput(Throughput::Bytes((chunk * vocab) as u64 * 4));
-        g.bench_function(
-            BenchmarkId::from_parameter(format!("{chunk}x{vocab} f32, {} targets", targets.len())),
-            |b| b.iter(|| gpu.logsoftmax_gather_host(&logits, &targets).unwrap()),
-        );
-        g.finish();
+        if wanted("gather_rows") {
+            let mut g = c.benchmark_group(format!("gather_rows/{size}"));
+            let rows = gpu.index(&(0..chunk as u32).map(|i| i * 3).collect::<Vec<_>>()).expect("rows");
+            g.throughput(Throughput::Bytes((chunk * h) as u64 * 8));
+            g.bench_function(BenchmarkId::from_parameter(format!("{chunk} of {tokens}x{h} f32")), |b| {
+                b.iter(|| {
+                    let y = gpu.gather_rows(&x32, &rows).unwrap();
+                    sync(gpu);
+                    y
+                })
+            });
+            g.finish();
+        }
+
+        if wanted("lm_head") {
+            let mut g = c.benchmark_group(format!("lm_head/{size}"));
+            g.throughput(Throughput::Elements(2 * (chunk * vocab * h) as u64));
+            g.bench_function(BenchmarkId::from_parameter(format!("{chunk}x{h} x {vocab}x{h}^T -> f32 (FLOP)")), |b| {
+                b.iter(|| {
+                    let y = gpu.lm_head(&xr, &table).unwrap();
+                    sync(gpu);
+                    y
+                })
+            });
+            g.finish();
+        }
+
+        if wanted("logsoftmax_gather") {
+            let mut g = c.benchmark_group(format!("logsoftmax_gather/{size}"));
+            let logits = gpu.lm_head(&xr, &table).expect("logits");
+            let targets: Vec<(u32, u32)> = (0..chunk as u32).flat_map(|r| [(r, (r * 31) % vocab as u32), (r, 7)]).collect();
+            g.throughput(Throughput::Bytes((chunk * vocab) as u64 * 4));
+            g.bench_function(
+                BenchmarkId::from_parameter(format!("{chunk}x{vocab} f32, {} targets", targets.len())),
+                |b| b.iter(|| gpu.logsoftmax_gather_host(&logits, &targets).unwrap()),
+            );
+            g.finish();
+        }
     }
 }
 
@@ -536,6 +587,9 @@ fn mc_requests(shared: u32, questions: u32, vocab: u32) -> Vec<Request> {
 }
 
 fn bench_end_to_end(c: &mut Criterion, gpu: &CudaBackend, shapes: &Shapes) {
+    if !wanted("end_to_end") {
+        return;
+    }
     // The questions fill a few batches of `batch_tokens`.
     for &(name, layers, h, heads, ff, vocab, questions) in &shapes.end_to_end {
         let model = random_model(gpu, layers, h, heads, ff, vocab);
@@ -585,6 +639,20 @@ fn bench_end_to_end(c: &mut Criterion, gpu: &CudaBackend, shapes: &Shapes) {
 }
 
 fn main() {
+    let libtest_flag = std::env::args()
+        .skip(1)
+        .find(|a| LIBTEST_ONLY_FLAGS.iter().any(|f| a == f || a.starts_with(&format!("{f}="))));
+    if let Some(flag) = libtest_flag {
+        println!("SKIPPED: {flag} is a libtest flag this criterion bench does not take (run it alone: cargo test --release --bench kernels)");
+        return;
+    }
+    // libtest takes several name filters, criterion one (flags with values only come with --bench).
+    let measuring = std::env::args().any(|a| a == "--bench");
+    let filters = std::env::args().skip(1).filter(|a| !a.starts_with('-')).count();
+    if !measuring && filters > 1 {
+        println!("SKIPPED: {filters} name filters; this criterion bench takes one (run it alone: cargo test --release --bench kernels)");
+        return;
+    }
     let gpu = match lmscore::backend::cuda::check_available().and_then(|_| CudaBackend::new(0, DType::F16)) {
         Ok(g) => g,
         Err(e) if std::env::var("LMSCORE_REQUIRE_CUDA").is_ok_and(|v| v == "1") => {

@@ -13,7 +13,8 @@
 // Dims R..hd of q and k, and all of v, are acc + bias rounded.
 // Shapes: acc [n, 3*heads*hd] f32, bias [3*heads*hd] f32, positions [n] u32, qkv [n, 3*heads*hd] (T).
 // Launch: grid (n) (a block per row), block 256; each thread writes its own columns of the row (reading the
-// pair partner of a rotated column), so no thread reads what another writes.
+// pair partner of a rotated column), so no thread reads what another writes. The angle is recomputed for
+// both columns of a pair: the kernel is bound by memory, not by powf / sincosf.
 // Variants: qkv_rotary_f32, qkv_rotary_f16, qkv_rotary_bf16.
 
 template <typename T>

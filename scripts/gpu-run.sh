@@ -6,30 +6,31 @@
 #   bash scripts/gpu-run.sh             # everything; results under $OUT (default ./gpu-out)
 #
 # Stages, most important first; each has its own timeout, and a global budget (GPU_RUN_BUDGET seconds,
-# default 480) cuts later stages short rather than letting a slow one eat the rest:
+# default 520) cuts later stages short rather than letting a slow one eat the rest:
 #   env              nvidia-smi, date, commit, the CUDA libraries found, ldd of the binaries (env.txt)
 #   kernels_compile  every kernel file through the real NVRTC, registers / spills      (tests.log)
 #   cuda_parity      every op and whole models against the CPU oracle                  (tests.log)
 #   cuda_cli         `lmscore score --device cuda` against --device cpu                (tests.log)
 #   cuda_profile     copies / syncs per batch from `score --profile`                   (tests.log)
 #   cuda_faults      the backend's error paths that a GPU reaches                      (tests.log)
-#   bench            criterion, attention/ and end_to_end/ groups, short times         (bench.log)
+#   bench_end_to_end criterion end_to_end/ groups: tokens/s, % of the FLOP limit       (bench.log)
+#   bench_attention  attention/ groups: TFLOP/s, % of the dense f16 peak                (bench.log)
+#   bench_fusions    parallel_residual/ and qkv_projection/: before vs after            (bench.log)
 #   memcheck:TEST, racecheck:TEST   compute-sanitizer on a few cuda_parity tests       (sanitizer.log)
 #   bench_other      the remaining bench groups, only with the time left               (bench.log)
 # Every stage's PASS / FAIL / TIMEOUT / SKIPPED goes to $OUT/summary.txt (also printed at the end). $OUT
-# holds at most 6 files (the device tool returns 8 at most).
+# holds 5 files (the device tool returns 8 at most), each cut to 12 MiB (it returns 64 MiB in all).
 #
 # Env knobs:
 #   OUT                     output folder (default ./gpu-out)
-#   GPU_RUN_BUDGET          global seconds for all stages (default 480)
+#   GPU_RUN_BUDGET          global seconds for all stages (default 520; give the device call ~50 s more)
 #   GPU_RUN_STAGES          comma list of stages to run (default all): names or globs; "memcheck" means
 #                           every memcheck:TEST, e.g. GPU_RUN_STAGES=cuda_parity,memcheck,bench
 #   GPU_RUN_TIMEOUT_<STAGE> per-stage timeout in seconds, e.g. GPU_RUN_TIMEOUT_cuda_parity=300
 #                           (sanitizer stages: GPU_RUN_TIMEOUT_memcheck / GPU_RUN_TIMEOUT_racecheck, per test)
 #   GPU_RUN_PARITY_FILTER   libtest filter args for cuda_parity (default: none = every test)
 #   GPU_RUN_SANITIZE_TESTS  cuda_parity tests under compute-sanitizer (space-separated filters)
-#   GPU_RUN_BENCH_FILTER    criterion regex for the bench stage (default ^(attention|end_to_end)/)
-#   GPU_RUN_BENCH_ARGS      criterion options (default --warm-up-time 1 --measurement-time 3 --sample-size 10 --noplot)
+#   GPU_RUN_BENCH_ARGS      criterion options (default --warm-up-time 0.5 --measurement-time 2 --sample-size 10 --noplot)
 #   GPU_RUN_KEEP_LD_PATH=1  do not search for libcublas / libnvrtc / libcuda; keep LD_LIBRARY_PATH as it is
 #   GPU_RUN_CUDA_LIB_DIRS   colon list of folders to search first for the CUDA libraries
 #   GPU_RUN_SANITIZER       path of compute-sanitizer
@@ -45,7 +46,7 @@ case $BIN in /*) ;; *) BIN=$ROOT/$BIN ;; esac
 OUT=${OUT:-$ROOT/gpu-out}
 mkdir -p "$OUT" || { echo "gpu-run: cannot create $OUT" >&2; exit 1; }
 case $OUT in /*) ;; *) OUT=$(cd "$OUT" && pwd) ;; esac
-BUDGET=${GPU_RUN_BUDGET:-480}
+BUDGET=${GPU_RUN_BUDGET:-520}
 RESERVE=10   # seconds kept back for the summary
 MIN_STAGE=15 # a stage with less than this left is skipped
 START=$(date +%s)
@@ -55,6 +56,7 @@ ENVTXT=$OUT/env.txt
 TESTS_LOG=$OUT/tests.log
 BENCH_LOG=$OUT/bench.log
 SAN_LOG=$OUT/sanitizer.log
+BENCH_RESULTS=$WORK/bench-results.txt
 : >"$SUMMARY"
 : >"$ENVTXT"
 : >"$TESTS_LOG"
@@ -62,6 +64,8 @@ SAN_LOG=$OUT/sanitizer.log
 : >"$SAN_LOG"
 FAILED=0
 CREATED_LINK=
+# Killed from outside (the device tool's own timeout): still write the summary and the bench figures.
+trap 'record run "KILLED" "$(elapsed)" "signal received; later stages did not run"; finish; exit 143' TERM INT
 
 say() { printf 'gpu-run [%4ss] %s\n' "$(($(date +%s) - START))" "$*"; }
 elapsed() { echo $(($(date +%s) - START)); }
@@ -145,18 +149,18 @@ finish() {
     {
         echo
         echo "total ${t}s of a ${BUDGET}s budget; $FAILED stage(s) not passed"
-        if [ -s "$WORK/bench-results.txt" ]; then
+        if [ -s "$BENCH_RESULTS" ]; then
             echo
             echo "bench results (criterion: [low estimate, high]; thrpt in elements/s = FLOP/s where the name says FLOP):"
-            cat "$WORK/bench-results.txt"
+            cat "$BENCH_RESULTS"
         fi
     } >>"$SUMMARY"
     # Keep every returned file under the device tool's 16 MiB per file: the head and tail of a huge log.
     local f
     for f in "$OUT"/*; do
         [ -f "$f" ] || continue
-        if [ "$(wc -c <"$f")" -gt $((15 * 1024 * 1024)) ]; then
-            { head -c $((7 * 1024 * 1024)) "$f"; printf '\n\n[... gpu-run cut the middle of this log ...]\n\n'; tail -c $((7 * 1024 * 1024)) "$f"; } >"$WORK/cut" && mv "$WORK/cut" "$f"
+        if [ "$(wc -c <"$f")" -gt $((12 * 1024 * 1024)) ]; then
+            { head -c $((5 * 1024 * 1024)) "$f"; printf '\n\n[... gpu-run cut the middle of this log ...]\n\n'; tail -c $((5 * 1024 * 1024)) "$f"; } >"$WORK/cut" && mv "$WORK/cut" "$f"
         fi
     done
     [ -n "$CREATED_LINK" ] && rm -f "$CREATED_LINK"
@@ -371,17 +375,19 @@ bench_results() { # log
     ' "$1"
 }
 
-bench_stage() { # name default-timeout filter
-    local name=$1 def=$2 filter=$3
+bench_stage() { # name default-timeout groups: LMSCORE_BENCH_ONLY=groups (a comma list), so the bench sets up
+    # and measures only those groups (criterion's own filter would still set up every group and run the
+    # printed extras)
+    local name=$1 def=$2 groups=$3
     selected "$name" || return 0
     if [ ! -x "$BIN/kernels_bench" ]; then
         record "$name" "NOT RUN" 0 "$BIN/kernels_bench is missing"
         return 0
     fi
     # shellcheck disable=SC2086
-    run_stage "$name" "$BENCH_LOG" "$(stage_timeout "$name" "$def")" "$BIN/kernels_bench" --bench \
-        ${GPU_RUN_BENCH_ARGS:---warm-up-time 1 --measurement-time 3 --sample-size 10 --noplot} "$filter" || return 0
-    { echo "[$name]"; bench_results "$STAGE_LOG"; } >>"$WORK/bench-results.txt"
+    run_stage "$name" "$BENCH_LOG" "$(stage_timeout "$name" "$def")" env LMSCORE_BENCH_ONLY="$groups" "$BIN/kernels_bench" --bench \
+        ${GPU_RUN_BENCH_ARGS:---warm-up-time 0.5 --measurement-time 2 --sample-size 10 --noplot} || return 0
+    { echo "[$name]"; bench_results "$STAGE_LOG"; } >>"$BENCH_RESULTS"
     local n status
     n=$(grep -c 'time:[[:space:]]*\[' "$STAGE_LOG")
     case $STAGE_RC in
@@ -389,10 +395,14 @@ bench_stage() { # name default-timeout filter
         124 | 137) status=TIMEOUT ;;
         *) status="FAIL(rc=$STAGE_RC)" ;;
     esac
-    record "$name" "$status" "$STAGE_SECS" "$n benchmark(s) measured, filter $filter"
+    record "$name" "$status" "$STAGE_SECS" "$n benchmark(s) measured, groups $groups"
 }
 
-bench_stage bench 240 "${GPU_RUN_BENCH_FILTER:-^(attention|end_to_end)/}"
+# The issue's figures first: end to end (fraction of the FLOP limit), attention (TFLOP/s), then the
+# fusions' before / after pairs; the other groups last, with what time is left.
+bench_stage bench_end_to_end 150 end_to_end
+bench_stage bench_attention 150 attention
+bench_stage bench_fusions 100 parallel_residual,qkv_projection
 
 # ------------------------------------------------------------------------------------ sanitizers --
 # A few cuda_parity tests under memcheck and racecheck: the tensor-core attention (attention_tc), the
@@ -408,12 +418,16 @@ for t in $SAN_TESTS; do
     for tool in memcheck racecheck; do
         name=$tool:$t
         selected "$name" || continue
+        if [ -z "$SANITIZER" ]; then
+            record "$name" "NOT RUN" 0 "compute-sanitizer not found"
+            continue
+        fi
         if [ -n "$SAN_UNSUPPORTED" ]; then
             record "$name" "UNSUPPORTED" 0 "$SAN_UNSUPPORTED"
             continue
         fi
         [ -x "$BIN/cuda_parity" ] || { record "$name" "NOT RUN" 0 "$BIN/cuda_parity is missing"; continue; }
-        run_stage "$name" "$SAN_LOG" "$(stage_timeout "$tool" 60)" "$SANITIZER" --tool "$tool" \
+        run_stage "$name" "$SAN_LOG" "$(stage_timeout "$tool" 45)" "$SANITIZER" --tool "$tool" \
             --error-exitcode 97 --print-limit 50 \
             "$BIN/cuda_parity" --exact "$t" --test-threads 1 || continue
         res=$(libtest_result "$STAGE_LOG")
@@ -438,9 +452,9 @@ done
 # Every other group named in benches/kernels.rs, with whatever time is left.
 if selected bench_other; then
     groups=$(grep -o 'benchmark_group(format!("[A-Za-z0-9_]*/' "$ROOT/benches/kernels.rs" 2>/dev/null |
-        sed 's/.*"//; s|/$||' | grep -v -x -E 'attention|end_to_end' | sort -u | paste -sd'|' -)
+        sed 's/.*"//; s|/$||' | grep -v -x -E 'attention|end_to_end|parallel_residual|qkv_projection' | sort -u | paste -sd, -)
     if [ -n "$groups" ]; then
-        bench_stage bench_other 600 "^($groups)/"
+        bench_stage bench_other 600 "$groups"
     fi
 fi
 

@@ -89,6 +89,7 @@ fn check_tensor_names(ckpt: &Checkpoint) -> Result<&'static str> {
     let layers = ckpt.config.num_layers;
     let mut unused = Vec::new();
     let mut layers_present = 0usize;
+    let layer_param_names = layer_params(0, 0).map(|(name, _)| name);
     for name in ckpt.tensor_names() {
         let known = match name.strip_prefix("gpt_neox.layers.") {
             Some(rest) => {
@@ -96,7 +97,7 @@ fn check_tensor_names(ckpt: &Checkpoint) -> Result<&'static str> {
                 match index.parse::<usize>() {
                     Ok(i) if index == i.to_string() => {
                         layers_present = layers_present.max(i.saturating_add(1));
-                        i < layers && (layer_params(0, 0).iter().any(|(p, _)| *p == param) || LEGACY_BUFFERS.contains(&param))
+                        i < layers && (layer_param_names.contains(&param) || LEGACY_BUFFERS.contains(&param))
                     }
                     _ => false,
                 }

@@ -55,6 +55,17 @@ fn round(dt: DType, v: &[f32]) -> Vec<f32> {
     }
 }
 
+/// The spacing of `dt`'s values at magnitude `x` (x >= 0; subnormals have the smallest normal's spacing).
+fn ulp(dt: DType, x: f32) -> f32 {
+    let (mantissa_bits, min_exp) = match dt {
+        DType::F16 => (10, -14),
+        DType::BF16 => (7, -126),
+        _ => (23, -126),
+    };
+    let e = if x > 0.0 { x.log2().floor() as i32 } else { min_exp };
+    2f32.powi(e.max(min_exp) - mantissa_bits)
+}
+
 /// Relative tolerance of an output rounded once to `dt` (4 ulps).
 fn eps(dt: DType) -> f32 {
     match dt {
@@ -426,59 +437,156 @@ fn qkv_rotary_matches_cpu() {
         .iter()
         .enumerate()
         {
-            let seed = 400 + i as u64;
-            let mut rng = Rng::new(seed);
-            let mut positions: Vec<u32> = (0..t).map(|_| rng.below(2048)).collect();
-            positions[0] = 2047;
-            if t > 1 {
-                positions[1] = 0;
+            // Two passes: positions anywhere in 0..2048, within the GEMM's error bound; then positions below 16,
+            // where the angle is exact to ~1e-6, within half an ulp of the dtype of the f32 result (plus the
+            // GEMM's summation-order noise): a second rounding, a bias rounded before the add or half-precision
+            // cos / sin each exceed that on some rotated value.
+            for near in [false, true] {
+                let seed = 400 + i as u64 + if near { 50 } else { 0 };
+                let mut rng = Rng::new(seed);
+                let positions: Vec<u32> = if near {
+                    (0..t as u32).map(|r| r % 16).collect()
+                } else {
+                    let mut p: Vec<u32> = (0..t).map(|_| rng.below(2048)).collect();
+                    p[0] = 2047;
+                    if t > 1 {
+                        p[1] = 0;
+                    }
+                    p
+                };
+                let layout = BatchLayout {
+                    positions,
+                    segments: vec![AttnSegment {
+                        q_start: 0,
+                        q_len: t as u32,
+                        ancestors: vec![],
+                    }],
+                    past_len: 0,
+                };
+                let shape = AttnShape {
+                    heads,
+                    head_dim: hd,
+                    rotary_ndims: rot,
+                    rotary_base: 10000.0,
+                };
+                let n = 3 * heads * hd;
+                let (xg, xc) = act(&gpu, t, k, &rng.vec(t * k, 1.0), dt);
+                let (wg, wc) = weight(&gpu, "qkv_w", n, k, &rng.vec(n * k, 0.2));
+                let (bg, bc) = param(&gpu, "qkv_b", &rng.vec(n, 2.0));
+                let got = gpu
+                    .to_host(&gpu.qkv_rotary(&xg, &wg, &bg, &gpu.prepare(&layout, &[]).unwrap().0, shape).unwrap())
+                    .unwrap();
+                let want = Cpu.qkv_rotary(&xc, &wc, &bc, &layout, shape).unwrap().data;
+                let unrotated = Cpu.linear(&xc, &wc, Some(&bc)).unwrap().data;
+                // Each output is a rotation of (at most) two GEMM outputs: their GEMM error bounds (sum_k |x w| + |b|,
+                // as in linear_and_lm_head_match_cpu) add, and + 2e-4 of their magnitudes for the angle (up to 2047
+                // rad, where one ulp of inv_freq (powf) moves it by ~1e-4).
+                let scale = |o: usize| -> f32 {
+                    let (r, j) = (o / n, o % n);
+                    let dot: f32 = (0..k).map(|kk| (xc.data[r * k + kk] * wc.data[j * k + kk]).abs()).sum();
+                    dot + bc.data[j].abs()
+                };
+                let partner = |o: usize| -> Option<usize> {
+                    let (in_head, half) = (o % n % (3 * hd), rot / 2);
+                    let i = in_head % hd;
+                    (in_head < 2 * hd && i < rot).then(|| if i < half { o + half } else { o - half })
+                };
+                let tol: Vec<f32> = (0..t * n)
+                    .map(|o| {
+                        let scales = scale(o) + partner(o).map_or(0.0, scale);
+                        if near {
+                            let noise = 1e-5 * scales; // f32 sums of <= 160 terms in another order
+                            0.5 * ulp(dt, want[o].abs() + noise) + noise
+                        } else {
+                            let angle = partner(o).map_or(0.0, |p| 2e-4 * (unrotated[o].abs() + unrotated[p].abs()));
+                            c * scales + angle + 1e-6
+                        }
+                    })
+                    .collect();
+                let desc = format!(
+                    "{t} rows, [{k}] x [{n}, {k}]^T, {heads} heads, hd {hd}, rotary {rot}, positions {}, {}",
+                    if near { "< 16" } else { "< 2048" },
+                    dt_name(dt)
+                );
+                assert_close("qkv_rotary", seed, &desc, &got, &want, |o| tol[o]);
             }
-            let layout = BatchLayout {
-                positions,
-                segments: vec![AttnSegment {
-                    q_start: 0,
-                    q_len: t as u32,
-                    ancestors: vec![],
-                }],
-                past_len: 0,
-            };
-            let shape = AttnShape {
-                heads,
-                head_dim: hd,
-                rotary_ndims: rot,
-                rotary_base: 10000.0,
-            };
-            let n = 3 * heads * hd;
-            let (xg, xc) = act(&gpu, t, k, &rng.vec(t * k, 1.0), dt);
-            let (wg, wc) = weight(&gpu, "qkv_w", n, k, &rng.vec(n * k, 0.2));
-            let (bg, bc) = param(&gpu, "qkv_b", &rng.vec(n, 2.0));
-            let got = gpu
-                .to_host(&gpu.qkv_rotary(&xg, &wg, &bg, &gpu.prepare(&layout, &[]).unwrap().0, shape).unwrap())
-                .unwrap();
-            let want = Cpu.qkv_rotary(&xc, &wc, &bc, &layout, shape).unwrap().data;
-            let unrotated = Cpu.linear(&xc, &wc, Some(&bc)).unwrap().data;
-            // Each output is a rotation of (at most) two GEMM outputs: their GEMM error bounds (sum_k |x w| + |b|,
-            // as in linear_and_lm_head_match_cpu) add, and + 2e-4 of their magnitudes for the angle (up to 2047
-            // rad, where one ulp of inv_freq (powf) moves it by ~1e-4).
-            let scale = |o: usize| -> f32 {
-                let (r, j) = (o / n, o % n);
-                let dot: f32 = (0..k).map(|kk| (xc.data[r * k + kk] * wc.data[j * k + kk]).abs()).sum();
-                dot + bc.data[j].abs()
-            };
-            let partner = |o: usize| -> Option<usize> {
-                let (in_head, half) = (o % n % (3 * hd), rot / 2);
-                let i = in_head % hd;
-                (in_head < 2 * hd && i < rot).then(|| if i < half { o + half } else { o - half })
-            };
-            let tol: Vec<f32> = (0..t * n)
-                .map(|o| match partner(o) {
-                    Some(p) => c * (scale(o) + scale(p)) + 2e-4 * (unrotated[o].abs() + unrotated[p].abs()) + 1e-6,
-                    None => c * scale(o) + 1e-6,
-                })
-                .collect();
-            let desc = format!("{t} rows, [{k}] x [{n}, {k}]^T, {heads} heads, hd {hd}, rotary {rot}, {}", dt_name(dt));
-            assert_close("qkv_rotary", seed, &desc, &got, &want, |o| tol[o]);
         }
+    }
+}
+
+/// Shapes qkv_rotary cannot compute are errors naming the op on both backends, never a panic or a guess.
+#[test]
+fn qkv_rotary_refuses_bad_shapes() {
+    for gpu in backends("qkv_rotary_refuses_bad_shapes") {
+        let dt = gpu.dtype();
+        let layout = BatchLayout {
+            positions: vec![0, 1, 2],
+            segments: vec![seg(0, 3, &[])],
+            past_len: 0,
+        };
+        let prepared = gpu.prepare(&layout, &[]).unwrap().0;
+        let shape = |head_dim, rotary_ndims| AttnShape {
+            heads: 2,
+            head_dim,
+            rotary_ndims,
+            rotary_base: 10000.0,
+        };
+        // (what, rows of x, columns of x, rows of w, bias values, head dim, rotary dims)
+        for (what, xr, k, n, nb, hd, rot) in [
+            ("odd rotary dims", 3usize, 16usize, 48usize, 48usize, 8usize, 3usize),
+            ("rotary dims beyond the head", 3, 16, 48, 48, 8, 16),
+            ("weight rows not 3 x heads x hd", 3, 16, 40, 40, 8, 2),
+            ("input columns not the weight's", 3, 12, 48, 48, 8, 2),
+            ("bias length", 3, 16, 48, 47, 8, 2),
+            ("rows not the layout's", 2, 16, 48, 48, 8, 2),
+        ] {
+            let (xg, xc) = act(&gpu, xr, k, &vec![0.5; xr * k], dt);
+            let (wg, wc) = weight(&gpu, "qkv_w", n, 16, &vec![0.1; n * 16]);
+            let (bg, bc) = param(&gpu, "qkv_b", &vec![0.0; nb]);
+            let s = shape(hd, rot);
+            let e = gpu
+                .qkv_rotary(&xg, &wg, &bg, &prepared, s)
+                .err()
+                .unwrap_or_else(|| panic!("cuda accepted {what}"));
+            assert!(e.to_string().contains("qkv_rotary"), "cuda, {what}: {e}");
+            let e = Cpu
+                .qkv_rotary(&xc, &wc, &bc, &layout, s)
+                .err()
+                .unwrap_or_else(|| panic!("cpu accepted {what}"));
+            assert!(e.to_string().contains("qkv_rotary"), "cpu, {what}: {e}");
+        }
+    }
+}
+
+/// A layout prepared while tensor-core attention was off has no tensor-core tiles: attention with tensor
+/// cores on refuses it rather than computing nothing.
+#[test]
+fn attention_refuses_a_layout_without_tensor_core_tiles() {
+    for gpu in backends("attention_refuses_a_layout_without_tensor_core_tiles") {
+        if gpu.dtype() == DType::F32 || !gpu.use_tensor_core_attention(true) {
+            continue; // f32, or no tensor cores: only the f32 kernel runs
+        }
+        gpu.use_tensor_core_attention(false);
+        let layout = BatchLayout {
+            positions: (0..4).collect(),
+            segments: vec![seg(0, 4, &[])],
+            past_len: 0,
+        };
+        let prepared = gpu.prepare(&layout, &[]).unwrap().0;
+        assert!(gpu.use_tensor_core_attention(true));
+        let shape = AttnShape {
+            heads: 1,
+            head_dim: 64,
+            rotary_ndims: 0,
+            rotary_base: 10000.0,
+        };
+        let (qkv, _) = act(&gpu, 4, 3 * 64, &vec![0.25; 4 * 3 * 64], gpu.dtype());
+        let e = gpu
+            .attention(&qkv, None, &prepared, shape)
+            .err()
+            .expect("attention on a layout without tensor-core tiles");
+        assert!(e.to_string().contains("without tensor-core tiles"), "{e}");
+        assert!(gpu.attention(&qkv, None, &gpu.prepare(&layout, &[]).unwrap().0, shape).is_ok());
     }
 }
 

@@ -88,7 +88,7 @@ fn at_most_four_uploads_one_read_back_and_one_synchronisation_per_batch() {
                 );
                 let by_op: u64 = run["ops"].as_object().unwrap().values().map(|o| o["launches"].as_u64().unwrap()).sum();
                 assert_eq!(by_op, launches, "{what}: launches per op add up");
-                for op in ["attention", "linear", "layernorm", "logsoftmax_gather"] {
+                for op in ["attention", "linear", "qkv_rotary", "layernorm", "logsoftmax_gather"] {
                     assert!(run["ops"][op]["launches"].as_u64().unwrap_or(0) > 0, "{what}: no {op} launch: {run}");
                 }
                 common::visible(&format!("{what}, {launches} launches"));
@@ -140,7 +140,13 @@ fn counts_are_the_backends_own_and_profiling_changes_no_score() {
     assert_eq!(cpu.len(), plain.len());
     let cpu_profile = cpu_profile.unwrap();
     let run = &cpu_profile["runs"][0];
-    for key in ["h2d_copies", "d2h_copies", "synchronizations", "kernel_launches"] {
+    for key in [
+        "h2d_copies",
+        "d2h_copies",
+        "synchronizations",
+        "debug_synchronizations",
+        "kernel_launches",
+    ] {
         assert_eq!(count(run, key), 0, "cpu {key}: {run}");
     }
     assert!(run["ops"]["attention"]["seconds"].as_f64().unwrap() > 0.0, "{run}");

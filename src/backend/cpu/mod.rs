@@ -425,19 +425,20 @@ impl Backend for Cpu {
 
     fn qkv_rotary(&self, x: &CpuTensor, w: &CpuTensor, b: &CpuTensor, layout: &BatchLayout, s: AttnShape) -> Result<CpuTensor> {
         let (hd, r) = (s.head_dim, s.rotary_ndims);
-        if w.rows != 3 * s.heads * hd || x.rows != layout.tokens() || r > hd || r % 2 != 0 {
+        if w.rows != 3 * s.heads * hd || x.cols != w.cols || b.data.len() != w.rows || x.rows != layout.tokens() || r > hd || r % 2 != 0 {
             return Err(Error::invalid(format!(
-                "qkv_rotary: [{}, {}] x [{}, {}]^T for {} batch rows, {} heads of {hd} dims, {r} rotary dims (expected 3 x heads x hd outputs, an even rotary count <= hd)",
+                "qkv_rotary: [{}, {}] x [{}, {}]^T + a bias of {} for {} batch rows, {} heads of {hd} dims, {r} rotary dims (expected 3 x heads x hd outputs, an even rotary count <= hd)",
                 x.rows,
                 x.cols,
                 w.rows,
                 w.cols,
+                b.data.len(),
                 layout.tokens(),
                 s.heads
             )));
         }
         let mut qkv = self.linear(x, w, Some(b))?;
-        let _timed = scope(Op::Rotary);
+        let _timed = scope(Op::QkvRotary);
         let half = r / 2;
         let inv_freq = rotary_inv_freq(r, s.rotary_base);
         let cols = qkv.cols;

@@ -11,7 +11,7 @@ pub enum Op {
     /// Every body matrix product (qkv, dense, fc1, fc2) with its bias.
     Linear,
     BiasGelu,
-    Rotary,
+    QkvRotary,
     Attention,
     ResidualAdd,
     /// gather_rows and concat_rows (K/V cache upkeep, scored-row selection).
@@ -25,7 +25,7 @@ pub const OPS: [Op; 10] = [
     Op::LayerNorm,
     Op::Linear,
     Op::BiasGelu,
-    Op::Rotary,
+    Op::QkvRotary,
     Op::Attention,
     Op::ResidualAdd,
     Op::Rows,
@@ -40,7 +40,7 @@ impl Op {
             Op::LayerNorm => "layernorm",
             Op::Linear => "linear (qkv, dense, fc1, fc2)",
             Op::BiasGelu => "bias + GELU",
-            Op::Rotary => "rotary",
+            Op::QkvRotary => "qkv_rotary",
             Op::Attention => "attention",
             Op::ResidualAdd => "residual add",
             Op::Rows => "row gather / concat",

@@ -1004,12 +1004,18 @@ impl Backend for CudaBackend {
                 s.rotary_ndims, s.head_dim
             )));
         }
+        if w.rows != 3 * s.heads * s.head_dim || x.rows != layout.tokens {
+            return Err(Error::invalid(format!(
+                "{op}: weight of {} outputs and {} input rows, expected 3 x {} heads x {} outputs and the batch layout's {} rows",
+                w.rows, x.rows, s.heads, s.head_dim, layout.tokens
+            )));
+        }
         let x = self.as_dtype(op, x, w.dtype)?;
         let bias = self.as_dtype(op, b, DType::F32)?;
-        // The GEMM's f32 accumulator, no bias: qkv_rotary.cu adds it, rotates and rounds once.
+        // The GEMM's f32 accumulator, no bias (booked as "linear", as the other GEMMs): qkv_rotary.cu adds
+        // the bias, rotates and rounds once.
         let mut acc = self.alloc(op, x.rows, w.rows, DType::F32)?; // [T, 3h] f32
-        check_qkv(op, &acc, layout, s)?;
-        self.gemm(op, &x, w, &mut acc, 0.0)?;
+        self.gemm("linear", &x, w, &mut acc, 0.0)?;
         let mut qkv = self.alloc(op, x.rows, w.rows, w.dtype)?;
         if x.rows == 0 || w.rows == 0 {
             return Ok(qkv);
