@@ -80,7 +80,8 @@ pub fn check_targets(targets: &[u32], n: usize, at: usize) -> Result<usize> {
 pub struct Activity {
     pub h2d_copies: u64,
     pub d2h_copies: u64,
-    /// Host waits for the device (stream synchronisations) that scoring itself makes.
+    /// Host waits for the device that scoring itself makes: stream synchronisations, and a wait for the
+    /// previous upload before the pinned staging memory is written again when that upload is still running.
     pub synchronizations: u64,
     /// Waits made only to pin a device fault on its op (LMSCORE_CUDA_SYNC=1: one after every launch), counted
     /// apart so that `synchronizations` says what scoring needs whichever way a run was started.

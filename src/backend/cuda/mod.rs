@@ -27,8 +27,8 @@ use crate::checkpoint::{DType, HostTensor};
 use crate::error::{Error, Result};
 use cudarc::cublas::{result as blas_result, sys as blas_sys, CudaBlas};
 use cudarc::driver::{
-    sys as cu_sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut, DriverError, LaunchArgs,
-    LaunchConfig, PinnedHostSlice, PushKernelArg,
+    sys as cu_sys, CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut, DriverError,
+    LaunchArgs, LaunchConfig, PinnedHostSlice, PushKernelArg,
 };
 use half::{bf16, f16};
 use std::collections::{HashMap, HashSet};
@@ -223,6 +223,8 @@ pub struct CudaBackend {
     /// Pinned host memory every index upload is staged in (reused, grown as needed; cudarc waits for the
     /// previous copy out of it before it is written again).
     staging: Mutex<Option<PinnedHostSlice<u32>>>,
+    /// Recorded after the last copy out of `staging`: tells whether writing it again makes the host wait.
+    staging_copied: Mutex<Option<CudaEvent>>,
     counters: activity::Counters,
     /// f16 / bf16 attention at the head dims it is compiled for runs on tensor cores (attention_tc.cu);
     /// off: the f32 CUDA-core kernel (attention.cu) for every dtype (tests and benches compare the two).
@@ -305,6 +307,7 @@ impl CudaBackend {
             functions: Mutex::new(HashMap::new()),
             smem_raised: Mutex::new(HashSet::new()),
             staging: Mutex::new(None),
+            staging_copied: Mutex::new(None),
             counters: activity::Counters::new(driver_is_stand_in()),
             tensor_core_attention: std::sync::atomic::AtomicBool::new(tensor_cores),
         })
@@ -451,7 +454,13 @@ impl CudaBackend {
             *staging = Some(unsafe { self.ctx.alloc_pinned_with_flags::<u32>(total.next_power_of_two(), 0) }.map_err(pin)?);
         }
         let stage = staging.as_mut().expect("allocated above");
-        // Waits (on the staging buffer's event) until the previous copy out of it has finished.
+        // Writing it waits (on the staging buffer's event) until the previous copy out of it has finished:
+        // counted as a synchronisation when that copy is still running (in scoring it has finished: the
+        // previous batch ended with its one synchronisation, or queued the copy first).
+        let copied = self.staging_copied.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if copied.is_some_and(|e| matches!(e.try_is_complete(), Ok(false))) {
+            self.counters.synchronized();
+        }
         let host = stage.as_mut_slice().map_err(pin)?;
         for (t, &at) in tables.iter().zip(&starts) {
             host[at..at + t.len()].copy_from_slice(t);
@@ -463,6 +472,7 @@ impl CudaBackend {
         self.stream
             .memcpy_htod(&*stage, &mut dst)
             .map_err(|e| Error::Cuda(format!("{op}: upload of {total} u32: {e}")))?;
+        *self.staging_copied.lock().unwrap_or_else(|p| p.into_inner()) = self.stream.record_event(None).ok();
         drop(staging);
         let buf = Arc::new(dst);
         Ok(tables
