@@ -321,6 +321,12 @@ impl CudaBackend {
         on
     }
 
+    /// Whether attention on `dtype` inputs runs on tensor cores (attention_tc.cu) rather than the f32 kernel,
+    /// at any head dim it is compiled for: what `prepare` builds the tensor-core tiles for.
+    fn tensor_cores_for(&self, dtype: DType) -> bool {
+        self.tensor_core_attention.load(std::sync::atomic::Ordering::Relaxed) && matches!(dtype, DType::F16 | DType::BF16)
+    }
+
     /// The compute dtype (GEMM inputs, attention inputs and outputs).
     pub fn dtype(&self) -> DType {
         self.dtype
@@ -803,9 +809,8 @@ impl Backend for CudaBackend {
 
     fn prepare(&self, l: &BatchLayout, tables: &[&[u32]]) -> Result<(CudaLayout, Vec<CudaIndex>)> {
         let attn = layout::attention_tables(l)?;
-        // The tensor-core kernel's tiles only where it runs: f16 / bf16 with tensor-core attention on.
-        let tensor_cores = self.tensor_core_attention.load(std::sync::atomic::Ordering::Relaxed) && matches!(self.dtype, DType::F16 | DType::BF16);
-        let tc = if tensor_cores {
+        // The tensor-core kernel's tiles only where it runs.
+        let tc = if self.tensor_cores_for(self.dtype) {
             layout::tc_tiles(l, &attn)
         } else {
             layout::TcTiles::default()
@@ -1014,12 +1019,7 @@ impl Backend for CudaBackend {
                 s.rotary_ndims, s.head_dim
             )));
         }
-        if w.rows != 3 * s.heads * s.head_dim || x.rows != layout.tokens {
-            return Err(Error::invalid(format!(
-                "{op}: weight of {} outputs and {} input rows, expected 3 x {} heads x {} outputs and the batch layout's {} rows",
-                w.rows, x.rows, s.heads, s.head_dim, layout.tokens
-            )));
-        }
+        check_qkv(op, (x.rows, w.rows), layout, s)?; // the output's shape, before allocating anything
         let x = self.as_dtype(op, x, w.dtype)?;
         let bias = self.as_dtype(op, b, DType::F32)?;
         // The GEMM's f32 accumulator, no bias (booked as "linear", as the other GEMMs): qkv_rotary.cu adds
@@ -1049,7 +1049,7 @@ impl Backend for CudaBackend {
 
     fn attention(&self, qkv: &CudaTensor, past: Option<&CudaTensor>, layout: &CudaLayout, s: AttnShape) -> Result<CudaTensor> {
         Self::check_float("attention", qkv)?;
-        check_qkv("attention", qkv, layout, s)?;
+        check_qkv("attention", (qkv.rows, qkv.cols), layout, s)?;
         let p = layout.past_len;
         if past.map_or(0, |t| t.rows) != p {
             return Err(Error::invalid(format!(
@@ -1079,9 +1079,7 @@ impl Backend for CudaBackend {
         let past_buf = past.as_deref().map(|t| &t.buf).unwrap_or(&qkv.buf);
         let past_len = p as u32;
         let (seg_off, ranges) = (layout.seg_off.view(), layout.ranges.view());
-        let tensor_cores = self.tensor_core_attention.load(std::sync::atomic::Ordering::Relaxed)
-            && matches!(qkv.dtype, DType::F16 | DType::BF16)
-            && layout::ATTN_TC_HEAD_DIMS.contains(&s.head_dim);
+        let tensor_cores = self.tensor_cores_for(qkv.dtype) && layout::ATTN_TC_HEAD_DIMS.contains(&s.head_dim);
         if tensor_cores && layout.num_tc_tiles == 0 {
             return Err(Error::invalid(format!(
                 "attention: the batch layout was prepared without tensor-core tiles (tensor-core attention was off, or the backend's dtype is {}): prepare it again",
@@ -1317,18 +1315,17 @@ impl Drop for CudaBackend {
     }
 }
 
-fn check_qkv(op: &str, qkv: &CudaTensor, layout: &CudaLayout, s: AttnShape) -> Result<()> {
-    if qkv.cols != 3 * s.heads * s.head_dim {
+/// A qkv matrix of [rows, cols] (the one `op` reads, or the one it is about to make) fits the batch layout and
+/// the attention shape.
+fn check_qkv(op: &str, (rows, cols): (usize, usize), layout: &CudaLayout, s: AttnShape) -> Result<()> {
+    if cols != 3 * s.heads * s.head_dim {
         return Err(Error::invalid(format!(
-            "{op}: qkv has {} columns, expected 3 x {} heads x {}",
-            qkv.cols, s.heads, s.head_dim
+            "{op}: qkv has {cols} columns, expected 3 x {} heads x {}",
+            s.heads, s.head_dim
         )));
     }
-    if qkv.rows != layout.tokens {
-        return Err(Error::invalid(format!(
-            "{op}: qkv has {} rows, the batch layout {}",
-            qkv.rows, layout.tokens
-        )));
+    if rows != layout.tokens {
+        return Err(Error::invalid(format!("{op}: qkv has {rows} rows, the batch layout {}", layout.tokens)));
     }
     Ok(())
 }
